@@ -1,0 +1,25 @@
+"""Backbones: one file each, registered by name in the plain dict ``BACKBONES``.
+
+Add a backbone by writing its file (a ``Backbone`` subclass following the contract in
+``base.py``) and adding it to ``BACKBONES`` below. Nothing registers itself on import.
+"""
+
+from __future__ import annotations
+
+from .base import Backbone
+from .schnet import SchNet
+
+BACKBONES: dict[str, type[Backbone]] = {
+    "schnet": SchNet,
+}
+
+
+def get_backbone_class(name: str) -> type[Backbone]:
+    """The backbone class called ``name``; ValueError listing the valid names otherwise."""
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise ValueError(f"unknown backbone '{name}'; choose one of: {', '.join(sorted(BACKBONES))}") from None
+
+
+__all__ = ["BACKBONES", "Backbone", "SchNet", "get_backbone_class"]

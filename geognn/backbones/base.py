@@ -1,0 +1,49 @@
+"""The backbone contract.
+
+A backbone maps a batch of geometric graphs to per-atom features. It is an ``nn.Module``
+constructed from keyword arguments only (each with a documented default; at least
+``hidden_channels``, ``num_layers``, ``cutoff``), with ``reset_parameters()``, and
+
+    forward(batch) -> {"node_features": [N, F], optionally "node_vectors": [N, F', 3]}
+
+``node_features`` must be invariant under rotations, reflections (unless the backbone says
+it is SE(3)-only), translations and the choice of periodic cell; ``node_vectors`` rotate with
+the structure. Backbones read geometry only through ``geognn.graph.edge_vectors(batch)``
+(positions, cell, shifts) and never rebuild the graph, so that autograd forces and stress and
+frame averaging work the same way for all of them. Heads (energy, forces, ...) live in
+``geognn.model``, not here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class Backbone(nn.Module):
+    """Base class: records the constructor keywords so a checkpoint can rebuild the backbone."""
+
+    #: short name used in geognn.BACKBONES and checkpoints
+    name: str = ""
+    #: False for backbones that are only SE(3)-invariant (they may tell mirror images apart)
+    reflection_invariant: bool = True
+
+    def __init__(self, **hparams: Any):
+        super().__init__()
+        self.hparams = dict(hparams)
+
+    @property
+    def out_channels(self) -> int:
+        """F, the width of ``node_features``."""
+        raise NotImplementedError
+
+    def reset_parameters(self) -> None:  # pragma: no cover - every backbone overrides
+        raise NotImplementedError
+
+    def forward(self, batch) -> dict[str, torch.Tensor]:  # pragma: no cover
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.hparams.items())

@@ -1,0 +1,225 @@
+"""Command line: ``geognn train`` and ``geognn predict``.
+
+Errors in user input become one-line messages on stderr and a non-zero exit status, never
+tracebacks; ``predict`` keeps going over the other files and lists those that failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from . import conventions as K
+
+#: Checkpoint used by ``geognn predict`` when --checkpoint is not given (shipped in the package).
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "qm9_schnet_u0.pt"
+
+PREDICT_COLUMNS = ("file", "formula", "natoms", "energy_eV", "energy_per_atom_eV", "max_force_eV_A",
+                   "stress_GPa")
+VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))  # xx yy zz yz xz xy, ASE's order
+
+
+def _error(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------- predict
+def predict_structures(model, paths, batch_size: int = 16, device: str = "cpu"):
+    """Predict every structure in ``paths``; returns (rows, failures, notes).
+
+    ``rows``: dicts with PREDICT_COLUMNS (stress as 6 Voigt components in GPa, or None for
+    non-periodic structures); ``failures``: one-line messages; ``notes``: warnings for the user.
+    """
+    import torch
+
+    from .graph.build import build_graph, collate
+    from .io import StructureError, expand_paths, read_file
+
+    failures, notes, items = [], [], []  # items: (atoms, graph)
+    for path in paths:
+        try:
+            files = expand_paths(path)
+        except StructureError as exc:
+            failures.append(str(exc))
+            continue
+        for f in files:
+            try:
+                structures = read_file(f)
+            except StructureError as exc:
+                failures.append(str(exc))
+                continue
+            for atoms in structures:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    try:
+                        graph = build_graph(atoms, model.cutoff, model.max_neighbors)
+                    except StructureError as exc:
+                        failures.append(str(exc))
+                        continue
+                notes.extend(str(w.message) for w in caught)
+                items.append((atoms, graph))
+
+    meta = model.metadata
+    trained_periodic, elements = meta.get("periodic"), set(meta.get("elements", []))
+    trained_on = meta.get("trained_on", "unknown data")
+    mismatched = [a for a, _ in items if trained_periodic is not None and bool(a.pbc.any()) != trained_periodic]
+    if mismatched:
+        kind = "periodic structures" if not trained_periodic else "molecules (no periodic direction)"
+        notes.append(f"model was trained on {'crystals' if trained_periodic else 'molecules'} "
+                     f"({trained_on}); {len(mismatched)} input(s) are {kind}, outside its training "
+                     "domain: predictions run but are extrapolations")
+    if elements:
+        unseen = sorted({int(z) for a, _ in items for z in a.numbers} - elements)
+        if unseen:
+            from ase.data import chemical_symbols
+
+            notes.append("elements never seen in training: " + ", ".join(chemical_symbols[z] for z in unseen)
+                         + " (their energies are not meaningful)")
+
+    model = model.to(device).eval()
+    rows = []
+    for k in range(0, len(items), batch_size):
+        chunk = items[k:k + batch_size]
+        batch = collate([g for _, g in chunk]).to(device)
+        out = model(batch, forces=True, stress=any(a.pbc.any() for a, _ in chunk))
+        forces = torch.split(out[K.FORCES].detach().cpu(), [len(a) for a, _ in chunk])
+        for b, (atoms, _) in enumerate(chunk):
+            energy = float(out[K.ENERGY][b].detach())
+            stress = None
+            if atoms.pbc.any():
+                s = out[K.STRESS][b].detach().cpu().double().numpy() * K.EV_PER_A3_TO_GPA
+                stress = [float(s[i, j]) for i, j in VOIGT]
+            rows.append({"file": atoms.info.get("source", ""), "formula": atoms.get_chemical_formula(),
+                         "natoms": len(atoms), "energy_eV": energy, "energy_per_atom_eV": energy / len(atoms),
+                         "max_force_eV_A": float(forces[b].norm(dim=-1).max()), "stress_GPa": stress})
+    return rows, failures, notes
+
+
+def format_rows(rows, fmt: str) -> str:
+    """Rows as an aligned table, CSV (stress as six columns) or JSON."""
+    if fmt == "json":
+        return json.dumps(rows, indent=2) + "\n"
+    if fmt == "csv":
+        buf = io.StringIO()
+        stress_cols = [f"stress_{a}_GPa" for a in ("xx", "yy", "zz", "yz", "xz", "xy")]
+        writer = csv.writer(buf)
+        writer.writerow(list(PREDICT_COLUMNS[:-1]) + stress_cols)
+        for r in rows:
+            writer.writerow([r[c] for c in PREDICT_COLUMNS[:-1]] + (r["stress_GPa"] or [""] * 6))
+        return buf.getvalue()
+    header = ["file", "formula", "natoms", "energy (eV)", "eV/atom", "max|F| (eV/Å)",
+              "stress (GPa) xx yy zz yz xz xy"]
+    body = [[r["file"], r["formula"], str(r["natoms"]), f"{r['energy_eV']:.4f}",
+             f"{r['energy_per_atom_eV']:.4f}", f"{r['max_force_eV_A']:.4f}",
+             " ".join(f"{v:.3f}" for v in r["stress_GPa"]) if r["stress_GPa"] else "-"] for r in rows]
+    widths = [max(len(x) for x in col) for col in zip(header, *body)]
+    lines = ["  ".join(x.ljust(w) for x, w in zip(line, widths)).rstrip() for line in [header, *body]]
+    return "\n".join(lines) + "\n"
+
+
+def cmd_predict(args) -> int:
+    from .model import load_model
+
+    checkpoint = Path(args.checkpoint) if args.checkpoint else DEFAULT_CHECKPOINT
+    try:
+        model = load_model(checkpoint)
+    except (FileNotFoundError, ValueError) as exc:
+        _error(str(exc))
+        return 2
+    if not args.checkpoint:
+        print(f"note: using the shipped default checkpoint {checkpoint.name}: "
+              f"{model.metadata.get('trained_on', 'unknown training data')}", file=sys.stderr)
+    rows, failures, notes = predict_structures(model, args.paths, args.batch_size, args.device)
+    for note in notes:
+        print(f"warning: {note}", file=sys.stderr)
+    text = format_rows(rows, args.format)
+    if args.output:
+        Path(args.output).write_text(text)
+        print(f"wrote {len(rows)} prediction(s) to {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    for message in failures:
+        _error(message)
+    if failures:
+        print(f"{len(failures)} input(s) failed, {len(rows)} structure(s) predicted", file=sys.stderr)
+        return 1
+    return 0
+
+
+# --------------------------------------------------------------------------- train
+def cmd_train(args) -> int:
+    from .train.config import TrainConfig
+    from .train.loop import train
+
+    if args.resume:
+        config_path = Path(args.resume) / "config.json"
+        if not config_path.exists():
+            _error(f"{args.resume}: no config.json, not a geognn run folder")
+            return 2
+        config = TrainConfig.from_json(config_path)
+    else:
+        config = TrainConfig()
+        for key in ("dataset", "data_root", "target", "backbone", "cutoff", "epochs", "time_limit",
+                    "batch_size", "lr", "seed", "out", "limit", "threads"):
+            value = getattr(args, key)
+            if value is not None:
+                setattr(config, key, value)
+    try:
+        result = train(config, resume=bool(args.resume))
+    except (ValueError, FileNotFoundError) as exc:
+        _error(str(exc))
+        return 2
+    print(result.summary(config.target))
+    print(f"checkpoint: {result.model_path}  (predict with: geognn predict --checkpoint "
+          f"{result.model_path} FILE...)")
+    return 0
+
+
+# --------------------------------------------------------------------------- entry point
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="geognn", description="Geometric GNNs for molecules and materials.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model (default: SchNet on the shipped QM9 subset, U0)")
+    p.add_argument("--dataset", choices=["qm9"], help="dataset kind (default: qm9)")
+    p.add_argument("--data-root", help="dataset path (default: the shipped QM9 subset)")
+    p.add_argument("--target", help="property to learn (default: U0)")
+    p.add_argument("--backbone", help="backbone name (default: schnet)")
+    p.add_argument("--cutoff", type=float, help="graph cutoff in Å (default: 5.0)")
+    p.add_argument("--epochs", type=int, help="maximum number of epochs")
+    p.add_argument("--time-limit", type=float, help="seconds of training, 0 for no limit (default: 150)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--limit", type=int, help="use at most this many structures")
+    p.add_argument("--threads", type=int, help="torch threads")
+    p.add_argument("--out", help="run folder (default: runs/default)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("predict", help="energies, forces and stress of structures in files")
+    p.add_argument("paths", nargs="+", metavar="FILE_OR_DIR",
+                   help="CIF, POSCAR/CONTCAR/.vasp, .xyz/.extxyz, ASE .db/.traj/.json; folders are read recursively")
+    p.add_argument("--checkpoint", help="model checkpoint (default: the shipped QM9 SchNet model)")
+    p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    p.add_argument("--output", help="write the predictions to this file instead of stdout")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_predict)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""Turning a structure into a geometric graph (PyG ``Data``) and graphs into a ``Batch``.
+
+The graph stores geometry only as positions, cell and integer image shifts; edge vectors are
+recomputed from them by :func:`edge_vectors` inside every model, so gradients with respect to
+positions (forces) and to a strain of the cell (stress) flow through autograd for every backbone.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Sequence
+
+import numpy as np
+import torch
+from ase import Atoms
+from torch_geometric.data import Batch, Data
+
+from .. import conventions as K
+from ..conventions import MIN_INTERATOMIC_DISTANCE
+from ..io import StructureError, raise_if_overlapping, source_of, to_atoms, validate_atoms
+from .neighbours import nearest_neighbours_mask, neighbour_list
+
+
+class IsolatedAtomWarning(UserWarning):
+    """An atom has no neighbour within the cutoff: a message-passing model sees it alone."""
+
+
+class NeighbourCapWarning(UserWarning):
+    """``max_neighbors`` removed edges from a graph."""
+
+
+def build_graph(atoms, cutoff: float, max_neighbors: int | None = None, *,
+                dtype: torch.dtype | None = None, validate: bool = True) -> Data:
+    """Geometric graph of one structure.
+
+    Args:
+        atoms: ``ase.Atoms`` or pymatgen ``Structure``/``Molecule``. Positions are used as
+            given (atoms outside the cell are fine, nothing is wrapped or moved).
+        cutoff: radius in Å (> 0); every pair (i, j, image) closer than this becomes an edge,
+            in both directions.
+        max_neighbors: keep at most this many nearest neighbours per centre (ties broken
+            deterministically, see ``nearest_neighbours_mask``) and warn how many edges
+            were dropped. None keeps all.
+        dtype: floating dtype of ``pos``, ``cell``, ``edge_shift`` (default: torch's default).
+        validate: run ``geognn.io.validate_atoms`` first (NaN, overlaps, empty, bad cell, ...).
+
+    Returns:
+        ``Data`` with the keys of ``geognn.conventions``: ``z`` [N], ``pos`` [N,3] Å,
+        ``cell`` [1,3,3] Å, ``pbc`` [1,3], ``natoms`` [1], ``edge_index`` [2,E] (row 0 the
+        neighbour j, row 1 the centre i), ``edge_shift`` [E,3]; plus ``energy`` [1] eV,
+        ``forces`` [N,3] eV/Å and ``stress`` [1,3,3] eV/Å³ when the atoms carry them
+        (from an attached calculator, e.g. read from extxyz), and ``tags`` when present.
+
+    Raises:
+        StructureError for bad input (message names the structure's source). Atoms with no
+        neighbour within the cutoff trigger an ``IsolatedAtomWarning`` naming their indices.
+    """
+    atoms = to_atoms(atoms)
+    src = source_of(atoms)
+    if not np.isfinite(cutoff) or cutoff <= 0:
+        raise StructureError(src, f"cutoff must be a positive number of Å, got {cutoff}")
+    if max_neighbors is not None and (int(max_neighbors) != max_neighbors or max_neighbors < 1):
+        raise StructureError(src, f"max_neighbors must be a positive integer or None, got {max_neighbors}")
+    # the overlap check reuses this graph's neighbour list when the cutoff reaches that far
+    overlap_from_graph = validate and cutoff >= MIN_INTERATOMIC_DISTANCE
+    if validate:
+        validate_atoms(atoms, check_overlap=not overlap_from_graph)
+    dtype = dtype or torch.get_default_dtype()
+    n = len(atoms)
+    cell = np.asarray(atoms.cell[:], dtype=np.float64)
+    pbc = np.asarray(atoms.pbc, dtype=bool)
+
+    i, j, S, d = neighbour_list(atoms.positions, cell, pbc, cutoff, with_distances=True)
+    if overlap_from_graph:
+        raise_if_overlapping(src, i, j, d)
+    if max_neighbors is not None:
+        keep = nearest_neighbours_mask(i, d, int(max_neighbors))
+        dropped = int((~keep).sum())
+        if dropped:
+            warnings.warn(f"{src}: max_neighbors={max_neighbors} dropped {dropped} of {i.size} "
+                          f"edges at cutoff {cutoff} Å", NeighbourCapWarning, stacklevel=2)
+            i, j, S = i[keep], j[keep], S[keep]
+    isolated = np.setdiff1d(np.arange(n), i)
+    if isolated.size:
+        if isolated.size == n:
+            shortest = _shortest_distance(atoms)
+            hint = f" (shortest interatomic distance {shortest:.3g} Å)" if shortest else ""
+            warnings.warn(f"{src}: cutoff {cutoff} Å is smaller than every bond: no atom has a "
+                          f"neighbour{hint}", IsolatedAtomWarning, stacklevel=2)
+        else:
+            shown = ", ".join(map(str, isolated[:10])) + (", ..." if isolated.size > 10 else "")
+            warnings.warn(f"{src}: {isolated.size} atom(s) have no neighbour within {cutoff} Å "
+                          f"(indices {shown})", IsolatedAtomWarning, stacklevel=2)
+
+    data = Data(
+        z=torch.as_tensor(atoms.numbers, dtype=torch.long),
+        pos=torch.as_tensor(atoms.positions, dtype=dtype),
+        cell=torch.as_tensor(cell, dtype=dtype).unsqueeze(0),
+        pbc=torch.as_tensor(pbc).unsqueeze(0),
+        natoms=torch.tensor([n], dtype=torch.long),
+        edge_index=torch.as_tensor(np.stack([j, i]), dtype=torch.long),
+        edge_shift=torch.as_tensor(S, dtype=dtype),
+    )
+    _attach_labels(data, atoms, dtype)
+    return data
+
+
+def _shortest_distance(atoms: Atoms) -> float | None:
+    """Shortest interatomic distance (images included) for the 'cutoff below every bond' hint."""
+    if len(atoms) < 2 and not atoms.pbc.any():
+        return None
+    for r in (4.0, 8.0, 16.0):
+        _, _, _, d = neighbour_list(atoms.positions, atoms.cell[:], atoms.pbc, r, with_distances=True)
+        if d.size:
+            return float(d.min())
+    return None
+
+
+def _attach_labels(data: Data, atoms: Atoms, dtype: torch.dtype) -> None:
+    """Copy energy/forces/stress (from a calculator) and tags onto the graph, in eV units."""
+    calc = atoms.calc
+    results = getattr(calc, "results", {}) if calc is not None else {}
+    if "energy" in results:
+        data[K.ENERGY] = torch.tensor([float(results["energy"])], dtype=dtype)
+    if "forces" in results:
+        data[K.FORCES] = torch.as_tensor(np.asarray(results["forces"]), dtype=dtype)
+    if "stress" in results:
+        stress = np.asarray(results["stress"], dtype=np.float64)
+        if stress.shape == (6,):  # Voigt xx yy zz yz xz xy, ASE's order
+            xx, yy, zz, yz, xz, xy = stress
+            stress = np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
+        data[K.STRESS] = torch.as_tensor(stress, dtype=dtype).reshape(1, 3, 3)
+    tags = atoms.get_tags()
+    if np.any(tags != 0):
+        data[K.TAGS] = torch.as_tensor(tags, dtype=torch.long)
+
+
+def collate(graphs: Sequence[Data]) -> Batch:
+    """PyG ``Batch`` of graphs: node indices offset per graph, ``cell`` -> [B,3,3], ``batch`` [N]."""
+    if len(graphs) == 0:
+        raise ValueError("collate needs at least one graph")
+    return Batch.from_data_list(list(graphs))
+
+
+def graph_index(batch: Data) -> torch.Tensor:
+    """[N] structure index of each atom (zeros for a single un-batched graph)."""
+    b = getattr(batch, K.BATCH, None)
+    if b is None:
+        b = torch.zeros(batch[K.POS].shape[0], dtype=torch.long, device=batch[K.POS].device)
+    return b
+
+
+def num_graphs(batch: Data) -> int:
+    """Number of structures in a Batch (1 for a single Data)."""
+    return int(batch[K.CELL].shape[0])
+
+
+def edge_vectors(batch: Data) -> torch.Tensor:
+    """[E, 3] Å vectors from centre i to neighbour j: ``pos[j] + shift @ cell[graph of i] - pos[i]``.
+
+    Differentiable w.r.t. ``batch.pos`` and ``batch.cell`` (forces, stress). Backbones call
+    this; they never rebuild the graph.
+    """
+    j, i = batch[K.EDGE_INDEX]
+    pos, cell = batch[K.POS], batch[K.CELL]
+    vec = pos[j] - pos[i]
+    shift = batch[K.EDGE_SHIFT].to(pos.dtype)
+    if shift.numel():
+        edge_cell = cell[graph_index(batch)[i]]  # [E, 3, 3]
+        vec = vec + torch.einsum("ek,ekd->ed", shift, edge_cell)
+    return vec
