@@ -164,13 +164,15 @@ def cmd_train(args) -> int:
             _error(f"{args.resume}: no config.json, not a geognn run folder")
             return 2
         config = TrainConfig.from_json(config_path)
+        config.out = str(args.resume)
     else:
         config = TrainConfig()
-        for key in ("dataset", "data_root", "target", "backbone", "cutoff", "epochs", "time_limit",
-                    "batch_size", "lr", "seed", "out", "limit", "threads"):
-            value = getattr(args, key)
-            if value is not None:
-                setattr(config, key, value)
+    # options given on the command line override the defaults or the resumed run's config
+    for key in ("dataset", "data_root", "target", "backbone", "cutoff", "epochs", "time_limit",
+                "batch_size", "lr", "seed", "out", "limit", "threads"):
+        value = getattr(args, key)
+        if value is not None:
+            setattr(config, key, value)
     try:
         result = train(config, resume=bool(args.resume))
     except (ValueError, FileNotFoundError) as exc:

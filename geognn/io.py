@@ -18,6 +18,7 @@ from typing import Sequence, Union
 
 import numpy as np
 from ase import Atoms
+from ase.data import chemical_symbols
 
 from .conventions import MIN_INTERATOMIC_DISTANCE
 
@@ -124,8 +125,14 @@ def read_file(path: PathLike, *, allow_partial_occupancy: bool = False) -> list[
             frames = _read_ase(path, fmt)
     except StructureError:
         raise
-    except Exception as exc:  # parsers raise anything from KeyError to struct.error
+    except KeyError as exc:  # ASE's and pymatgen's readers raise KeyError('Xx') for unknown symbols
+        key = exc.args[0] if exc.args else None
+        if isinstance(key, str) and key[:1].isalpha() and len(key) <= 3 and key not in chemical_symbols:
+            raise StructureError(str(path), f"unknown element '{key}'") from exc
         raise StructureError(str(path), f"could not read as {fmt}: {_describe(exc)}") from exc
+    except Exception as exc:  # parsers raise anything from ValueError to struct.error
+        raise StructureError(str(path), f"could not read as {fmt}, malformed or truncated file? "
+                             f"({_describe(exc)})") from exc
     if not frames:
         raise StructureError(str(path), "file holds no structures")
     for k, atoms in enumerate(frames):
@@ -151,15 +158,24 @@ def _read_cif(path: Path, allow_partial_occupancy: bool) -> list[Atoms]:
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        parser = CifParser(str(path), occupancy_tolerance=1.0)
         try:
+            parser = CifParser(str(path), occupancy_tolerance=1.0)
             structures = parser.parse_structures(primitive=False)
-        except ValueError as exc:
+        except KeyError:
+            raise  # an unknown element symbol; read_file names it
+        except Exception as exc:  # pymatgen raises ValueError, ZeroDivisionError, IndexError, ...
             notes = "; ".join(str(w.message).splitlines()[0] for w in caught)
-            raise StructureError(str(path), f"malformed CIF ({_describe(exc)})"
+            raise StructureError(str(path), f"malformed or truncated CIF ({_describe(exc)})"
                                  + (f" [{notes}]" if notes else "")) from exc
     out = []
-    for k, s in enumerate(structures):
+    for s in structures:
+        dummies = sorted({str(sp.symbol) for sp in s.composition.elements if not hasattr(sp, "Z") or sp.Z < 1})
+        if dummies:  # pymatgen turns unknown symbols into DummySpecies
+            raise StructureError(str(path), f"unknown element '{dummies[0]}'")
+        mismatch = parser.check(s)  # compares the sites with _chemical_formula_sum, when given
+        if mismatch:
+            raise StructureError(str(path), f"atoms do not match the CIF's own formula ({mismatch.strip()}); "
+                                 "the file may be truncated or lack atoms such as hydrogens")
         if not s.is_ordered:
             disordered = [i for i, site in enumerate(s) if not site.is_ordered]
             if not allow_partial_occupancy:
@@ -248,14 +264,21 @@ def validate_atoms(atoms: Atoms, *, check_overlap: bool = True) -> None:
     if check_overlap:
         from .graph.neighbours import neighbour_list
 
-        i, j, _, d = neighbour_list(pos, cell, pbc, MIN_INTERATOMIC_DISTANCE, with_distances=True)
-        raise_if_overlapping(src, i, j, d)
+        i, j, S, d = neighbour_list(pos, cell, pbc, MIN_INTERATOMIC_DISTANCE, with_distances=True)
+        raise_if_overlapping(src, i, j, S, d)
 
 
-def raise_if_overlapping(source: str, i: np.ndarray, j: np.ndarray, d: np.ndarray) -> None:
-    """StructureError if any pair (i, j) of a neighbour list is closer than MIN_INTERATOMIC_DISTANCE."""
+def raise_if_overlapping(source: str, i: np.ndarray, j: np.ndarray, S: np.ndarray, d: np.ndarray) -> None:
+    """StructureError if any pair (i, j, image S) of a neighbour list is closer than MIN_INTERATOMIC_DISTANCE."""
     close = np.flatnonzero(d < MIN_INTERATOMIC_DISTANCE)
     if close.size:
         k = close[np.argmin(d[close])]
-        raise StructureError(source, f"overlapping atoms: atoms {int(i[k])} and {int(j[k])} are "
-                             f"{d[k]:.3g} Å apart (minimum {MIN_INTERATOMIC_DISTANCE} Å)")
+        a, b, shift = int(i[k]), int(j[k]), S[k].tolist()
+        if a == b:
+            what = f"atom {a} and its own periodic image {shift} are"
+        elif any(shift):
+            what = f"atom {a} and the periodic image {shift} of atom {b} are"
+        else:
+            what = f"atoms {a} and {b} are"
+        raise StructureError(source, f"overlapping atoms: {what} {d[k]:.3g} Å apart "
+                             f"(minimum {MIN_INTERATOMIC_DISTANCE} Å)")

@@ -232,6 +232,9 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     """Rebuild a ``Model`` from a checkpoint written by ``Model.save`` (eval mode)."""
     payload = load_checkpoint(path, map_location)
     model = Model(**payload["config"])
+    saved_dtype = next((t.dtype for t in payload["state_dict"].values() if t.is_floating_point()), None)
+    if saved_dtype is not None:
+        model.to(saved_dtype)  # load float64 weights without a float32 round trip
     model.load_state_dict(payload["state_dict"])
     return model.eval()
 

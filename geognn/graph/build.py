@@ -13,6 +13,7 @@ from typing import Sequence
 import numpy as np
 import torch
 from ase import Atoms
+from ase.constraints import FixAtoms
 from torch_geometric.data import Batch, Data
 
 from .. import conventions as K
@@ -72,7 +73,7 @@ def build_graph(atoms, cutoff: float, max_neighbors: int | None = None, *,
 
     i, j, S, d = neighbour_list(atoms.positions, cell, pbc, cutoff, with_distances=True)
     if overlap_from_graph:
-        raise_if_overlapping(src, i, j, d)
+        raise_if_overlapping(src, i, j, S, d)
     if max_neighbors is not None:
         keep = nearest_neighbours_mask(i, d, int(max_neighbors))
         dropped = int((~keep).sum())
@@ -82,11 +83,11 @@ def build_graph(atoms, cutoff: float, max_neighbors: int | None = None, *,
             i, j, S = i[keep], j[keep], S[keep]
     isolated = np.setdiff1d(np.arange(n), i)
     if isolated.size:
-        if isolated.size == n:
-            shortest = _shortest_distance(atoms)
-            hint = f" (shortest interatomic distance {shortest:.3g} Å)" if shortest else ""
-            warnings.warn(f"{src}: cutoff {cutoff} Å is smaller than every bond: no atom has a "
-                          f"neighbour{hint}", IsolatedAtomWarning, stacklevel=2)
+        shortest = _shortest_distance(atoms) if isolated.size == n else None
+        if shortest is not None:
+            warnings.warn(f"{src}: cutoff {cutoff} Å is smaller than every bond (shortest interatomic "
+                          f"distance {shortest:.3g} Å): no atom has a neighbour",
+                          IsolatedAtomWarning, stacklevel=2)
         else:
             shown = ", ".join(map(str, isolated[:10])) + (", ..." if isolated.size > 10 else "")
             warnings.warn(f"{src}: {isolated.size} atom(s) have no neighbour within {cutoff} Å "
@@ -105,15 +106,15 @@ def build_graph(atoms, cutoff: float, max_neighbors: int | None = None, *,
     return data
 
 
+#: Pairs closer than this (Å) count as bonds in the "cutoff smaller than every bond" warning.
+BOND_LENGTH_LIMIT = 4.5
+
+
 def _shortest_distance(atoms: Atoms) -> float | None:
-    """Shortest interatomic distance (images included) for the 'cutoff below every bond' hint."""
-    if len(atoms) < 2 and not atoms.pbc.any():
-        return None
-    for r in (4.0, 8.0, 16.0):
-        _, _, _, d = neighbour_list(atoms.positions, atoms.cell[:], atoms.pbc, r, with_distances=True)
-        if d.size:
-            return float(d.min())
-    return None
+    """Shortest interatomic distance (images included) if it is bond-like (< BOND_LENGTH_LIMIT Å)."""
+    _, _, _, d = neighbour_list(atoms.positions, atoms.cell[:], atoms.pbc, BOND_LENGTH_LIMIT,
+                                with_distances=True)
+    return float(d.min()) if d.size else None
 
 
 def _attach_labels(data: Data, atoms: Atoms, dtype: torch.dtype) -> None:
@@ -133,6 +134,12 @@ def _attach_labels(data: Data, atoms: Atoms, dtype: torch.dtype) -> None:
     tags = atoms.get_tags()
     if np.any(tags != 0):
         data[K.TAGS] = torch.as_tensor(tags, dtype=torch.long)
+    fixed = np.zeros(len(atoms), dtype=bool)
+    for constraint in atoms.constraints:
+        if isinstance(constraint, FixAtoms):
+            fixed[constraint.get_indices()] = True
+    if fixed.any():
+        data[K.FIXED] = torch.as_tensor(fixed)
 
 
 def collate(graphs: Sequence[Data]) -> Batch:

@@ -28,9 +28,14 @@ def _vesin_list(cutoff: float):
     return nl
 
 
+#: Non-periodic structures up to this many atoms use a dense O(N^2) search in numpy: for
+#: molecules it is faster than any cell list (no set-up cost), and exact all the same.
+DENSE_MAX_ATOMS = 200
+
+
 def neighbour_list(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float,
                    *, with_distances: bool = False):
-    """All pairs within ``cutoff`` Å.
+    """All pairs within ``cutoff`` Å (strictly closer than it, as ASE).
 
     Args:
         positions: [N, 3] Å (atoms may lie outside the cell).
@@ -44,17 +49,111 @@ def neighbour_list(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cut
         sorted by (i, j, S) so the order is reproducible whatever the search did.
     """
     positions = np.ascontiguousarray(positions, dtype=np.float64)
-    cell = np.ascontiguousarray(cell, dtype=np.float64)
     pbc = np.asarray(pbc, dtype=bool)
-    if not pbc.any():
-        cell = np.zeros((3, 3))
-    i, j, S, d = _vesin_list(float(cutoff)).compute(positions, cell, pbc.tolist(), "ijSd")
-    i = i.astype(np.int64, copy=False)
-    j = j.astype(np.int64, copy=False)
-    S = S.astype(np.int64, copy=False)
-    order = np.lexsort((S[:, 2], S[:, 1], S[:, 0], j, i))
-    i, j, S, d = i[order], j[order], S[order], d[order]
+    n = positions.shape[0]
+    if not pbc.any() and n <= DENSE_MAX_ATOMS:
+        i, j, S, d = _dense_pairs(positions, cutoff)  # already in (i, j) order
+    else:
+        cell = np.ascontiguousarray(cell, dtype=np.float64) if pbc.any() else np.zeros((3, 3))
+        search_positions, images = _wrap_far_atoms(positions, cell, pbc)
+        search_positions = _close_gaps_along_free_directions(search_positions, cell, pbc, cutoff)
+        i, j, S, d = _vesin_list(float(cutoff)).compute(search_positions, cell, pbc.tolist(), "ijSd")
+        i = i.astype(np.int64, copy=False)
+        j = j.astype(np.int64, copy=False)
+        S = S.astype(np.int64, copy=False)
+        if images is not None:  # back to the images of the caller's positions
+            S = S - images[j] + images[i]
+        order = _canonical_order(i, j, S, n)
+        i, j, S, d = i[order], j[order], S[order], d[order]
     return (i, j, S, d) if with_distances else (i, j, S)
+
+
+#: A free (non-periodic) direction longer than this many cutoffs has its empty gaps closed
+#: before the cell-list search (see _close_gaps_along_free_directions).
+MAX_FREE_EXTENT_IN_CUTOFFS = 1000.0
+
+
+def _free_directions(cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
+    """Orthonormal rows spanning the directions in which the structure is not periodic."""
+    periodic = cell[pbc]
+    if periodic.shape[0] == 0:
+        return np.eye(3)
+    _, _, vt = np.linalg.svd(periodic)  # rows beyond the rank span the orthogonal complement
+    return vt[periodic.shape[0]:]
+
+
+#: Atoms further than this many cells outside the cell (along periodic directions) are moved
+#: back by whole lattice vectors before the search: a cell list bins their whole span.
+MAX_CELLS_OUTSIDE = 2.0
+
+
+def _wrap_far_atoms(positions, cell, pbc):
+    """Positions moved by whole lattice vectors into the cell when some lie far outside it.
+
+    Returns ``(positions', images)`` with ``positions = positions' + images @ cell`` (images
+    [N, 3] int64, zero along free directions), or ``(positions, None)`` when nothing is far.
+    A pair found as (i, j, S') for the moved positions is (i, j, S' - images[j] + images[i]).
+    """
+    if not pbc.any():
+        return positions, None
+    basis = np.vstack([cell[pbc], _free_directions(cell, pbc)])  # periodic rows, then free
+    fractional = np.linalg.solve(basis.T, positions.T).T[:, :int(pbc.sum())]
+    if fractional.size == 0 or (np.all(fractional > -MAX_CELLS_OUTSIDE)
+                                and np.all(fractional < 1.0 + MAX_CELLS_OUTSIDE)):
+        return positions, None
+    images = np.zeros((positions.shape[0], 3), dtype=np.int64)
+    images[:, pbc] = np.floor(fractional).astype(np.int64)
+    return positions - images @ cell, images
+
+
+def _close_gaps_along_free_directions(positions, cell, pbc, cutoff):
+    """Positions for the search, with empty stretches wider than the cutoff shortened.
+
+    A cell list bins the bounding box, so an atom 1e6 Å away along a free axis means billions
+    of bins (vesin then stalls or dies with SIGFPE). Along each free direction u, sort the
+    atoms by r·u; wherever consecutive atoms are more than ``cutoff + 1`` Å apart in r·u, move
+    every atom beyond the gap back along u so the gap is ``cutoff + 1`` Å. Atoms on the same
+    side move together (their vectors, images included, are unchanged: periodic lattice
+    vectors are orthogonal to u) and atoms across a gap stay more than a cutoff apart, so the
+    pairs and their vectors are exactly those of the original positions. Only done when a free
+    extent exceeds MAX_FREE_EXTENT_IN_CUTOFFS cutoffs, so ordinary inputs are passed untouched.
+    """
+    directions = _free_directions(cell, pbc)
+    heights = positions @ directions.T  # [N, n_free]
+    if heights.size == 0 or np.ptp(heights, axis=0).max() <= MAX_FREE_EXTENT_IN_CUTOFFS * cutoff:
+        return positions
+    moved = positions.copy()
+    for k, u in enumerate(directions):
+        order = np.argsort(heights[:, k], kind="stable")
+        gaps = np.diff(heights[order, k])
+        excess = np.clip(gaps - (cutoff + 1.0), 0.0, None)
+        shift = np.zeros(positions.shape[0])
+        shift[order[1:]] = np.cumsum(excess)
+        moved -= shift[:, None] * u
+    return moved
+
+
+def _dense_pairs(positions: np.ndarray, cutoff: float):
+    """All ordered pairs i != j closer than ``cutoff`` by the full distance matrix (no PBC)."""
+    delta = positions[None, :, :] - positions[:, None, :]  # [N, N, 3], delta[i, j] = r_j - r_i
+    dist2 = np.einsum("ijk,ijk->ij", delta, delta)
+    np.fill_diagonal(dist2, np.inf)
+    i, j = np.nonzero(dist2 < cutoff * cutoff)  # row-major: sorted by (i, j)
+    return i, j, np.zeros((i.size, 3), dtype=np.int64), np.sqrt(dist2[i, j])
+
+
+def _canonical_order(i: np.ndarray, j: np.ndarray, S: np.ndarray, n: int) -> np.ndarray:
+    """Permutation sorting pairs by (i, j, S); one integer key when it fits in int64."""
+    if i.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    low = S.min(axis=0)
+    span = S.max(axis=0) - low + 1
+    if float(n) * n * float(np.prod(span)) < 2.0 ** 62:
+        key = i * n + j
+        for k in range(3):
+            key = key * span[k] + (S[:, k] - low[k])
+        return np.argsort(key)
+    return np.lexsort((S[:, 2], S[:, 1], S[:, 0], j, i))
 
 
 def nearest_neighbours_mask(i: np.ndarray, d: np.ndarray, max_neighbors: int) -> np.ndarray:

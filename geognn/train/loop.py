@@ -25,6 +25,9 @@ from ..model import Model, ReferenceEnergies, atomic_torch_save, build_model, lo
 from .config import TrainConfig
 
 
+DATASET_LABELS = {"qm9": "QM9 molecules"}
+
+
 @dataclass
 class TrainResult:
     """Test-set errors of the trained model and of the composition-only baseline (eV)."""
@@ -117,7 +120,8 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
 
     elements = sorted({int(z) for g in train_g for z in g[K.Z]})
     model = build_model(config.backbone, cutoff=config.cutoff, forces=True, metadata={
-        "trained_on": f"{config.dataset} ({Path(config.data_root).name}), target {config.target}, "
+        "trained_on": f"{DATASET_LABELS.get(config.dataset, config.dataset)} "
+                      f"({Path(config.data_root).name}), target {config.target}, "
                       f"{len(train_g)} training structures",
         "periodic": any(bool(g[K.PBC].any()) for g in train_g),
         "elements": elements, "target": config.target, "units": "eV"}, **config.backbone_kwargs)
@@ -163,7 +167,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
             torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
             optimizer.step()
             losses.append(loss.item())
-            bar.set_postfix(loss=f"{losses[-1]:.3g}")
+            bar.set_postfix(loss=f"{losses[-1]:.3g}", refresh=False)
         val_mae = mean_absolute_error(model, val_g)
         scheduler.step(val_mae)
         elapsed += time.perf_counter() - tic

@@ -1,0 +1,123 @@
+"""``geognn predict``: formats, folders, mixed good and broken files, domain notes."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from ase.build import bulk, molecule
+from ase.io import write
+from conftest import shared_data_dir
+
+import geognn
+from geognn.cli import DEFAULT_CHECKPOINT, main
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    model = geognn.build_model("schnet", cutoff=4.0, hidden_channels=16, num_filters=16, num_layers=2,
+                               num_gaussians=12,
+                               metadata={"trained_on": "test molecules", "periodic": False, "elements": [1, 6, 8]})
+    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
+    model.save(path)
+    return path
+
+
+@pytest.fixture
+def mixed_folder(tmp_path):
+    """Good files of every supported kind plus broken ones, in nested folders."""
+    root = tmp_path / "inputs"
+    (root / "nested" / "deeper").mkdir(parents=True)
+    shutil.copy(shared_data_dir() / "cif" / "cgcnn_sample_cod" / "1000041.cif", root / "NaCl.cif")
+    shutil.copy(shared_data_dir() / "cif" / "jarvis_alignn_sample" / "POSCAR-JVASP-1372.vasp", root / "nested")
+    write(root / "nested" / "water.xyz", molecule("H2O"))
+    write(root / "nested" / "deeper" / "frames.extxyz", [molecule("CH4"), molecule("C2H6")])
+    write(root / "nested" / "deeper" / "si.traj", bulk("Si", "diamond", a=5.43))
+    (root / "broken.cif").write_text("data_broken\n_cell_length_a 5\nthis is not a cif\n")
+    overlapping = molecule("H2O")
+    overlapping.positions[1] = overlapping.positions[0] + [0.01, 0, 0]
+    write(root / "nested" / "overlap.xyz", overlapping)
+    (root / "empty.xyz").write_text("")
+    return root
+
+
+def run(capsys, *args):
+    code = main(["predict", *map(str, args)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_mixed_folder_predicts_good_files_and_reports_broken_ones(checkpoint, mixed_folder, capsys):
+    code, out, err = run(capsys, "--checkpoint", checkpoint, "--format", "csv", mixed_folder)
+    assert code == 1  # some inputs failed
+    rows = list(csv.DictReader(io.StringIO(out)))
+    files = sorted(r["file"].split("inputs/")[1] for r in rows)
+    assert files == ["NaCl.cif", "nested/POSCAR-JVASP-1372.vasp", "nested/deeper/frames.extxyz@0",
+                     "nested/deeper/frames.extxyz@1", "nested/deeper/si.traj", "nested/water.xyz"]
+    nacl = next(r for r in rows if r["file"].endswith("NaCl.cif"))
+    assert nacl["formula"] == "Cl4Na4" and nacl["natoms"] == "8"  # symmetry-expanded conventional cell
+    assert nacl["stress_xx_GPa"] != ""
+    water = next(r for r in rows if r["file"].endswith("water.xyz"))
+    assert water["stress_xx_GPa"] == ""  # no stress for molecules
+    assert float(water["energy_per_atom_eV"]) == pytest.approx(float(water["energy_eV"]) / 3)
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 3
+    assert any("broken.cif" in e and "CIF" in e for e in errors)
+    assert any("overlap.xyz" in e and "overlapping atoms" in e for e in errors)
+    assert any("empty.xyz" in e and "empty" in e for e in errors)
+    assert "Traceback" not in err
+    assert "3 input(s) failed, 6 structure(s) predicted" in err
+    # trained on molecules, given crystals: predictions run but the user is told
+    assert "trained on molecules" in err and "periodic structures" in err
+    assert "never seen in training" in err and "Na" in err
+
+
+def test_values_match_the_python_api(checkpoint, tmp_path, capsys):
+    atoms = bulk("Si", "diamond", a=5.43)
+    atoms.rattle(0.05, seed=0)
+    write(tmp_path / "si.vasp", atoms, format="vasp")
+    code, out, err = run(capsys, "--checkpoint", checkpoint, "--format", "json", tmp_path / "si.vasp")
+    assert code == 0
+    (row,) = json.loads(out)
+    model = geognn.load_model(checkpoint)
+    batch = geognn.collate([geognn.build_graph(geognn.read_structures(tmp_path / "si.vasp")[0], 4.0)])
+    expected = model(batch, stress=True)
+    assert row["energy_eV"] == pytest.approx(float(expected["energy"][0].detach()), rel=1e-6)
+    assert row["max_force_eV_A"] == pytest.approx(float(expected["forces"].norm(dim=1).max()), rel=1e-5)
+    s = expected["stress"][0].detach().numpy() * 160.2176634
+    np.testing.assert_allclose(row["stress_GPa"], [s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]],
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_table_and_output_file(checkpoint, tmp_path, capsys):
+    write(tmp_path / "w.xyz", molecule("H2O"))
+    code, out, err = run(capsys, "--checkpoint", checkpoint, tmp_path / "w.xyz")
+    assert code == 0 and out.splitlines()[0].startswith("file") and "H2O" in out
+    code, out, err = run(capsys, "--checkpoint", checkpoint, "--output", tmp_path / "p.csv", "--format", "csv",
+                         tmp_path / "w.xyz")
+    assert code == 0 and out == "" and "wrote 1 prediction(s)" in err
+    assert (tmp_path / "p.csv").read_text().startswith("file,formula,natoms,energy_eV")
+
+
+def test_missing_inputs_and_bad_checkpoint(checkpoint, tmp_path, capsys):
+    code, out, err = run(capsys, "--checkpoint", checkpoint, tmp_path / "nope.cif")
+    assert code == 1 and "nope.cif: no such file or folder" in err
+    (tmp_path / "bad.pt").write_text("junk")
+    code, out, err = run(capsys, "--checkpoint", tmp_path / "bad.pt", tmp_path)
+    assert code == 2 and err.startswith("error: ") and "bad.pt" in err and "Traceback" not in err
+
+
+def test_shipped_default_checkpoint_predicts_a_cif(capsys):
+    assert DEFAULT_CHECKPOINT.is_file()
+    cif = shared_data_dir() / "cif" / "mp_computed_examples" / "BaTiO3_mp-2998_computed.cif"
+    code, out, err = run(capsys, cif)
+    assert code == 0
+    assert "shipped default checkpoint" in err and "QM9" in err  # says what it was trained on
+    assert "trained on molecules" in err
+    assert "BaO3Ti" in out

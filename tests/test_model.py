@@ -1,0 +1,218 @@
+"""Every backbone in BACKBONES, through geognn.testing, on real molecules and crystals.
+
+Models are small and randomly initialised (symmetry and gradients do not depend on training),
+with reference energies set so energies are eV-sized like real ones. Exact symmetries are
+checked in float64 (tolerance 1e-9) and float32 (1e-4); finite differences in float64 only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import load_jarvis, load_oc20_slabs, load_qm9_molecules
+
+import geognn
+from geognn import testing as T
+from geognn.backbones import BACKBONES
+
+# an OC20 adsorbate atom has no neighbour within 4 Å: expected, not what these tests look at
+pytestmark = pytest.mark.filterwarnings("ignore::geognn.graph.build.IsolatedAtomWarning")
+
+SMALL = {"schnet": dict(hidden_channels=16, num_filters=16, num_layers=2, num_gaussians=12)}
+CUTOFF = 4.0
+
+
+def small_model(name: str, dtype=torch.float64, seed: int = 0) -> geognn.Model:
+    torch.manual_seed(seed)
+    model = geognn.build_model(name, cutoff=CUTOFF, **SMALL[name]).to(dtype).eval()
+    # eV-sized energies: a reference energy per element and a per-atom scale of 0.5 eV
+    model.reference.energies[1:] = -torch.arange(1, model.reference.energies.numel(), dtype=dtype) * 0.3
+    model.set_scale_shift(0.5, 0.1)
+    return model
+
+
+def test_every_backbone_has_small_test_settings():
+    assert set(SMALL) == set(BACKBONES), "add small settings for new backbones to SMALL"
+
+
+@pytest.fixture(scope="module")
+def crystals():
+    """Real periodic structures: triclinic JARVIS cells and an OC20 slab (both rattled off symmetry)."""
+    rng = np.random.default_rng(7)
+    chosen = [a for a in load_jarvis(50) if len(a) <= 12][:3]
+    assert any(abs(ang - 90) > 1 for a in chosen for ang in a.cell.angles()), "need a non-orthogonal cell"
+    slab = load_oc20_slabs()[2]  # 24 atoms
+    out = []
+    for a in chosen + [slab]:
+        a = a.copy()
+        a.positions += rng.normal(scale=0.05, size=a.positions.shape)
+        out.append(a)
+    return out
+
+
+@pytest.fixture(scope="module")
+def molecules():
+    return load_qm9_molecules(40)[-3:]
+
+
+MODELS = [pytest.param(name, id=name) for name in BACKBONES]
+DTYPES = [pytest.param(torch.float64, id="float64"), pytest.param(torch.float32, id="float32")]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", MODELS)
+def test_symmetries_on_crystals(name, dtype, crystals):
+    model = small_model(name, dtype)
+    rng = np.random.default_rng(0)
+    for atoms in crystals:
+        for check in (T.check_rotation, T.check_translation, T.check_permutation, T.check_wrapping,
+                      T.check_cell_basis_change):
+            T.assert_check(check(model, atoms, rng))
+        if BACKBONES[name].reflection_invariant:
+            T.assert_check(T.check_reflection(model, atoms, rng))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", MODELS)
+def test_symmetries_on_molecules(name, dtype, molecules):
+    model = small_model(name, dtype)
+    rng = np.random.default_rng(1)
+    for atoms in molecules:
+        for check in (T.check_rotation, T.check_translation, T.check_permutation, T.check_reflection):
+            T.assert_check(check(model, atoms, rng))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_supercell_is_extensive(name, crystals):
+    model = small_model(name)
+    for atoms in crystals[:2]:
+        result = T.assert_check(T.check_supercell(model, atoms, (2, 2, 2)))
+        assert result.max_abs < 1e-9
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_forces_and_stress_match_finite_differences(name, crystals, molecules):
+    model = small_model(name)
+    rng = np.random.default_rng(2)
+    for atoms in crystals[:2] + [crystals[-1]] + molecules[:1]:
+        forces = T.assert_check(T.check_finite_difference_forces(model, atoms, rng))
+        assert forces.max_abs < 1e-6
+    for atoms in crystals[:2] + [crystals[-1]]:  # bulk and slab (stress of a slab uses the full cell)
+        T.assert_check(T.check_finite_difference_stress(model, atoms))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_batched_equals_one_by_one(name, crystals, molecules):
+    model = small_model(name)
+    T.assert_check(T.check_batching(model, crystals + molecules))
+
+
+def test_nonzero_outputs_so_checks_are_meaningful(crystals):
+    """The symmetry checks compare non-trivial numbers: forces and stress are not all zero."""
+    model = small_model("schnet")
+    (out,) = T.predict(model, [crystals[0]])
+    assert np.abs(out["forces"]).max() > 1e-3
+    assert np.abs(out["stress"]).max() > 1e-5
+
+
+def test_checks_catch_a_broken_model(crystals):
+    """A model that reads absolute positions must fail the translation check (the harness can fail)."""
+    model = small_model("schnet")
+    original = model.backbone.forward
+
+    def position_dependent(batch):
+        out = original(batch)
+        out["node_features"] = out["node_features"] + batch.pos[:, :1]
+        return out
+
+    model.backbone.forward = position_dependent
+    result = T.check_translation(model, crystals[0], np.random.default_rng(0))
+    assert not result.passed and result.error > 1e-3
+
+
+def test_energy_continuous_across_cutoff():
+    """SchNet's cosine envelope: energy and force go smoothly to their far values at the cutoff."""
+    from ase import Atoms
+
+    model = small_model("schnet")
+    eps = 1e-6
+    energies = []
+    for r in (CUTOFF - eps, CUTOFF + eps):
+        pair = Atoms("CO", positions=[[0, 0, 0], [r, 0, 0]])
+        (out,) = T.predict(model, [pair], stress=False)
+        energies.append(out["energy"])
+        assert np.abs(out["forces"]).max() < 1e-6
+    assert abs(energies[0] - energies[1]) < 1e-9
+
+
+def test_model_defaults_and_stress_of_molecule_is_nan(molecules):
+    model = small_model("schnet")
+    batch = geognn.collate([geognn.build_graph(molecules[0], CUTOFF, dtype=torch.float64)])
+    out = model(batch, stress=True)
+    assert out["energy"].shape == (1,) and out["forces"].shape == (len(molecules[0]), 3)
+    assert torch.isnan(out["stress"]).all()  # undefined without a periodic direction
+    assert "stress" not in model(batch)  # stress=False by default
+
+
+def test_save_load_round_trip(tmp_path, crystals):
+    model = small_model("schnet")
+    model.metadata["trained_on"] = "nothing (test)"
+    path = tmp_path / "m.pt"
+    model.save(path)
+    payload = torch.load(path, weights_only=True)  # must not need pickled classes
+    assert payload["format_version"] == 1 and payload["config"]["backbone"] == "schnet"
+    loaded = geognn.load_model(path)
+    assert next(loaded.parameters()).dtype == torch.float64
+    a, b = T.predict(model, crystals[:1])[0], T.predict(loaded, crystals[:1])[0]
+    assert a["energy"] == pytest.approx(b["energy"], abs=1e-12)
+    assert loaded.metadata["trained_on"] == "nothing (test)"
+
+
+def test_load_model_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such checkpoint"):
+        geognn.load_model(tmp_path / "missing.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="bad.pt: not a readable geognn checkpoint"):
+        geognn.load_model(bad)
+    torch.save({"config": {}, "state_dict": {}, "format_version": 99}, tmp_path / "future.pt")
+    with pytest.raises(ValueError, match="format version 99"):
+        geognn.load_model(tmp_path / "future.pt")
+
+
+def test_build_model_rejects_unknown_backbone():
+    with pytest.raises(ValueError, match="unknown backbone 'nope'; choose one of: schnet"):
+        geognn.build_model("nope")
+
+
+def test_reset_parameters_changes_weights():
+    model = small_model("schnet")
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.dim() > 1}
+    torch.manual_seed(123)
+    model.reset_parameters()
+    unchanged = [n for n, p in model.named_parameters() if n in before and torch.equal(before[n], p)]
+    assert len(before) > 5 and not unchanged  # biases are reset to zero, weights redrawn
+
+
+def test_reference_energies_fit_recovers_known_values():
+    """Least squares on composition recovers per-element energies of a synthetic linear model."""
+    from geognn.model import ReferenceEnergies
+
+    rng = np.random.default_rng(0)
+    truth = {1: -13.6, 6: -1029.8, 8: -2041.3}
+    zs, energies = [], []
+    for _ in range(30):
+        z = rng.choice([1, 6, 8], size=rng.integers(2, 12))
+        zs.append(torch.as_tensor(z))
+        energies.append(sum(truth[int(k)] for k in z))
+    ref = ReferenceEnergies()
+    ref.fit(zs, torch.tensor(energies, dtype=torch.float64))
+    for z, e in truth.items():
+        assert float(ref.energies[z]) == pytest.approx(e, abs=1e-3)
+    assert float(ref.energies[7]) == 0.0
+
+
+def test_schnet_repr_lists_hyperparameters():
+    text = repr(geognn.BACKBONES["schnet"](hidden_channels=8, num_layers=1))
+    assert "hidden_channels=8" in text and "num_layers=1" in text and "cutoff=5.0" in text
