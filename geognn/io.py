@@ -43,8 +43,8 @@ VASP_NAME_PREFIXES = ("POSCAR", "CONTCAR")
 class StructureError(ValueError):
     """A structure that cannot be read or used; the message names its source and the problem."""
 
-    def __init__(self, source: str | None, problem: str):
-        self.source = source or "<structure>"
+    def __init__(self, source, problem: str):
+        self.source = str(source) if source is not None else "<structure>"
         self.problem = problem
         super().__init__(f"{self.source}: {problem}")
 
@@ -52,6 +52,22 @@ class StructureError(ValueError):
 def source_of(atoms: Atoms) -> str:
     """The name used in error messages for ``atoms``: its file (and frame), else a generic label."""
     return str(atoms.info.get("source", f"<{atoms.get_chemical_formula() or 'empty'} structure>"))
+
+
+class LazySource:
+    """``source_of(atoms)``, computed only when formatted (errors and warnings are rare; the
+    chemical formula of the fallback label is not free to build for every graph)."""
+
+    __slots__ = ("atoms",)
+
+    def __init__(self, atoms: Atoms):
+        self.atoms = atoms
+
+    def __str__(self) -> str:
+        return source_of(self.atoms)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
 
 
 # --------------------------------------------------------------------------- file discovery
@@ -154,6 +170,7 @@ def _read_ase(path: Path, fmt: str) -> list[Atoms]:
 
 
 def _read_cif(path: Path, allow_partial_occupancy: bool) -> list[Atoms]:
+    from pymatgen.core.periodic_table import DummySpecies
     from pymatgen.io.cif import CifParser
 
     with warnings.catch_warnings(record=True) as caught:
@@ -169,7 +186,7 @@ def _read_cif(path: Path, allow_partial_occupancy: bool) -> list[Atoms]:
                                  + (f" [{notes}]" if notes else "")) from exc
     out = []
     for s in structures:
-        dummies = sorted({str(sp.symbol) for sp in s.composition.elements if not hasattr(sp, "Z") or sp.Z < 1})
+        dummies = sorted({str(sp.symbol) for sp in s.composition.elements if isinstance(sp, DummySpecies)})
         if dummies:  # pymatgen turns unknown symbols into DummySpecies
             raise StructureError(str(path), f"unknown element '{dummies[0]}'")
         mismatch = parser.check(s)  # compares the sites with _chemical_formula_sum, when given
@@ -234,7 +251,7 @@ def validate_atoms(atoms: Atoms, *, check_overlap: bool = True) -> None:
     direction has a non-zero lattice vector and a fully periodic cell is not singular; no two
     atoms (or periodic images) closer than MIN_INTERATOMIC_DISTANCE Å.
     """
-    src = source_of(atoms)
+    src = LazySource(atoms)
     n = len(atoms)
     if n == 0:
         raise StructureError(src, "empty structure (no atoms)")
@@ -255,12 +272,18 @@ def validate_atoms(atoms: Atoms, *, check_overlap: bool = True) -> None:
             raise StructureError(src, f"periodic along lattice vector {int(d)} but that vector is zero")
     if pbc.any():
         # all periodic directions must be linearly independent (a singular cell folds space)
+        # measured relative to the vector lengths: 1 for orthogonal vectors, 0 for dependent ones
         periodic = cell[pbc]
-        if np.linalg.matrix_rank(periodic, tol=1e-6) < periodic.shape[0]:
+        lengths = np.prod(np.linalg.norm(periodic, axis=1))
+        if periodic.shape[0] == 3:
+            independence = abs(np.linalg.det(periodic)) / lengths
+        elif periodic.shape[0] == 2:
+            independence = np.linalg.norm(np.cross(periodic[0], periodic[1])) / lengths
+        else:
+            independence = 1.0
+        if independence < 1e-6:
             raise StructureError(src, f"singular cell: periodic lattice vectors are linearly "
                                  f"dependent (cell={cell.round(4).tolist()})")
-        if pbc.all() and abs(np.linalg.det(cell)) < 1e-6:
-            raise StructureError(src, f"singular cell (volume {abs(np.linalg.det(cell)):.2e} Å³)")
     if check_overlap:
         from .graph.neighbours import neighbour_list
 

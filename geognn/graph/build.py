@@ -18,7 +18,7 @@ from torch_geometric.data import Batch, Data
 
 from .. import conventions as K
 from ..conventions import MIN_INTERATOMIC_DISTANCE
-from ..io import StructureError, raise_if_overlapping, source_of, to_atoms, validate_atoms
+from ..io import LazySource, StructureError, raise_if_overlapping, to_atoms, validate_atoms
 from .neighbours import nearest_neighbours_mask, neighbour_list
 
 
@@ -57,7 +57,7 @@ def build_graph(atoms, cutoff: float, max_neighbors: int | None = None, *,
         neighbour within the cutoff trigger an ``IsolatedAtomWarning`` naming their indices.
     """
     atoms = to_atoms(atoms)
-    src = source_of(atoms)
+    src = LazySource(atoms)
     if not np.isfinite(cutoff) or cutoff <= 0:
         raise StructureError(src, f"cutoff must be a positive number of Å, got {cutoff}")
     if max_neighbors is not None and (int(max_neighbors) != max_neighbors or max_neighbors < 1):
@@ -75,13 +75,13 @@ def build_graph(atoms, cutoff: float, max_neighbors: int | None = None, *,
     if overlap_from_graph:
         raise_if_overlapping(src, i, j, S, d)
     if max_neighbors is not None:
-        keep = nearest_neighbours_mask(i, d, int(max_neighbors))
+        keep = nearest_neighbours_mask(i, j, S, d, int(max_neighbors))
         dropped = int((~keep).sum())
         if dropped:
             warnings.warn(f"{src}: max_neighbors={max_neighbors} dropped {dropped} of {i.size} "
                           f"edges at cutoff {cutoff} Å", NeighbourCapWarning, stacklevel=2)
             i, j, S = i[keep], j[keep], S[keep]
-    isolated = np.setdiff1d(np.arange(n), i)
+    isolated = np.flatnonzero(np.bincount(i, minlength=n) == 0)
     if isolated.size:
         shortest = _shortest_distance(atoms) if isolated.size == n else None
         if shortest is not None:
@@ -170,7 +170,7 @@ def edge_vectors(batch: Data) -> torch.Tensor:
     """
     j, i = batch[K.EDGE_INDEX]
     pos, cell = batch[K.POS], batch[K.CELL]
-    vec = pos[j] - pos[i]
+    vec = pos.index_select(0, j) - pos.index_select(0, i)
     shift = batch[K.EDGE_SHIFT].to(pos.dtype)
     if shift.numel():
         edge_cell = cell[graph_index(batch)[i]]  # [E, 3, 3]

@@ -45,8 +45,11 @@ def neighbour_list(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cut
         with_distances: also return the pair distances [E] Å.
 
     Returns:
-        ``i`` [E] centre, ``j`` [E] neighbour, ``S`` [E, 3] int64 image of j (and ``d`` [E]),
-        sorted by (i, j, S) so the order is reproducible whatever the search did.
+        ``i`` [E] centre, ``j`` [E] neighbour, ``S`` [E, 3] int64 image of j (and ``d`` [E]).
+        The order is the search's own: the same on every call for the same input, but not
+        sorted (a sort costs as much as the search itself on large systems; message passing
+        does not need one). Code that needs an order independent of the input's orientation,
+        like ``nearest_neighbours_mask``, sorts by the keys it needs.
     """
     positions = np.ascontiguousarray(positions, dtype=np.float64)
     pbc = np.asarray(pbc, dtype=bool)
@@ -56,15 +59,14 @@ def neighbour_list(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cut
     else:
         cell = np.ascontiguousarray(cell, dtype=np.float64) if pbc.any() else np.zeros((3, 3))
         search_positions, images = _wrap_far_atoms(positions, cell, pbc)
-        search_positions = _close_gaps_along_free_directions(search_positions, cell, pbc, cutoff)
+        if not pbc.all():
+            search_positions = _close_gaps_along_free_directions(search_positions, cell, pbc, cutoff)
         i, j, S, d = _vesin_list(float(cutoff)).compute(search_positions, cell, pbc.tolist(), "ijSd")
         i = i.astype(np.int64, copy=False)
         j = j.astype(np.int64, copy=False)
         S = S.astype(np.int64, copy=False)
         if images is not None:  # back to the images of the caller's positions
             S = S - images[j] + images[i]
-        order = _canonical_order(i, j, S, n)
-        i, j, S, d = i[order], j[order], S[order], d[order]
     return (i, j, S, d) if with_distances else (i, j, S)
 
 
@@ -96,8 +98,11 @@ def _wrap_far_atoms(positions, cell, pbc):
     """
     if not pbc.any():
         return positions, None
-    basis = np.vstack([cell[pbc], _free_directions(cell, pbc)])  # periodic rows, then free
-    fractional = np.linalg.solve(basis.T, positions.T).T[:, :int(pbc.sum())]
+    if pbc.all():
+        fractional = positions @ np.linalg.inv(cell)
+    else:
+        basis = np.vstack([cell[pbc], _free_directions(cell, pbc)])  # periodic rows, then free
+        fractional = np.linalg.solve(basis.T, positions.T).T[:, :int(pbc.sum())]
     if fractional.size == 0 or (np.all(fractional > -MAX_CELLS_OUTSIDE)
                                 and np.all(fractional < 1.0 + MAX_CELLS_OUTSIDE)):
         return positions, None
@@ -142,32 +147,18 @@ def _dense_pairs(positions: np.ndarray, cutoff: float):
     return i, j, np.zeros((i.size, 3), dtype=np.int64), np.sqrt(dist2[i, j])
 
 
-def _canonical_order(i: np.ndarray, j: np.ndarray, S: np.ndarray, n: int) -> np.ndarray:
-    """Permutation sorting pairs by (i, j, S); one integer key when it fits in int64."""
-    if i.size == 0:
-        return np.zeros(0, dtype=np.int64)
-    low = S.min(axis=0)
-    span = S.max(axis=0) - low + 1
-    if float(n) * n * float(np.prod(span)) < 2.0 ** 62:
-        key = i * n + j
-        for k in range(3):
-            key = key * span[k] + (S[:, k] - low[k])
-        return np.argsort(key)
-    return np.lexsort((S[:, 2], S[:, 1], S[:, 0], j, i))
-
-
-def nearest_neighbours_mask(i: np.ndarray, d: np.ndarray, max_neighbors: int) -> np.ndarray:
+def nearest_neighbours_mask(i: np.ndarray, j: np.ndarray, S: np.ndarray, d: np.ndarray,
+                            max_neighbors: int) -> np.ndarray:
     """Boolean mask keeping, for each centre ``i``, its ``max_neighbors`` nearest pairs.
 
-    Pairs must already be in a canonical order (as ``neighbour_list`` returns them). Ties in
-    distance (common in symmetric crystals, equal up to rounding noise) are broken by that
-    order: distances are rounded to 1e-8 Å and a stable sort keeps (j, S) order among equals,
-    so the choice does not depend on floating-point noise or on the search algorithm.
+    Ties in distance (common in symmetric crystals, equal up to rounding noise) are broken by
+    (j, S): distances are rounded to 1e-8 Å and pairs sorted by (i, distance, j, S), so the
+    choice depends neither on floating-point noise nor on the order the search returned.
     """
     if i.size == 0:
         return np.ones(0, dtype=bool)
     d_key = np.round(d, 8)
-    order = np.lexsort((np.arange(i.size), d_key, i))  # by centre, then distance, then canonical
+    order = np.lexsort((S[:, 2], S[:, 1], S[:, 0], j, d_key, i))
     sorted_i = i[order]
     starts = np.r_[0, np.flatnonzero(np.diff(sorted_i)) + 1]
     rank = np.arange(i.size) - np.repeat(starts, np.diff(np.r_[starts, i.size]))

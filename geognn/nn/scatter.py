@@ -27,7 +27,9 @@ def scatter_sum(src: torch.Tensor, index: torch.Tensor, dim_size: int) -> torch.
     if torch_scatter_enabled():
         return _torch_scatter.scatter_add(src, index, dim=0, dim_size=dim_size)
     out = src.new_zeros((dim_size,) + tuple(src.shape[1:]))
-    return out.index_add_(0, index, src)
+    # scatter_add_ rather than index_add_: its backward (a gather) does not keep src alive
+    expanded = index.view((-1,) + (1,) * (src.dim() - 1)).expand_as(src)
+    return out.scatter_add_(0, expanded, src)
 
 
 def scatter_mean(src: torch.Tensor, index: torch.Tensor, dim_size: int) -> torch.Tensor:
