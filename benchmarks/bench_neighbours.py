@@ -51,79 +51,22 @@ Run
 from __future__ import annotations
 
 import argparse
-import ast
-import datetime as _dt
 import gc
 import json
-import os
-import platform
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-DATA = Path(os.environ.get("GEOGNN_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-RESULTS = HERE / "results"
+from _common import DATA, HERE, RESULTS, load_qm9, machine_info
 
 SPEED_TARGET_VS_FASTEST = 1.5  # geognn time / fastest other library's time must be <= this
 SPEED_TARGET_VS_ASE = 20.0  # ASE time / geognn time must be >= this on crystals
 UNSTABLE_SPREAD = 2.0  # warn when a library's slowest timed pass is this many times its fastest
 
 
-# --------------------------------------------------------------------------------------- machine
-def machine_info() -> dict:
-    import torch
-
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    versions = {"torch": torch.__version__, "numpy": np.__version__}
-    for mod in ("ase", "matscipy", "vesin", "pymatgen.core", "torch_geometric", "geognn"):
-        try:
-            versions[mod.split(".")[0]] = __import__(mod, fromlist=["__version__"]).__version__
-        except Exception:  # pragma: no cover - informational only
-            pass
-    return {"cpu": cpu, "cores_logical": os.cpu_count(), "python": platform.python_version(),
-            "platform": platform.platform(), "versions": versions,
-            "load_average_1_5_15": list(os.getloadavg()),
-            "git": git_state(), "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds")}
-
-
-def git_state() -> dict:
-    """Commit of the checkout and which geognn files differ from it (results depend on them)."""
-    import subprocess
-
-    def git(*a):
-        try:
-            return subprocess.run(["git", *a], cwd=HERE.parent, capture_output=True, text=True,
-                                  timeout=10).stdout.strip()
-        except Exception:  # pragma: no cover - informational only
-            return ""
-    changed = git("status", "--porcelain", "--", "geognn").splitlines()
-    return {"commit": git("rev-parse", "--short", "HEAD") or None,
-            "geognn_changed_files": [line.split(None, 1)[1] for line in changed]}
-
-
 # --------------------------------------------------------------------------------------- data
-def load_qm9(n: int):
-    import pandas as pd
-    from ase import Atoms
-
-    df = pd.read_csv(DATA / "qm9" / "qm9pack_subset_stride26.csv", nrows=n,
-                     usecols=["Elements", "XYZ_Ang"])
-    out = []
-    for elements, xyz in zip(df["Elements"], df["XYZ_Ang"]):
-        out.append(Atoms(symbols=ast.literal_eval(elements), positions=ast.literal_eval(xyz), pbc=False))
-    return out
-
-
 def load_mp20(n: int):
     import pandas as pd
     from pymatgen.core import Structure
@@ -322,7 +265,7 @@ def main(argv=None) -> dict:
         n_qm9, n_mp20, reps, repeats = 1000, 300, (14, 14, 13), args.repeats or 7
     out = args.out or RESULTS / ("bench_neighbours_quick.json" if args.quick else "bench_neighbours.json")
 
-    info = machine_info()
+    info = machine_info(("numpy", "torch", "ase", "matscipy", "vesin", "pymatgen.core", "torch_geometric", "geognn"))
     print(f"bench_neighbours{' (quick)' if args.quick else ''}: {info['cpu']}, "
           f"{info['cores_logical']} logical cores, torch {info['versions']['torch']}, {info['date']}, "
           f"load average {info['load_average_1_5_15'][0]:.2f}")

@@ -60,12 +60,8 @@ Run
 from __future__ import annotations
 
 import argparse
-import ast
-import datetime as _dt
 import gc
 import json
-import os
-import platform
 import time
 import warnings
 from pathlib import Path
@@ -73,64 +69,27 @@ from pathlib import Path
 import numpy as np
 import torch
 
-HERE = Path(__file__).resolve().parent
-DATA = Path(os.environ.get("GEOGNN_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-RESULTS = HERE / "results"
+from _common import DATA, HERE, RESULTS, load_qm9, machine_info
+
 HPARAMS = dict(hidden_channels=128, num_filters=128, num_interactions=6, num_gaussians=50)
 THROUGHPUT_TARGET = 1.0  # geognn structures/s divided by PyG structures/s
 UNSTABLE_SPREAD = 2.0  # warn when the slowest timed step is this many times the fastest
 
 
 # --------------------------------------------------------------------------------------- machine
-def machine_info(device: torch.device) -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import torch_geometric
-
-    import geognn
-
-    info = {"cpu": cpu, "cores_logical": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version(), "platform": platform.platform(),
-            "versions": {"torch": torch.__version__, "torch_geometric": torch_geometric.__version__,
-                         "geognn": geognn.__version__, "numpy": np.__version__},
-            "device": str(device), "load_average_1_5_15": list(os.getloadavg()),
-            "git": git_state(), "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds")}
+def device_info(device: torch.device) -> dict:
+    info = machine_info()
+    info.update(torch_threads=torch.get_num_threads(), device=str(device))
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
 
 
-def git_state() -> dict:
-    """Commit of the checkout and which geognn files differ from it (results depend on them)."""
-    import subprocess
-
-    def git(*a):
-        try:
-            return subprocess.run(["git", *a], cwd=HERE.parent, capture_output=True, text=True,
-                                  timeout=10).stdout.strip()
-        except Exception:  # pragma: no cover - informational only
-            return ""
-    changed = git("status", "--porcelain", "--", "geognn").splitlines()
-    return {"commit": git("rev-parse", "--short", "HEAD") or None,
-            "geognn_changed_files": [line.split(None, 1)[1] for line in changed]}
-
-
 # --------------------------------------------------------------------------------------- data
 def qm9_graphs(n: int, cutoff: float):
-    import pandas as pd
-    from ase import Atoms
-
     import geognn
 
-    df = pd.read_csv(DATA / "qm9" / "qm9pack_subset_stride26.csv", nrows=n, usecols=["Elements", "XYZ_Ang"])
-    return [geognn.build_graph(Atoms(symbols=ast.literal_eval(e), positions=ast.literal_eval(x), pbc=False),
-                               cutoff) for e, x in zip(df["Elements"], df["XYZ_Ang"])]
+    return [geognn.build_graph(atoms, cutoff) for atoms in load_qm9(n)]
 
 
 def oc20_graphs(n: int, cutoff: float):
@@ -368,7 +327,7 @@ def main(argv=None) -> dict:
     stem = "bench_schnet" + ("" if device.type == "cpu" else f"_{device.type}") + ("_quick" if args.quick else "")
     out = args.out or RESULTS / f"{stem}.json"
 
-    info = machine_info(device)
+    info = device_info(device)
     print(f"bench_schnet{' (quick)' if args.quick else ''}: device {info['device']}"
           f"{' (' + info['gpu'] + ')' if 'gpu' in info else ''}; {info['cpu']}, {info['cores_logical']} logical "
           f"cores, torch {torch.__version__} with {info['torch_threads']} threads, PyG "

@@ -14,7 +14,6 @@ import sys
 import warnings
 from pathlib import Path
 
-import numpy as np
 
 from . import conventions as K
 
@@ -40,7 +39,7 @@ def predict_structures(model, paths, batch_size: int = 16, device: str = "cpu"):
     import torch
 
     from .graph.build import build_graph, collate
-    from .io import StructureError, expand_paths, read_file
+    from .io import StructureError, expand_paths, read_file, source_of
 
     failures, notes, items = [], [], []  # items: (atoms, graph)
     for path in paths:
@@ -56,6 +55,10 @@ def predict_structures(model, paths, batch_size: int = 16, device: str = "cpu"):
                 failures.append(str(exc))
                 continue
             for atoms in structures:
+                if int(atoms.numbers.max()) > model.backbone.max_z:
+                    failures.append(f"{source_of(atoms)}: element Z={int(atoms.numbers.max())} is beyond "
+                                    f"what this model can embed (max_z={model.backbone.max_z})")
+                    continue
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
                     try:

@@ -121,3 +121,14 @@ def test_shipped_default_checkpoint_predicts_a_cif(capsys):
     assert "shipped default checkpoint" in err and "QM9" in err  # says what it was trained on
     assert "trained on molecules" in err
     assert "BaO3Ti" in out
+
+
+def test_element_beyond_the_embedding_is_reported_not_raised(checkpoint, tmp_path, capsys):
+    from ase import Atoms
+
+    write(tmp_path / "rf.xyz", Atoms("RfH", positions=[[0, 0, 0], [0, 0, 1.6]]))
+    write(tmp_path / "w.xyz", molecule("H2O"))
+    code, out, err = run(capsys, "--checkpoint", checkpoint, tmp_path)
+    assert code == 1 and "H2O" in out
+    assert "rf.xyz: element Z=104 is beyond what this model can embed (max_z=100)" in err
+    assert "Traceback" not in err

@@ -29,6 +29,8 @@ class Backbone(nn.Module):
     name: str = ""
     #: False for backbones that are only SE(3)-invariant (they may tell mirror images apart)
     reflection_invariant: bool = True
+    #: largest atomic number the backbone can embed (instances may lower it)
+    max_z: int = 118
 
     def __init__(self, **hparams: Any):
         super().__init__()

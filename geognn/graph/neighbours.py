@@ -1,12 +1,14 @@
 """Neighbour lists for molecules and periodic systems (any mix of periodic directions).
 
-The search itself is done by vesin (a compiled cell-list code, O(N) in atoms, exact for any
-cutoff, including cells much smaller than the cutoff and atoms outside the cell). This module
-fixes the conventions around it: which index is the centre, what the shift means, how a
-``max_neighbors`` cap is applied deterministically.
+The search is done by vesin (a compiled cell-list code, O(N) in atoms, exact for any cutoff,
+including cells much smaller than the cutoff and atoms outside the cell), except for small
+molecules, where a dense numpy search has less set-up cost. This module fixes the conventions
+around it (which index is the centre, what the shift means), guards vesin against inputs that
+would make its cell list explode (atoms thousands of cells away, 1e6 Å of vacuum), and applies
+a ``max_neighbors`` cap deterministically.
 
 Returned arrays follow ASE's ``neighbor_list("ijS")``: for each pair,
-``D = positions[j] + S @ cell - positions[i]`` with ``|D| <= cutoff``; both (i, j) and (j, i)
+``D = positions[j] + S @ cell - positions[i]`` with ``|D| < cutoff``; both (i, j) and (j, i)
 are listed; an atom's own images are its neighbours when they are within the cutoff.
 """
 
