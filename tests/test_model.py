@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from backbone_configs import SMALL
 from conftest import load_jarvis, load_oc20_slabs, load_qm9_molecules
 
 import geognn
@@ -19,7 +20,6 @@ from geognn.backbones import BACKBONES
 # an OC20 adsorbate atom has no neighbour within 4 Å: expected, not what these tests look at
 pytestmark = pytest.mark.filterwarnings("ignore::geognn.graph.build.IsolatedAtomWarning")
 
-SMALL = {"schnet": dict(hidden_channels=16, num_filters=16, num_layers=2, num_gaussians=12)}
 CUTOFF = 4.0
 
 

@@ -7,10 +7,20 @@ Add a backbone by writing its file (a ``Backbone`` subclass following the contra
 from __future__ import annotations
 
 from .base import Backbone
+from .dimenetpp import DimeNetPlusPlus
+from .egnn import EGNN
+from .mace import MACE
+from .nequip import NequIP
+from .painn import PaiNN
 from .schnet import SchNet
 
 BACKBONES: dict[str, type[Backbone]] = {
     "schnet": SchNet,
+    "dimenetpp": DimeNetPlusPlus,
+    "egnn": EGNN,
+    "painn": PaiNN,
+    "nequip": NequIP,
+    "mace": MACE,
 }
 
 
@@ -22,4 +32,5 @@ def get_backbone_class(name: str) -> type[Backbone]:
         raise ValueError(f"unknown backbone '{name}'; choose one of: {', '.join(sorted(BACKBONES))}") from None
 
 
-__all__ = ["BACKBONES", "Backbone", "SchNet", "get_backbone_class"]
+__all__ = ["BACKBONES", "Backbone", "DimeNetPlusPlus", "EGNN", "MACE", "NequIP", "PaiNN", "SchNet",
+           "get_backbone_class"]

@@ -43,3 +43,40 @@ class GaussianRBF(nn.Module):
     def extra_repr(self) -> str:
         return (f"start={float(self.centres[0])}, stop={float(self.centres[-1])}, "
                 f"num_basis={self.centres.numel()}")
+
+
+class BesselRBF(nn.Module):
+    """Radial Bessel basis ``sqrt(2/r_c) sin(n pi d / r_c) / d``, n = 1..num_basis (DimeNet, NequIP).
+
+    The frequencies ``n pi / r_c`` are trainable when ``trainable=True`` (as in DimeNet/NequIP).
+    Input [E] Å (> 0) -> output [E, num_basis].
+    """
+
+    def __init__(self, cutoff: float = 5.0, num_basis: int = 8, trainable: bool = False):
+        super().__init__()
+        self.cutoff = float(cutoff)
+        freqs = torch.arange(1, num_basis + 1, dtype=torch.get_default_dtype()) * math.pi / self.cutoff
+        if trainable:
+            self.freqs = nn.Parameter(freqs)
+        else:
+            self.register_buffer("freqs", freqs)
+        self.prefactor = math.sqrt(2.0 / self.cutoff)
+
+    def forward(self, distance: torch.Tensor) -> torch.Tensor:
+        d = distance.unsqueeze(-1)
+        return self.prefactor * torch.sin(self.freqs * d) / d
+
+    def extra_repr(self) -> str:
+        return f"cutoff={self.cutoff}, num_basis={self.freqs.numel()}"
+
+
+def polynomial_envelope(distance: torch.Tensor, cutoff: float, p: int = 6) -> torch.Tensor:
+    """Smooth envelope of DimeNet/NequIP: 1 at 0, and value and first two derivatives vanish at r_c.
+
+    ``u(x) = 1 - (p+1)(p+2)/2 x^p + p(p+2) x^(p+1) - p(p+1)/2 x^(p+2)`` for x = d / r_c < 1, else 0.
+    Shape: same as ``distance``.
+    """
+    x = distance / cutoff
+    u = (1.0 - 0.5 * (p + 1) * (p + 2) * x.pow(p) + p * (p + 2) * x.pow(p + 1)
+         - 0.5 * p * (p + 1) * x.pow(p + 2))
+    return u * (x < 1.0).to(distance.dtype)

@@ -124,7 +124,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
                       f"({Path(config.data_root).name}), target {config.target}, "
                       f"{len(train_g)} training structures",
         "periodic": any(bool(g[K.PBC].any()) for g in train_g),
-        "elements": elements, "target": config.target, "units": "eV"}, **config.backbone_kwargs)
+        "elements": elements, "target": config.target, "units": "eV"}, **config.resolved_backbone_kwargs())
     # composition baseline = the model's reference energies; the network learns the residual
     model.reference.fit([g[K.Z] for g in train_g], torch.cat([g[K.ENERGY] for g in train_g]))
     residual = torch.cat([(g[K.ENERGY] - model.reference(g[K.Z]).sum()) / len(g[K.Z]) for g in train_g])

@@ -1,0 +1,13 @@
+"""Small settings for each backbone in tests: fast on 2 CPU cores, but every code path on.
+
+One entry per name in geognn.BACKBONES (test_model.py checks that none is missing).
+"""
+
+SMALL = {
+    "schnet": dict(hidden_channels=16, num_filters=16, num_layers=2, num_gaussians=12),
+    "dimenetpp": dict(hidden_channels=16, num_layers=2),
+    "egnn": dict(hidden_channels=16, num_layers=2),
+    "painn": dict(hidden_channels=16, num_layers=2),
+    "nequip": dict(hidden_channels=8, num_layers=2, max_ell=2),
+    "mace": dict(hidden_channels=8, num_layers=2, max_ell=2, correlation=3),
+}
