@@ -1,11 +1,14 @@
-"""What both benchmark scripts share: where data and results live, machine facts, QM9 input."""
+"""What the benchmark scripts share: where data and results live, machine facts, QM9 and OC20 input,
+interleaved timing and peak memory of one step."""
 
 from __future__ import annotations
 
 import datetime as _dt
+import gc
 import os
 import platform
 import subprocess
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -57,3 +60,103 @@ def load_qm9(n: int):
     from geognn.datasets.qm9 import read_qm9pack_csv
 
     return read_qm9pack_csv(DATA / "qm9" / "qm9pack_subset_stride26.csv", limit=n)
+
+
+# ----------------------------------------------------------------------------- shared by the speed benchmarks
+# (torch and geognn are imported inside the functions: _mace_reference.py imports this module from a
+# venv that has torch but not geognn)
+def device_info(device) -> dict:
+    """machine_info() plus torch's thread count, the device and the GPU name."""
+    import torch
+
+    info = machine_info()
+    info.update(torch_threads=torch.get_num_threads(), device=str(device))
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def qm9_graphs(n: int, cutoff: float):
+    """geognn graphs of the first ``n`` molecules of the shared QM9 subset."""
+    import geognn
+
+    return [geognn.build_graph(atoms, cutoff) for atoms in load_qm9(n)]
+
+
+def oc20_graphs(n: int, cutoff: float):
+    """geognn graphs (pbc=True) of the first ``n`` of the 8 OC20 IS2RE systems in faenet_is2re_bs8.pt."""
+    import torch
+    from ase import Atoms
+
+    import geognn
+
+    batch = torch.load(DATA / "oc20" / "faenet_is2re_bs8.pt", weights_only=False)
+    graphs = []
+    for g in batch.to_data_list()[:n]:
+        atoms = Atoms(numbers=g.atomic_numbers.long().numpy(), positions=g.pos.double().numpy(),
+                      cell=g.cell[0].double().numpy(), pbc=True)
+        graphs.append(geognn.build_graph(atoms, cutoff))
+    return graphs
+
+
+def sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_interleaved(fns: dict, device, warmup: int, repeats: int) -> dict:
+    """Seconds of each of ``repeats`` calls per function, the functions interleaved.
+
+    Each round calls every function once, the order alternating (reversed every other round) so
+    that background load hits all alike. A function with attribute ``self_timed = True`` (a model
+    in another process) times itself and returns its seconds.
+    """
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times = {k: [] for k in fns}
+    names = list(fns)
+    for r in range(repeats):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            fn = fns[name]
+            if getattr(fn, "self_timed", False):
+                times[name].append(float(fn()))
+                continue
+            gc.collect()
+            sync(device)
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def peak_memory_bytes(fn, device) -> int:
+    """Peak tensor memory allocated during one call of ``fn`` above what was allocated before it."""
+    import torch
+
+    gc.collect()
+    if device.type == "cuda":
+        sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        sync(device)
+        return int(torch.cuda.max_memory_allocated(device) - base)
+    from torch._C._profiler import _EventType
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    running = [0]
+
+    def walk(nodes):
+        for node in nodes:
+            if node.tag == _EventType.Allocation and node.extra_fields.device.type == "cpu":
+                running.append(node.extra_fields.total_allocated)
+            walk(node.children)
+
+    walk(prof.profiler.kineto_results.experimental_event_tree())
+    return int(max(running))

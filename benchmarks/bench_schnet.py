@@ -60,7 +60,6 @@ Run
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import time
 import warnings
@@ -69,41 +68,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import DATA, HERE, RESULTS, load_qm9, machine_info
+from _common import (HERE, RESULTS, device_info, oc20_graphs, peak_memory_bytes, qm9_graphs, sync,
+                     time_interleaved)
 
 HPARAMS = dict(hidden_channels=128, num_filters=128, num_interactions=6, num_gaussians=50)
 THROUGHPUT_TARGET = 1.0  # geognn structures/s divided by PyG structures/s
 UNSTABLE_SPREAD = 2.0  # warn when the slowest timed step is this many times the fastest
-
-
-# --------------------------------------------------------------------------------------- machine
-def device_info(device: torch.device) -> dict:
-    info = machine_info()
-    info.update(torch_threads=torch.get_num_threads(), device=str(device))
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
-
-
-# --------------------------------------------------------------------------------------- data
-def qm9_graphs(n: int, cutoff: float):
-    import geognn
-
-    return [geognn.build_graph(atoms, cutoff) for atoms in load_qm9(n)]
-
-
-def oc20_graphs(n: int, cutoff: float):
-    from ase import Atoms
-
-    import geognn
-
-    batch = torch.load(DATA / "oc20" / "faenet_is2re_bs8.pt", weights_only=False)
-    graphs = []
-    for g in batch.to_data_list()[:n]:
-        atoms = Atoms(numbers=g.atomic_numbers.long().numpy(), positions=g.pos.double().numpy(),
-                      cell=g.cell[0].double().numpy(), pbc=True)
-        graphs.append(geognn.build_graph(atoms, cutoff))
-    return graphs
 
 
 # --------------------------------------------------------------------------------------- models
@@ -157,55 +127,6 @@ def step_fns(ours, pyg, batch):
 
 
 # --------------------------------------------------------------------------------------- measuring
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_interleaved(fns: dict, device, warmup: int, repeats: int) -> dict:
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times = {k: [] for k in fns}
-    names = list(fns)
-    for r in range(repeats):
-        for name in (names if r % 2 == 0 else names[::-1]):
-            gc.collect()
-            sync(device)
-            t0 = time.perf_counter()
-            fns[name]()
-            sync(device)
-            times[name].append(time.perf_counter() - t0)
-    return times
-
-
-def peak_memory_bytes(fn, device) -> int:
-    """Peak tensor memory allocated during one call of ``fn`` above what was allocated before it."""
-    gc.collect()
-    if device.type == "cuda":
-        sync(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        fn()
-        sync(device)
-        return int(torch.cuda.max_memory_allocated(device) - base)
-    from torch._C._profiler import _EventType
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    running = [0]
-
-    def walk(nodes):
-        for node in nodes:
-            if node.tag == _EventType.Allocation and node.extra_fields.device.type == "cpu":
-                running.append(node.extra_fields.total_allocated)
-            walk(node.children)
-
-    walk(prof.profiler.kineto_results.experimental_event_tree())
-    return int(max(running))
-
-
 def profile_ops(fns: dict, device, rows: int = 12) -> dict:
     """Self time per aten op for one step of each model: {model: [(op, ms, calls), ...]}."""
     from torch.profiler import ProfilerActivity, profile

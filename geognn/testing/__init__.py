@@ -15,6 +15,8 @@ from .checks import (
     assert_check,
     check_batching,
     check_cell_basis_change,
+    check_cutoff_smoothness,
+    check_determinism,
     check_finite_difference_forces,
     check_finite_difference_stress,
     check_permutation,
@@ -22,6 +24,7 @@ from .checks import (
     check_rotation,
     check_supercell,
     check_translation,
+    check_vector_equivariance,
     check_wrapping,
     predict,
     random_rotation,
@@ -29,7 +32,7 @@ from .checks import (
 
 __all__ = [
     "TOLERANCE", "CheckResult", "assert_check", "check_batching", "check_cell_basis_change",
-    "check_finite_difference_forces", "check_finite_difference_stress", "check_permutation",
-    "check_reflection", "check_rotation", "check_supercell", "check_translation", "check_wrapping",
+    "check_cutoff_smoothness", "check_determinism", "check_finite_difference_forces", "check_finite_difference_stress", "check_permutation",
+    "check_reflection", "check_rotation", "check_supercell", "check_translation", "check_vector_equivariance", "check_wrapping",
     "predict", "random_rotation",
 ]

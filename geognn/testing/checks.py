@@ -260,3 +260,61 @@ def check_finite_difference_stress(model, atoms: Atoms, *, step: float = 1e-5) -
             deriv = (energies[0] - energies[1]) / (2 * step)
             fd[a, b] = fd[b, a] = deriv / volume
     return _compare("finite-difference stress", model, [(stress, fd)], "", "finite_difference")
+
+
+def check_determinism(model, structures: Sequence[Atoms]) -> CheckResult:
+    """Two evaluations of the same input give bit-identical energies, forces and stress (eval mode)."""
+    first = predict(model, structures)
+    second = predict(model, structures)
+    pairs = []
+    for a, b in zip(first, second):
+        pairs += [(a["energy"], b["energy"]), (a["forces"], b["forces"])] + _stress_pairs(a, b)
+    result = _compare("determinism", model, pairs)
+    return CheckResult(result.name, result.error, result.max_abs, 0.0, result.detail)
+
+
+def check_cutoff_smoothness(model, atoms: Atoms, rng: np.random.Generator, *, eps: float = 1e-5) -> CheckResult:
+    """Energy and forces are continuous when an atom crosses the cutoff sphere.
+
+    A probe H atom is placed on a random ray from the atom furthest along it, at distances
+    ``cutoff - eps`` and ``cutoff + eps`` Å (no other atom is closer than ``cutoff - eps``).
+    The energy jump and the force change must vanish like eps (scaled error <= 1e3 eps, a
+    derivative bound), and the force on the probe just inside the cutoff must be ~0 because
+    envelopes have zero slope at the cutoff.
+    """
+    if atoms.pbc.any():
+        raise ValueError("check_cutoff_smoothness needs a molecule (no periodic direction)")
+    u = rng.normal(size=3)
+    u /= np.linalg.norm(u)
+    anchor = int(np.argmax(atoms.positions @ u))
+    outputs = []
+    for r in (model.cutoff - eps, model.cutoff + eps):
+        probe = atoms.copy()
+        probe.calc = None
+        probe += Atoms("H", positions=[atoms.positions[anchor] + r * u])
+        outputs.append(predict(model, [probe], stress=False)[0])
+    inside, outside = outputs
+    pairs = [(inside["energy"], outside["energy"]), (inside["forces"], outside["forces"]),
+             (inside["forces"][-1], np.zeros(3))]
+    result = _compare("cutoff smoothness", model, pairs, f"eps={eps} Å, ray={u.tolist()}")
+    return CheckResult(result.name, result.error, result.max_abs, 1e3 * eps, result.detail)
+
+
+def check_vector_equivariance(model, atoms: Atoms, rng: np.random.Generator, *, reflect: bool = False):
+    """The backbone's ``node_vectors`` [N, F, 3] rotate (or reflect) with the structure.
+
+    Returns None when the backbone has no ``node_vectors``.
+    """
+    mat = random_rotation(rng) * (-1.0 if reflect else 1.0)
+    dtype = _dtype(model)
+    outs = []
+    for a in (atoms, _transformed(atoms, mat)):
+        graph = build_graph(a, model.cutoff, model.max_neighbors, dtype=dtype)
+        with torch.no_grad():
+            outs.append(model.backbone(collate([graph])))
+    if K.NODE_VECTORS not in outs[0]:
+        return None
+    ref = outs[0][K.NODE_VECTORS].double().numpy()
+    got = outs[1][K.NODE_VECTORS].double().numpy()
+    name = "node_vectors reflection" if reflect else "node_vectors rotation"
+    return _compare(name, model, [(got, ref @ mat.T)], f"M={mat.round(17).tolist()}")

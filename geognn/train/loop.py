@@ -159,6 +159,8 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
                    mininterval=1.0)
         losses = []
         for batch in bar:
+            if config.time_limit and elapsed + time.perf_counter() - tic >= config.time_limit:
+                break  # the budget ends mid-epoch: validate what was learned so far
             pred = model(batch, forces=False, stress=False)[K.ENERGY]
             # per-atom energy error in units of the per-atom residual spread
             loss = (((pred - batch[K.ENERGY]) / batch[K.NATOMS]) / scale).pow(2).mean()
@@ -168,6 +170,8 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
             optimizer.step()
             losses.append(loss.item())
             bar.set_postfix(loss=f"{losses[-1]:.3g}", refresh=False)
+        if not losses:
+            break
         val_mae = mean_absolute_error(model, val_g)
         scheduler.step(val_mae)
         elapsed += time.perf_counter() - tic

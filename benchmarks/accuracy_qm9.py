@@ -1,0 +1,186 @@
+"""QM9 U0 accuracy of every geognn backbone after the same training time, with default hyperparameters.
+
+What it does
+    For each backbone in geognn.BACKBONES (or --backbones), trains with geognn's own trainer,
+    ``geognn.train.loop.train(TrainConfig(backbone=name, backbone_kwargs={}, time_limit=T, ...))``:
+    the backbone's constructor DEFAULTS (no per-backbone tuning; ``{}`` rather than ``None`` so
+    that SchNet, too, gets its own defaults instead of the trainer's smaller demo SchNet;
+    --trainer-defaults passes ``None``), the trainer's defaults for everything else (AdamW, lr 1e-3,
+    batch 32, cutoff 5 Å, energy-only loss on the residual after the per-element reference
+    energies, ReduceLROnPlateau), the same seed (0) and hence the same random 80/10/10 split for
+    every backbone (checked: the split.json files must be identical), on the QM9 subset shipped with
+    the package (TrainConfig's default data_root; --limit N uses its first N molecules).
+    Training stops at the first epoch that starts after T seconds of training (the trainer checks
+    the budget between epochs, so the last epoch may overrun; the table gives the real time).
+    The model kept is the best on validation; reported: test MAE of U0 (meV), the test MAE of
+    the composition baseline (per-element reference energies fitted on the training set, meV),
+    their ratio (baseline / model: how many times better than composition alone), epochs done,
+    training time (s, including the per-epoch validation), and the parameter count.
+    A backbone that cannot be built (placeholder raising NotImplementedError) or whose training
+    fails is reported as unavailable/failed and skipped.
+
+Run
+    .venv/bin/python benchmarks/accuracy_qm9.py                          # all backbones, 120 s each
+    .venv/bin/python benchmarks/accuracy_qm9.py --time-limit 10 --limit 300 --backbones schnet
+    Results: benchmarks/results/accuracy_qm9.json and accuracy_qm9.md (with --out-prefix, other
+    names); training runs (checkpoints, metrics.csv) under runs/accuracy_qm9/<backbone>/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+if "--progress" not in sys.argv:
+    os.environ.setdefault("TQDM_DISABLE", "1")  # the trainer's graph-building bar (read when tqdm is imported)
+
+import torch
+
+from _common import HERE, RESULTS, machine_info
+
+
+def short_reason(exc: BaseException) -> str:
+    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {msg}"[:200]
+
+
+def run_one(name: str, args, runs: Path) -> dict:
+    import geognn
+    from geognn.train.config import TrainConfig
+    from geognn.train.loop import train
+
+    kwargs = None if args.trainer_defaults else {}
+    config = TrainConfig(backbone=name, backbone_kwargs=kwargs, time_limit=args.time_limit, limit=args.limit,
+                         seed=args.seed, threads=args.threads, out=str(runs / name))
+    try:  # cheap availability check before loading data
+        params = sum(p.numel() for p in geognn.build_model(name, cutoff=config.cutoff,
+                                                           **config.resolved_backbone_kwargs()).parameters())
+    except Exception as exc:  # noqa: BLE001
+        return {"backbone": name, "status": f"unavailable: {short_reason(exc)}"}
+    t0 = time.perf_counter()
+    try:
+        result = train(config, resume=False, progress=args.progress)
+    except Exception as exc:  # noqa: BLE001
+        traceback.print_exc(limit=5)
+        return {"backbone": name, "status": f"failed: {short_reason(exc)}", "parameters": params}
+    wall = time.perf_counter() - t0
+    rows = list(csv.DictReader((runs / name / "metrics.csv").open()))
+    mae, base = result.test_mae * 1e3, result.baseline_test_mae * 1e3
+    return {"backbone": name, "status": "ok", "test_mae_meV": mae, "baseline_test_mae_meV": base,
+            "ratio_baseline_over_model": base / mae if mae > 0 else math.inf,
+            "best_val_mae_meV": result.val_mae * 1e3, "epochs": len(rows),
+            "train_time_s": float(rows[-1]["elapsed_s"]) if rows else 0.0, "wall_s": wall,
+            "parameters": params, "backbone_kwargs": config.resolved_backbone_kwargs(),
+            "split_file": str(runs / name / "split.json"), "run_dir": str(runs / name)}
+
+
+def table(results: list[dict], markdown: bool) -> str:
+    head = ["backbone", "test MAE U0 (meV)", "baseline MAE (meV)", "baseline/model", "epochs", "time (s)",
+            "parameters"]
+    lines = []
+    rows = []
+    for r in results:
+        if r["status"] == "ok":
+            rows.append([r["backbone"], f"{r['test_mae_meV']:.1f}", f"{r['baseline_test_mae_meV']:.1f}",
+                         f"{r['ratio_baseline_over_model']:.2f}", str(r["epochs"]), f"{r['train_time_s']:.0f}",
+                         f"{r['parameters']:,}"])
+        else:
+            rows.append([r["backbone"], r["status"]] + [""] * 4 + [f"{r['parameters']:,}" if "parameters" in r else ""])
+    if markdown:
+        lines.append("| " + " | ".join(head) + " |")
+        lines.append("|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|")
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+    else:
+        ok_rows = [row for row in rows if not row[1].startswith(("unavailable", "failed"))]
+        widths = [max([len(head[k])] + [len(row[k]) for row in (rows if k == 0 else ok_rows)])
+                  for k in range(len(head))]
+        lines.append("  ".join(h.rjust(w) if k else h.ljust(w) for k, (h, w) in enumerate(zip(head, widths))))
+        for row in rows:
+            if row[1].startswith(("unavailable", "failed")):
+                lines.append(row[0].ljust(widths[0]) + "  " + row[1])
+            else:
+                lines.append("  ".join(c.rjust(w) if k else c.ljust(w) for k, (c, w) in enumerate(zip(row, widths))))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    import geognn
+    from geognn.train.config import DEFAULT_QM9
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--backbones", default=None, help="comma-separated names (default: all of geognn.BACKBONES)")
+    ap.add_argument("--time-limit", type=float, default=120.0, help="seconds of training per backbone (default 120)")
+    ap.add_argument("--limit", type=int, default=None, help="use the first N molecules (default: all)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of split, initialisation and batches (same for all)")
+    ap.add_argument("--trainer-defaults", action="store_true",
+                    help="TrainConfig backbone_kwargs=None (SchNet then gets the trainer's demo size)")
+    ap.add_argument("--runs", type=Path, default=HERE.parent / "runs" / "accuracy_qm9", help="run folders")
+    ap.add_argument("--out-prefix", type=Path, default=RESULTS / "accuracy_qm9", help="writes PREFIX.json, PREFIX.md")
+    ap.add_argument("--progress", action="store_true", help="show the trainer's per-epoch progress")
+    args = ap.parse_args(argv)
+
+    names = list(geognn.BACKBONES) if not args.backbones else [n.strip() for n in args.backbones.split(",") if n.strip()]
+    bad = [n for n in names if n not in geognn.BACKBONES]
+    if bad:
+        raise SystemExit(f"unknown backbone(s) {bad}; choose from {', '.join(geognn.BACKBONES)}")
+    info = machine_info()
+    info["torch_threads"] = args.threads or torch.get_num_threads()
+    print(f"accuracy_qm9: {', '.join(names)}; {args.time_limit:.0f} s of training each, default hyperparameters, "
+          f"seed {args.seed}, data {Path(DEFAULT_QM9).name}{f' (first {args.limit})' if args.limit else ''}; "
+          f"{info['cpu']}, {info['cores_logical']} cores, {info['torch_threads']} torch threads, load average "
+          f"{info['load_average_1_5_15'][0]:.2f}")
+    t0 = time.perf_counter()
+    results = []
+    for name in names:
+        r = run_one(name, args, args.runs)
+        results.append(r)
+        if r["status"] == "ok":
+            print(f"  {name}: test MAE {r['test_mae_meV']:.1f} meV (baseline {r['baseline_test_mae_meV']:.1f}), "
+                  f"{r['epochs']} epochs in {r['train_time_s']:.0f} s", flush=True)
+        else:
+            print(f"  {name}: {r['status']}", flush=True)
+    splits = {r["backbone"]: Path(r["split_file"]).read_text() for r in results if r["status"] == "ok"}
+    same_split = len(set(splits.values())) <= 1
+    if not same_split:
+        print("WARNING: the backbones were trained on different splits")
+    n_mol = None
+    if splits:
+        split = json.loads(next(iter(splits.values())))
+        n_mol = {k: len(v) for k, v in split.items()}
+    print(f"\nQM9 U0, {args.time_limit:.0f} s budget each; split train/val/test = "
+          f"{'/'.join(str(n_mol[k]) for k in ('train', 'val', 'test')) if n_mol else '?'} molecules"
+          f"{' (same for all)' if same_split and splits else ''}; baseline = per-element reference energies "
+          f"(linear fit on composition); baseline/model = how many times lower the model's error is")
+    print(table(results, markdown=False))
+    payload = {"benchmark": "accuracy_qm9", "machine": info, "time_limit_s": args.time_limit, "limit": args.limit,
+               "seed": args.seed, "data": str(DEFAULT_QM9), "split_sizes": n_mol, "same_split_for_all": same_split,
+               "backbone_kwargs": "None (trainer defaults)" if args.trainer_defaults else "{} (constructor defaults)",
+               "results": results, "wall_s": time.perf_counter() - t0}
+    prefix = args.out_prefix
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{prefix}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    md = (f"# QM9 U0 after {args.time_limit:.0f} s of training per backbone\n\n"
+          f"Default hyperparameters of each backbone, geognn's trainer defaults, seed {args.seed}, same split "
+          f"(train/val/test {'/'.join(str(n_mol[k]) for k in ('train', 'val', 'test')) if n_mol else '?'} molecules "
+          f"of {Path(DEFAULT_QM9).name}{f', first {args.limit}' if args.limit else ''}). "
+          f"{info['cpu']}, {info['cores_logical']} cores, {info['torch_threads']} torch threads, {info['date']}, "
+          f"geognn commit {info['git']['commit']}"
+          f"{' (modified files: ' + ', '.join(info['git']['geognn_changed_files']) + ')' if info['git']['geognn_changed_files'] else ''}.\n"
+          f"Baseline: per-element reference energies fitted on the training set (linear in composition). "
+          f"Time: training plus per-epoch validation; the budget is checked between epochs.\n\n"
+          + table(results, markdown=True) + "\n")
+    Path(f"{prefix}.md").write_text(md)
+    print(f"wrote {prefix}.json and {prefix}.md ({payload['wall_s']:.0f} s)")
+    return payload
+
+
+if __name__ == "__main__":
+    main()
