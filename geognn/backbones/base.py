@@ -47,5 +47,25 @@ class Backbone(nn.Module):
     def forward(self, batch) -> dict[str, torch.Tensor]:  # pragma: no cover
         raise NotImplementedError
 
+    def check_atomic_numbers(self, z: torch.Tensor) -> None:
+        """ValueError if an atomic number is beyond what the embedding holds (``max_z``)."""
+        if z.numel() and int(z.max()) > self.max_z:
+            raise ValueError(f"atomic number {int(z.max())} exceeds this {type(self).__name__}'s "
+                             f"max_z={self.max_z}")
+
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.hparams.items())
+
+
+def require_positive_integers(**values) -> None:
+    """ValueError naming the first argument that is not an integer >= 1."""
+    for key, value in values.items():
+        if int(value) != value or value < 1:
+            raise ValueError(f"{key} must be a positive integer, got {value}")
+
+
+def require_positive(**values) -> None:
+    """ValueError naming the first argument that is not > 0 (cutoff in Å, normalisation constants)."""
+    for key, value in values.items():
+        if not value > 0:
+            raise ValueError(f"{key} must be > 0, got {value}")

@@ -515,8 +515,7 @@ class DimeNetPlusPlus(Backbone):
 
     def forward(self, batch) -> dict[str, torch.Tensor]:
         z = batch[K.Z]
-        if z.numel() and int(z.max()) > self.max_z:
-            raise ValueError(f"atomic number {int(z.max())} exceeds this DimeNet++'s max_z={self.max_z}")
+        self.check_atomic_numbers(z)
         edge_index = batch[K.EDGE_INDEX]
         j, i = edge_index  # messages flow j -> i
         num_nodes = z.shape[0]

@@ -145,8 +145,7 @@ class EGNN(Backbone):
 
     def forward(self, batch) -> dict[str, torch.Tensor]:
         z = batch[K.Z]
-        if z.numel() and int(z.max()) > self.max_z:
-            raise ValueError(f"atomic number {int(z.max())} exceeds this EGNN's max_z={self.max_z}")
+        self.check_atomic_numbers(z)
         edge_index = batch[K.EDGE_INDEX]
         edge_vec = edge_vectors(batch)  # [E, 3] centre -> neighbour
         dist2 = (edge_vec * edge_vec).sum(-1)  # [E] ||r_ij||^2

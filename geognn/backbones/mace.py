@@ -75,7 +75,7 @@ from ..graph.build import edge_vectors
 from ..nn.e3nn_blocks import (EdgeConvolution, ElementSelfConnection, ExactCouplingsMixin, RadialEmbedding,
                               SymmetricContraction, cartesian_from_1o, natural_irreps, one_hot_elements,
                               reset_e3nn_parameters, select_irrep)
-from .base import Backbone
+from .base import Backbone, require_positive, require_positive_integers
 
 #: Largest ``max_ell`` of the edge spherical harmonics accepted.
 MAX_ELL = 3
@@ -131,14 +131,9 @@ class MACE(ExactCouplingsMixin, Backbone):
             raise ValueError(f"hidden_max_ell must be an integer in 1..max_ell={max_ell}, got {hidden_max_ell}")
         if int(correlation) != correlation or not 1 <= correlation <= MAX_CORRELATION:
             raise ValueError(f"correlation must be an integer in 1..{MAX_CORRELATION}, got {correlation}")
-        for key, value in (("hidden_channels", hidden_channels), ("num_layers", num_layers),
-                           ("num_basis", num_basis), ("max_z", max_z)):
-            if int(value) != value or value < 1:
-                raise ValueError(f"{key} must be a positive integer, got {value}")
-        if cutoff <= 0:
-            raise ValueError(f"cutoff must be > 0 Å, got {cutoff}")
-        if avg_num_neighbors <= 0:
-            raise ValueError(f"avg_num_neighbors must be > 0, got {avg_num_neighbors}")
+        require_positive_integers(hidden_channels=hidden_channels, num_layers=num_layers,
+                                  num_basis=num_basis, max_z=max_z)
+        require_positive(cutoff=cutoff, avg_num_neighbors=avg_num_neighbors)
         if envelope_p < 2:
             raise ValueError(f"envelope_p must be >= 2 (smooth forces), got {envelope_p}")
         if not radial_hidden or min(radial_hidden) < 1:
@@ -175,8 +170,7 @@ class MACE(ExactCouplingsMixin, Backbone):
 
     def forward(self, batch) -> dict[str, torch.Tensor]:
         z = batch[K.Z]
-        if z.numel() and int(z.max()) > self.max_z:
-            raise ValueError(f"atomic number {int(z.max())} exceeds this MACE's max_z={self.max_z}")
+        self.check_atomic_numbers(z)
         edge_index = batch[K.EDGE_INDEX]
         vec = edge_vectors(batch)  # [E, 3] Å, centre i -> neighbour j
         distance = vec.norm(dim=-1)  # [E]; edges never have zero length

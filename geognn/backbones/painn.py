@@ -158,8 +158,7 @@ class PaiNN(Backbone):
 
     def forward(self, batch) -> dict[str, torch.Tensor]:
         z = batch[K.Z]
-        if z.numel() and int(z.max()) > self.max_z:
-            raise ValueError(f"atomic number {int(z.max())} exceeds this PaiNN's max_z={self.max_z}")
+        self.check_atomic_numbers(z)
         edge_index = batch[K.EDGE_INDEX]
         edge_vec = edge_vectors(batch)  # [E, 3] centre -> neighbour
         distance = edge_vec.norm(dim=-1)  # [E] (> 0: atoms never overlap)

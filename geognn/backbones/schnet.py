@@ -104,8 +104,7 @@ class SchNet(Backbone):
 
     def forward(self, batch) -> dict[str, torch.Tensor]:
         z = batch[K.Z]
-        if z.numel() and int(z.max()) > self.max_z:
-            raise ValueError(f"atomic number {int(z.max())} exceeds this SchNet's max_z={self.max_z}")
+        self.check_atomic_numbers(z)
         distance = edge_vectors(batch).norm(dim=-1)  # [E]
         rbf = self.rbf(distance)  # [E, G]
         envelope = cosine_cutoff(distance, self.cutoff)  # [E]
