@@ -30,7 +30,8 @@ def _error(message: str) -> None:
 
 
 # --------------------------------------------------------------------------- predict
-def predict_structures(model, paths, batch_size: int = 16, device: str = "cpu"):
+def predict_structures(model, paths, batch_size: int = 16, device: str = "cpu",
+                       allow_partial_occupancy: bool = False):
     """Predict every structure in ``paths``; returns (rows, failures, notes).
 
     ``rows``: dicts with PREDICT_COLUMNS (stress as 6 Voigt components in GPa, or None for
@@ -50,7 +51,7 @@ def predict_structures(model, paths, batch_size: int = 16, device: str = "cpu"):
             continue
         for f in files:
             try:
-                structures = read_file(f)
+                structures = read_file(f, allow_partial_occupancy=allow_partial_occupancy)
             except StructureError as exc:
                 failures.append(str(exc))
                 continue
@@ -139,7 +140,11 @@ def cmd_predict(args) -> int:
     if not args.checkpoint:
         print(f"note: using the shipped default checkpoint {checkpoint.name}: "
               f"{model.metadata.get('trained_on', 'unknown training data')}", file=sys.stderr)
-    rows, failures, notes = predict_structures(model, args.paths, args.batch_size, args.device)
+    with warnings.catch_warnings(record=True) as caught:  # e.g. partial occupancies replaced
+        warnings.simplefilter("always")
+        rows, failures, notes = predict_structures(model, args.paths, args.batch_size, args.device,
+                                                   args.allow_partial_occupancy)
+    notes = [str(w.message) for w in caught] + notes
     for note in notes:
         print(f"warning: {note}", file=sys.stderr)
     text = format_rows(rows, args.format)
@@ -217,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="write the predictions to this file instead of stdout")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--allow-partial-occupancy", action="store_true",
+                   help="read CIF sites with occupancy < 1 as their majority species (default: reject)")
     p.set_defaults(func=cmd_predict)
     return parser
 

@@ -198,7 +198,8 @@ def _read_cif(path: Path, allow_partial_occupancy: bool) -> list[Atoms]:
             if not allow_partial_occupancy:
                 raise StructureError(str(path), f"partial occupancies on {len(disordered)} site(s) "
                                      f"(first: site {disordered[0]}, {s[disordered[0]].species}); "
-                                     "order the structure first or pass allow_partial_occupancy=True")
+                                     "order the structure first, or pass allow_partial_occupancy=True "
+                                     "(geognn predict --allow-partial-occupancy)")
             warnings.warn(f"{path}: {len(disordered)} partially occupied site(s) replaced by their "
                           "majority species", stacklevel=3)
             s = s.copy()

@@ -132,3 +132,14 @@ def test_element_beyond_the_embedding_is_reported_not_raised(checkpoint, tmp_pat
     assert code == 1 and "H2O" in out
     assert "rf.xyz: element Z=104 is beyond what this model can embed (max_z=100)" in err
     assert "Traceback" not in err
+
+
+def test_partial_occupancy_is_rejected_unless_allowed(checkpoint, capsys):
+    from conftest import TEST_DATA
+
+    cif = TEST_DATA / "partial_occupancy.cif"
+    code, out, err = run(capsys, "--checkpoint", checkpoint, cif)
+    assert code == 1 and "partial occupancies on 2 site(s)" in err and "--allow-partial-occupancy" in err
+    code, out, err = run(capsys, "--checkpoint", checkpoint, "--allow-partial-occupancy", "--format", "csv", cif)
+    assert code == 0 and "Cl4Na4" in out
+    assert "warning:" in err and "replaced by their majority species" in err
