@@ -71,9 +71,8 @@ from e3nn import o3
 from torch import nn
 
 from .. import conventions as K
-from ..graph.build import edge_vectors
-from ..nn.e3nn_blocks import (EdgeConvolution, ElementSelfConnection, ExactCouplingsMixin, RadialEmbedding,
-                              SymmetricContraction, cartesian_from_1o, natural_irreps, one_hot_elements,
+from ..nn.e3nn_blocks import (EdgeConvolution, ElementSelfConnection, ExactCouplingsMixin, SphericalInputs,
+                              SymmetricContraction, cartesian_from_1o, check_radial_settings, natural_irreps,
                               reset_e3nn_parameters, select_irrep)
 from .base import Backbone, require_positive, require_positive_integers
 
@@ -134,19 +133,13 @@ class MACE(ExactCouplingsMixin, Backbone):
         require_positive_integers(hidden_channels=hidden_channels, num_layers=num_layers,
                                   num_basis=num_basis, max_z=max_z)
         require_positive(cutoff=cutoff, avg_num_neighbors=avg_num_neighbors)
-        if envelope_p < 2:
-            raise ValueError(f"envelope_p must be >= 2 (smooth forces), got {envelope_p}")
-        if not radial_hidden or min(radial_hidden) < 1:
-            raise ValueError(f"radial_hidden must be a non-empty list of positive widths, got {radial_hidden}")
+        check_radial_settings(envelope_p, radial_hidden)
         self.cutoff = float(cutoff)
         self.max_z = int(max_z)
         channels = int(hidden_channels)
         self.num_elements = self.max_z + 1
-        self.embedding = nn.Embedding(self.num_elements, channels)  # h^0: C x 0e
-        self.radial_embedding = RadialEmbedding(cutoff, num_basis, envelope_p)
-        self.irreps_sh = o3.Irreps.spherical_harmonics(int(max_ell))  # 0e + 1o + 2e + 3o
-        self.spherical_harmonics = o3.SphericalHarmonics(self.irreps_sh, normalize=True,
-                                                         normalization="component")
+        self.inputs = SphericalInputs(channels, int(max_ell), num_basis, cutoff, envelope_p, self.num_elements)
+        self.irreps_sh = self.inputs.irreps_sh  # 0e + 1o + 2e + 3o
         self.irreps_hidden = natural_irreps(channels, int(hidden_max_ell))  # C x (0e + 1o)
         irreps_a = natural_irreps(channels, int(max_ell))  # C x (0e + 1o + 2e + 3o)
         layers, irreps = [], o3.Irreps(f"{channels}x0e")
@@ -163,8 +156,7 @@ class MACE(ExactCouplingsMixin, Backbone):
         return self.hparams["hidden_channels"] * self.hparams["num_layers"]
 
     def reset_parameters(self) -> None:
-        nn.init.normal_(self.embedding.weight)
-        self.radial_embedding.reset_parameters()
+        self.inputs.reset_parameters()
         for layer in self.layers:
             layer.reset_parameters()
 
@@ -172,12 +164,7 @@ class MACE(ExactCouplingsMixin, Backbone):
         z = batch[K.Z]
         self.check_atomic_numbers(z)
         edge_index = batch[K.EDGE_INDEX]
-        vec = edge_vectors(batch)  # [E, 3] Å, centre i -> neighbour j
-        distance = vec.norm(dim=-1)  # [E]; edges never have zero length
-        basis, envelope = self.radial_embedding(distance)  # [E, B], [E]
-        edge_sh = self.spherical_harmonics(vec)  # [E, irreps_sh]
-        node_attrs = one_hot_elements(z, self.num_elements, vec.dtype)  # [N, Z]
-        h = self.embedding(z)  # [N, C x 0e]
+        h, node_attrs, edge_sh, basis, envelope = self.inputs(batch)  # [N, C x 0e], [N, Z], edges
         scalars = []
         for layer in self.layers:
             h = layer(h, z, node_attrs, edge_index, edge_sh, basis, envelope)  # [N, irreps_hidden]

@@ -65,10 +65,9 @@ from e3nn import o3
 from torch import nn
 
 from .. import conventions as K
-from ..graph.build import edge_vectors
-from ..nn.e3nn_blocks import (EdgeConvolution, ElementSelfConnection, ExactCouplingsMixin, RadialEmbedding,
-                              all_parity_irreps, cartesian_from_1o, make_gate, natural_irreps,
-                              one_hot_elements, select_irrep)
+from ..nn.e3nn_blocks import (EdgeConvolution, ElementSelfConnection, ExactCouplingsMixin, SphericalInputs,
+                              all_parity_irreps, cartesian_from_1o, check_radial_settings, make_gate,
+                              natural_irreps, select_irrep)
 from .base import Backbone, require_positive, require_positive_integers
 
 #: Largest ``max_ell`` accepted (cost grows fast with l; 3 is NequIP's largest published setting).
@@ -119,20 +118,14 @@ class NequIP(ExactCouplingsMixin, Backbone):
         require_positive_integers(hidden_channels=hidden_channels, num_layers=num_layers,
                                   num_basis=num_basis, max_z=max_z)
         require_positive(cutoff=cutoff, avg_num_neighbors=avg_num_neighbors)
-        if envelope_p < 2:
-            raise ValueError(f"envelope_p must be >= 2 (smooth forces), got {envelope_p}")
-        if not radial_hidden or min(radial_hidden) < 1:
-            raise ValueError(f"radial_hidden must be a non-empty list of positive widths, got {radial_hidden}")
+        check_radial_settings(envelope_p, radial_hidden)
         self.cutoff = float(cutoff)
         self.max_z = int(max_z)
         self.parity = bool(parity)
         channels = int(hidden_channels)
         self.num_elements = self.max_z + 1
-        self.embedding = nn.Embedding(self.num_elements, channels)  # h^0: C x 0e
-        self.radial_embedding = RadialEmbedding(cutoff, num_basis, envelope_p)
-        self.irreps_sh = o3.Irreps.spherical_harmonics(int(max_ell))  # 0e + 1o + 2e + ...
-        self.spherical_harmonics = o3.SphericalHarmonics(self.irreps_sh, normalize=True,
-                                                         normalization="component")
+        self.inputs = SphericalInputs(channels, int(max_ell), num_basis, cutoff, envelope_p, self.num_elements)
+        self.irreps_sh = self.inputs.irreps_sh  # 0e + 1o + 2e + ...
         hidden = (all_parity_irreps if self.parity else natural_irreps)(channels, int(max_ell))
         layers, irreps = [], o3.Irreps(f"{channels}x0e")
         for _ in range(int(num_layers)):
@@ -149,21 +142,14 @@ class NequIP(ExactCouplingsMixin, Backbone):
         return self.hparams["hidden_channels"]
 
     def reset_parameters(self) -> None:
-        nn.init.normal_(self.embedding.weight)
-        self.radial_embedding.reset_parameters()
+        self.inputs.reset_parameters()
         for layer in self.layers:
             layer.reset_parameters()
 
     def forward(self, batch) -> dict[str, torch.Tensor]:
-        z = batch[K.Z]
-        self.check_atomic_numbers(z)
+        self.check_atomic_numbers(batch[K.Z])
         edge_index = batch[K.EDGE_INDEX]
-        vec = edge_vectors(batch)  # [E, 3] Å, centre i -> neighbour j
-        distance = vec.norm(dim=-1)  # [E]; edges never have zero length
-        basis, envelope = self.radial_embedding(distance)  # [E, B], [E]
-        edge_sh = self.spherical_harmonics(vec)  # [E, irreps_sh]
-        node_attrs = one_hot_elements(z, self.num_elements, vec.dtype)  # [N, Z]
-        h = self.embedding(z)  # [N, C x 0e]
+        h, node_attrs, edge_sh, basis, envelope = self.inputs(batch)  # [N, C x 0e], [N, Z], edges
         for layer in self.layers:
             h = layer(h, node_attrs, edge_index, edge_sh, basis, envelope)  # [N, irreps_hidden]
         out = {K.NODE_FEATURES: select_irrep(h, self.irreps_hidden, "0e").squeeze(-1)}  # [N, C]

@@ -26,6 +26,8 @@ from e3nn import nn as enn
 from e3nn import o3
 from torch import nn
 
+from .. import conventions as K
+from ..graph.build import edge_vectors
 from ..graph.features import BesselRBF, polynomial_envelope
 from .scatter import scatter_sum
 
@@ -171,6 +173,46 @@ class RadialEmbedding(nn.Module):
 
     def extra_repr(self) -> str:
         return f"envelope_p={self.envelope_p}"
+
+
+def check_radial_settings(envelope_p: int, radial_hidden: Sequence[int]) -> None:
+    """ValueError for an envelope that is not smooth enough or an empty/invalid radial MLP."""
+    if envelope_p < 2:
+        raise ValueError(f"envelope_p must be >= 2 (smooth forces), got {envelope_p}")
+    if not radial_hidden or min(radial_hidden) < 1:
+        raise ValueError(f"radial_hidden must be a non-empty list of positive widths, got {radial_hidden}")
+
+
+class SphericalInputs(nn.Module):
+    """What every e3nn backbone starts from: the element embedding h^0 (C x 0e), the one-hot
+    element attributes, and the edge features Y(r_ij) and the radial basis with its envelope.
+
+    ``forward(batch) -> (h0 [N, C], node_attrs [N, Z], edge_sh [E, irreps_sh], basis [E, B],
+    envelope [E])``; geometry comes only from ``edge_vectors(batch)`` (r_ij, centre -> neighbour).
+    """
+
+    def __init__(self, channels: int, max_ell: int, num_basis: int, cutoff: float, envelope_p: int,
+                 num_elements: int):
+        super().__init__()
+        self.num_elements = int(num_elements)
+        self.embedding = nn.Embedding(self.num_elements, channels)  # h^0: C x 0e
+        self.radial_embedding = RadialEmbedding(cutoff, num_basis, envelope_p)
+        self.irreps_sh = o3.Irreps.spherical_harmonics(int(max_ell))  # 0e + 1o + 2e + ...
+        self.spherical_harmonics = o3.SphericalHarmonics(self.irreps_sh, normalize=True,
+                                                         normalization="component")
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.embedding.weight)
+        self.radial_embedding.reset_parameters()
+
+    def forward(self, batch):
+        z = batch[K.Z]
+        vec = edge_vectors(batch)  # [E, 3] Å, centre i -> neighbour j
+        distance = vec.norm(dim=-1)  # [E]; edges never have zero length
+        basis, envelope = self.radial_embedding(distance)  # [E, B], [E]
+        edge_sh = self.spherical_harmonics(vec)  # [E, irreps_sh]
+        node_attrs = one_hot_elements(z, self.num_elements, vec.dtype)  # [N, Z]
+        return self.embedding(z), node_attrs, edge_sh, basis, envelope
 
 
 class RadialMLP(nn.Module):
