@@ -160,3 +160,30 @@ def peak_memory_bytes(fn, device) -> int:
 
     walk(prof.profiler.kineto_results.experimental_event_tree())
     return int(max(running))
+
+
+def setup_run(args):
+    """Device, torch threads and run sizes from the shared --device/--threads/--quick/--repeats options.
+
+    Returns ``(device, n_qm9, n_oc20, warmup, repeats)``: a QM9 batch of 32 and 8 OC20 systems
+    (2 with --quick), and the warm-up and timed steps per model.
+    """
+    import torch
+
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda given but torch.cuda.is_available() is False")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.quick:
+        return device, 32, 2, 1, args.repeats or 3
+    return device, 32, 8, 3, args.repeats or (15 if device.type == "cpu" else 50)
+
+
+def write_results(payload: dict, out: Path) -> str:
+    """Write ``payload`` as JSON to ``out``; returns the path to print (relative to the repo when inside it)."""
+    import json
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    return str(out.relative_to(HERE.parent) if out.is_relative_to(HERE.parent) else out)

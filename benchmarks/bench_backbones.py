@@ -75,8 +75,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import (HERE, RESULTS, device_info, oc20_graphs, peak_memory_bytes, qm9_graphs,
-                     time_interleaved)
+from _common import (HERE, RESULTS, device_info, oc20_graphs, peak_memory_bytes, qm9_graphs, setup_run,
+                     time_interleaved, write_results)
 
 THROUGHPUT_TARGET = 1.0  # geognn structures/s divided by reference structures/s
 UNSTABLE_SPREAD = 2.0  # warn when the slowest timed step of a model is this many times its fastest
@@ -501,15 +501,7 @@ def main(argv=None) -> dict:
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
     if any(d not in DATASETS for d in datasets):
         raise SystemExit(f"--datasets: choose from {', '.join(DATASETS)}")
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda given but torch.cuda.is_available() is False")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.quick:
-        n_qm9, n_oc20, warmup, repeats = 32, 2, 1, args.repeats or 3
-    else:
-        n_qm9, n_oc20, warmup, repeats = 32, 8, 3, args.repeats or (15 if device.type == "cpu" else 50)
+    device, n_qm9, n_oc20, warmup, repeats = setup_run(args)
     mace_python = args.mace_venv / "bin" / "python"
     stem = "bench_backbones" + ("" if device.type == "cpu" else f"_{device.type}") + ("_quick" if args.quick else "")
     out = args.out or RESULTS / f"{stem}.json"
@@ -538,10 +530,7 @@ def main(argv=None) -> dict:
             results.append(r)
     payload = {"benchmark": "bench_backbones", "quick": args.quick, "machine": info, "backbones": names,
                "throughput_target": THROUGHPUT_TARGET, "datasets": results, "wall_s": time.perf_counter() - t_start}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    print(f"\nwall time {payload['wall_s']:.0f} s; wrote "
-          f"{out.relative_to(HERE.parent) if out.is_relative_to(HERE.parent) else out}")
+    print(f"\nwall time {payload['wall_s']:.0f} s; wrote {write_results(payload, out)}")
     return payload
 
 

@@ -52,14 +52,13 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-from _common import DATA, HERE, RESULTS, load_qm9, machine_info
+from _common import DATA, RESULTS, load_qm9, machine_info, write_results
 
 SPEED_TARGET_VS_FASTEST = 1.5  # geognn time / fastest other library's time must be <= this
 SPEED_TARGET_VS_ASE = 20.0  # ASE time / geognn time must be >= this on crystals
@@ -296,9 +295,7 @@ def main(argv=None) -> dict:
                            "vs_ase_min_speedup_crystals": SPEED_TARGET_VS_ASE},
                "all_targets_met": all_met, "datasets": results,
                "wall_s": time.perf_counter() - t_start}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(payload, indent=2) + "\n")
-    print(f"wrote {out.relative_to(HERE.parent) if out.is_relative_to(HERE.parent) else out}")
+    print(f"wrote {write_results(payload, out)}")
     return payload
 
 

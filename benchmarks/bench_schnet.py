@@ -60,7 +60,6 @@ Run
 from __future__ import annotations
 
 import argparse
-import json
 import time
 import warnings
 from pathlib import Path
@@ -68,8 +67,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import (HERE, RESULTS, device_info, oc20_graphs, peak_memory_bytes, qm9_graphs, sync,
-                     time_interleaved)
+from _common import (RESULTS, device_info, oc20_graphs, peak_memory_bytes, qm9_graphs, setup_run, sync,
+                     time_interleaved, write_results)
 
 HPARAMS = dict(hidden_channels=128, num_filters=128, num_interactions=6, num_gaussians=50)
 THROUGHPUT_TARGET = 1.0  # geognn structures/s divided by PyG structures/s
@@ -236,15 +235,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", type=Path, default=None, help="JSON output path")
     args = ap.parse_args(argv)
 
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda given but torch.cuda.is_available() is False")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.quick:
-        n_qm9, n_oc20, warmup, repeats = 32, 2, 1, args.repeats or 3
-    else:
-        n_qm9, n_oc20, warmup, repeats = 32, 8, 3, args.repeats or (15 if device.type == "cpu" else 50)
+    device, n_qm9, n_oc20, warmup, repeats = setup_run(args)
     stem = "bench_schnet" + ("" if device.type == "cpu" else f"_{device.type}") + ("_quick" if args.quick else "")
     out = args.out or RESULTS / f"{stem}.json"
 
@@ -279,9 +270,7 @@ def main(argv=None) -> dict:
     payload = {"benchmark": "bench_schnet", "quick": args.quick, "machine": info, "hparams": HPARAMS,
                "throughput_target": THROUGHPUT_TARGET, "datasets": results,
                "wall_s": time.perf_counter() - t_start}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(payload, indent=2) + "\n")
-    print(f"wrote {out.relative_to(HERE.parent) if out.is_relative_to(HERE.parent) else out}")
+    print(f"wrote {write_results(payload, out)}")
     return payload
 
 
