@@ -71,10 +71,5 @@ EDGE_SHIFT: Final[str] = "edge_shift"  # (E, 3) | integer image of j, stored as 
 NODE_FEATURES: Final[str] = "node_features"  # (N, F) | invariant per-atom features
 NODE_VECTORS: Final[str] = "node_vectors"  # (N, F', 3) | optional, equivariant backbones
 
-#: Which fields live on graphs, nodes and edges (used by collate checks and geognn.testing).
-GRAPH_FIELDS: Final[tuple[str, ...]] = (ENERGY, STRESS, CELL, PBC, NATOMS)
-NODE_FIELDS: Final[tuple[str, ...]] = (Z, POS, FORCES, TAGS, FIXED)
-EDGE_FIELDS: Final[tuple[str, ...]] = (EDGE_SHIFT,)
-
 #: Minimum distance (Å) between two atoms below which a structure is rejected as overlapping.
 MIN_INTERATOMIC_DISTANCE: Final[float] = 0.1

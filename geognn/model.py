@@ -21,7 +21,7 @@ import copy
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -241,10 +241,3 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     model.load_state_dict(payload["state_dict"])
     return model.eval()
 
-
-def composition_baseline(graphs: Iterable) -> ReferenceEnergies:
-    """Reference energies fitted on ``energy`` of the given graphs (the linear-on-composition baseline)."""
-    graphs = list(graphs)
-    ref = ReferenceEnergies()
-    ref.fit([g[K.Z] for g in graphs], torch.cat([g[K.ENERGY] for g in graphs]))
-    return ref

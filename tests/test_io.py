@@ -363,3 +363,25 @@ def test_pymatgen_partial_occupancy_rejected():
     s = Structure(Lattice.cubic(4.0), [{"Na": 0.5, "K": 0.5}, "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
     with pytest.raises(StructureError, match=r"partial occupancies"):
         build_graph(s, 4.0)
+
+
+def test_to_pymatgen_round_trip_keeps_the_structure():
+    """geognn.io.to_pymatgen / to_atoms: a crystal and a molecule survive the round trip exactly."""
+    from ase.build import bulk, molecule
+    from pymatgen.core import Molecule, Structure
+
+    from geognn.io import to_atoms, to_pymatgen
+
+    crystal = bulk("NaCl", "rocksalt", a=5.64) * (1, 1, 2)
+    structure = to_pymatgen(crystal)
+    assert isinstance(structure, Structure) and len(structure) == 4
+    back = to_atoms(structure)
+    np.testing.assert_allclose(back.cell[:], crystal.cell[:], atol=1e-12)
+    np.testing.assert_allclose(back.positions, crystal.positions, atol=1e-10)
+    water = molecule("H2O")
+    mol = to_pymatgen(water)
+    assert isinstance(mol, Molecule) and not to_atoms(mol).pbc.any()
+    slab = crystal.copy()
+    slab.pbc = (True, True, False)
+    with pytest.raises(StructureError, match="mixed periodicity"):
+        to_pymatgen(slab)
