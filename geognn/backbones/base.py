@@ -29,6 +29,10 @@ class Backbone(nn.Module):
     name: str = ""
     #: False for backbones that are only SE(3)-invariant (they may tell mirror images apart)
     reflection_invariant: bool = True
+    #: How rotations are respected: "exact" (to float precision, by construction), "approximate"
+    #: (up to a discretisation, e.g. PΘNITA's grid on the sphere; measured, not assumed) or "none"
+    #: (no rotation symmetry of its own, e.g. FAENet, which relies on frame averaging)
+    rotation_symmetry: str = "exact"
     #: largest atomic number the backbone can embed (instances may lower it)
     max_z: int = 118
 
