@@ -185,3 +185,23 @@ def test_repr_lists_hyperparameters():
     assert "hidden_channels=4" in text and "max_ell=1" in text and "parity=True" in text
     text = repr(MACE(hidden_channels=4, num_layers=1, max_ell=1, correlation=2))
     assert "correlation=2" in text and "avg_num_neighbors=10.0" in text
+
+
+def test_element_self_connection_equals_e3nn_tensor_product_with_one_hot():
+    """The per-element matrices compute exactly e3nn's FCTP(h, onehot(z)) (NequIP's self-connection),
+    including several input blocks of the same irrep feeding one output (fan-in normalisation)."""
+    from geognn.nn.e3nn_blocks import ElementSelfConnection
+
+    torch.manual_seed(0)
+    irreps_in, irreps_out, num_elements = o3.Irreps("3x0e + 2x1o + 4x0e + 2x2e"), o3.Irreps("5x0e + 3x1o"), 10
+    ours = ElementSelfConnection(irreps_in, num_elements, irreps_out).double()
+    reference = o3.FullyConnectedTensorProduct(irreps_in, o3.Irreps(f"{num_elements}x0e"), irreps_out).double()
+    assert len(reference.instructions) == len(ours.paths) == 3  # 0e->0e twice, 1o->1o; 2e goes nowhere
+    with torch.no_grad():
+        for ins, w in zip(reference.instructions, reference.weight_views(yield_instruction=False)):
+            path = ours.paths.index((ins.i_in1, ins.i_out))
+            w.copy_(ours.weights[path].permute(1, 0, 2))  # [C_in, Z, C_out]
+    z = torch.tensor([1, 6, 6, 8, 1, 9, 6])
+    h = torch.randn(len(z), irreps_in.dim, dtype=torch.float64)
+    one_hot = torch.nn.functional.one_hot(z, num_elements).double() * num_elements ** 0.5
+    torch.testing.assert_close(ours(h, z), reference(h, one_hot), rtol=1e-12, atol=1e-12)

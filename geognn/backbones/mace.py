@@ -85,7 +85,7 @@ MAX_CORRELATION = 3
 class MACELayer(nn.Module):
     """One MACE layer: A (convolution), B (symmetric contraction), linear, element self-connection.
 
-    ``forward(h [N, irreps_in], z [N], node_attrs [N, Z], edge_index, edge_sh, basis, envelope)
+    ``forward(h [N, irreps_in], z [N], edge_index, edge_sh, basis, envelope)
     -> [N, irreps_hidden]``.
     """
 
@@ -104,10 +104,10 @@ class MACELayer(nn.Module):
         reset_e3nn_parameters(self.linear)
         self.self_connection.reset_parameters()
 
-    def forward(self, h, z, node_attrs, edge_index, edge_sh, basis, envelope):
+    def forward(self, h, z, edge_index, edge_sh, basis, envelope):
         a = self.conv(h, edge_index, edge_sh, basis, envelope)  # [N, irreps_a]
         b = self.product(a, z)  # [N, irreps_hidden], sum over nu of B^(nu)
-        return self.linear(b) + self.self_connection(h, node_attrs)  # [N, irreps_hidden]
+        return self.linear(b) + self.self_connection(h, z)  # [N, irreps_hidden]
 
 
 class MACE(ExactCouplingsMixin, Backbone):
@@ -164,10 +164,10 @@ class MACE(ExactCouplingsMixin, Backbone):
         z = batch[K.Z]
         self.check_atomic_numbers(z)
         edge_index = batch[K.EDGE_INDEX]
-        h, node_attrs, edge_sh, basis, envelope = self.inputs(batch)  # [N, C x 0e], [N, Z], edges
+        h, edge_sh, basis, envelope = self.inputs(batch)  # [N, C x 0e], edge features
         scalars = []
         for layer in self.layers:
-            h = layer(h, z, node_attrs, edge_index, edge_sh, basis, envelope)  # [N, irreps_hidden]
+            h = layer(h, z, edge_index, edge_sh, basis, envelope)  # [N, irreps_hidden]
             scalars.append(select_irrep(h, self.irreps_hidden, "0e").squeeze(-1))  # [N, C]
         return {K.NODE_FEATURES: torch.cat(scalars, dim=-1),  # [N, T * C]
                 K.NODE_VECTORS: cartesian_from_1o(select_irrep(h, self.irreps_hidden, "1o"))}  # [N, C, 3]

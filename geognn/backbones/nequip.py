@@ -77,7 +77,7 @@ MAX_ELL = 3
 class NequIPLayer(nn.Module):
     """One NequIP interaction: convolution + element self-connection, gate, residual.
 
-    ``forward(h [N, irreps_in], node_attrs [N, Z], edge_index, edge_sh, basis, envelope)
+    ``forward(h [N, irreps_in], z [N], edge_index, edge_sh, basis, envelope)
     -> [N, irreps_hidden]``.
     """
 
@@ -95,8 +95,8 @@ class NequIPLayer(nn.Module):
         self.conv.reset_parameters()
         self.self_connection.reset_parameters()
 
-    def forward(self, h, node_attrs, edge_index, edge_sh, basis, envelope):
-        pre = self.conv(h, edge_index, edge_sh, basis, envelope) + self.self_connection(h, node_attrs)
+    def forward(self, h, z, edge_index, edge_sh, basis, envelope):
+        pre = self.conv(h, edge_index, edge_sh, basis, envelope) + self.self_connection(h, z)
         out = self.gate(pre)  # [N, irreps_hidden]
         return h + out if self.residual else out
 
@@ -149,9 +149,9 @@ class NequIP(ExactCouplingsMixin, Backbone):
     def forward(self, batch) -> dict[str, torch.Tensor]:
         self.check_atomic_numbers(batch[K.Z])
         edge_index = batch[K.EDGE_INDEX]
-        h, node_attrs, edge_sh, basis, envelope = self.inputs(batch)  # [N, C x 0e], [N, Z], edges
+        h, edge_sh, basis, envelope = self.inputs(batch)  # [N, C x 0e], edge features
         for layer in self.layers:
-            h = layer(h, node_attrs, edge_index, edge_sh, basis, envelope)  # [N, irreps_hidden]
+            h = layer(h, batch[K.Z], edge_index, edge_sh, basis, envelope)  # [N, irreps_hidden]
         out = {K.NODE_FEATURES: select_irrep(h, self.irreps_hidden, "0e").squeeze(-1)}  # [N, C]
         if self.hparams["max_ell"] >= 1:
             out[K.NODE_VECTORS] = cartesian_from_1o(select_irrep(h, self.irreps_hidden, "1o"))  # [N, C, 3]

@@ -84,11 +84,6 @@ def cartesian_from_1o(v: torch.Tensor) -> torch.Tensor:
     return v.index_select(-1, index)
 
 
-def one_hot_elements(z: torch.Tensor, num_elements: int, dtype: torch.dtype) -> torch.Tensor:
-    """[N] atomic numbers -> [N, num_elements] one-hot (``num_elements x 0e`` node attributes)."""
-    return nn.functional.one_hot(z, num_elements).to(dtype)
-
-
 def reset_e3nn_parameters(module: nn.Module) -> None:
     """Redraw the weights of e3nn layers inside ``module`` the way e3nn initialises them.
 
@@ -184,11 +179,10 @@ def check_radial_settings(envelope_p: int, radial_hidden: Sequence[int]) -> None
 
 
 class SphericalInputs(nn.Module):
-    """What every e3nn backbone starts from: the element embedding h^0 (C x 0e), the one-hot
-    element attributes, and the edge features Y(r_ij) and the radial basis with its envelope.
+    """What every e3nn backbone starts from: the element embedding h^0 (C x 0e), and the edge
+    features Y(r_ij) and the radial basis with its envelope.
 
-    ``forward(batch) -> (h0 [N, C], node_attrs [N, Z], edge_sh [E, irreps_sh], basis [E, B],
-    envelope [E])``; geometry comes only from ``edge_vectors(batch)`` (r_ij, centre -> neighbour).
+    ``forward(batch) -> (h0 [N, C], edge_sh [E, irreps_sh], basis [E, B], envelope [E])``; geometry comes only from ``edge_vectors(batch)`` (r_ij, centre -> neighbour).
     """
 
     def __init__(self, channels: int, max_ell: int, num_basis: int, cutoff: float, envelope_p: int,
@@ -211,8 +205,7 @@ class SphericalInputs(nn.Module):
         distance = vec.norm(dim=-1)  # [E]; edges never have zero length
         basis, envelope = self.radial_embedding(distance)  # [E, B], [E]
         edge_sh = self.spherical_harmonics(vec)  # [E, irreps_sh]
-        node_attrs = one_hot_elements(z, self.num_elements, vec.dtype)  # [N, Z]
-        return self.embedding(z), node_attrs, edge_sh, basis, envelope
+        return self.embedding(z), edge_sh, basis, envelope
 
 
 class RadialMLP(nn.Module):
@@ -292,26 +285,59 @@ class EdgeConvolution(nn.Module):
 
 
 class ElementSelfConnection(nn.Module):
-    """Self-connection with element-dependent weights: ``sc_i = FCTP(h_i, onehot(z_i))``.
+    """Self-connection with element-dependent weights (NequIP's ``FCTP(h_i, onehot(z_i))``).
 
-    A fully connected tensor product with ``num_elements x 0e`` node attributes is a separate
-    channel-mixing matrix per element and irrep. e3nn normalises the product by its fan-in
-    ``mul_h * num_elements``, as if every attribute were O(1); a one-hot has a single 1, so the
-    attributes are multiplied by ``sqrt(num_elements)`` to keep the output O(1) (a constant
-    rescaling of the weights, not a change of the function class).
-    ``forward(h [N, irreps_in], attrs [N, num_elements]) -> [N, irreps_out]``.
+    .. math::
+        sc_i^{(o)} = \\frac{1}{\\sqrt{\\sum_{k \\to o} C_k}} \\sum_{k \\to o} W^{(k,o)}_{z_i}\\, h_i^{(k)}
+
+    for every output block ``o`` of ``irreps_out`` and every input block ``k`` of ``irreps_in`` with
+    the same irrep: one ``C_k x C_o`` channel-mixing matrix per element and path, applied to all
+    2l+1 components alike (so the map is equivariant), with e3nn's fan-in normalisation. This is
+    the function e3nn's ``FullyConnectedTensorProduct`` computes with a one-hot ``num_elements x
+    0e`` attribute (with the attributes scaled to unit norm), but evaluated by selecting each
+    atom's matrix instead of multiplying by a one-hot: atoms are grouped by element and each group
+    gets one matmul, so the cost does not grow with ``num_elements`` (the tensor product spent most
+    of its time multiplying zeros).
+    ``forward(h [N, irreps_in], z [N] atomic numbers) -> [N, irreps_out]``.
     """
 
     def __init__(self, irreps_in: o3.Irreps, num_elements: int, irreps_out: o3.Irreps):
         super().__init__()
-        self.attr_scale = math.sqrt(num_elements)
-        self.tp = o3.FullyConnectedTensorProduct(irreps_in, o3.Irreps(f"{num_elements}x0e"), irreps_out)
+        self.irreps_in, self.irreps_out = o3.Irreps(irreps_in), o3.Irreps(irreps_out)
+        self.num_elements = int(num_elements)
+        self.paths: list[tuple[int, int]] = []  # (input block k, output block o)
+        weights = []
+        for o, (mul_out, ir_out) in enumerate(self.irreps_out):
+            for k, (mul_in, ir_in) in enumerate(self.irreps_in):
+                if ir_in == ir_out:
+                    self.paths.append((k, o))
+                    weights.append(nn.Parameter(torch.empty(self.num_elements, mul_in, mul_out)))
+        self.weights = nn.ParameterList(weights)  # [Z, C_k, C_o] per path
+        fan_in = [0] * len(self.irreps_out)
+        for k, o in self.paths:
+            fan_in[o] += self.irreps_in[k].mul
+        self.path_norm = [1.0 / math.sqrt(fan_in[o]) for _, o in self.paths]
+        self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        reset_e3nn_parameters(self)
+        for w in self.weights:
+            nn.init.normal_(w)
 
-    def forward(self, h: torch.Tensor, node_attrs: torch.Tensor) -> torch.Tensor:
-        return self.tp(h, node_attrs * self.attr_scale)  # [N, irreps_out]
+    def forward(self, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        n = h.shape[0]
+        in_slices, out_slices = self.irreps_in.slices(), self.irreps_out.slices()
+        blocks = [h[:, sl].reshape(n, mul, ir.dim) for (mul, ir), sl in zip(self.irreps_in, in_slices)]
+        out = [h.new_zeros((n, mul, ir.dim)) for mul, ir in self.irreps_out]  # [N, C_o, 2l+1]
+        for element in torch.unique(z).tolist():
+            atoms = (z == element).nonzero().squeeze(1)  # [n_e]
+            for (k, o), w, norm in zip(self.paths, self.weights, self.path_norm):
+                x = blocks[k].index_select(0, atoms)  # [n_e, C_k, 2l+1]
+                y = torch.einsum("nci,cd->ndi", x, w[element]) * norm  # [n_e, C_o, 2l+1]
+                out[o] = out[o].index_add(0, atoms, y)
+        return torch.cat([b.reshape(n, -1) for b in out], dim=-1)  # [N, irreps_out]
+
+    def extra_repr(self) -> str:
+        return f"{self.irreps_in} x {self.num_elements} elements -> {self.irreps_out}"
 
 
 # --------------------------------------------------------------------------- gate
