@@ -550,3 +550,20 @@ def _sorted_edges(graph) -> np.ndarray:
     S = graph.edge_shift.long().numpy()
     j, i = graph.edge_index.numpy()
     return np.lexsort((S[:, 2], S[:, 1], S[:, 0], j, i))
+
+
+def test_collate_fills_optional_atom_keys_for_mixed_batches():
+    """A tagged OC20 slab batched with an untagged molecule keeps its tags in either order."""
+    from conftest import load_qm9_molecules
+
+    from geognn.graph.build import build_graph, collate
+
+    slab, molecule = load_oc20_slabs()[2], load_qm9_molecules(1)[0]
+    g_slab, g_mol = build_graph(slab, 4.0), build_graph(molecule, 4.0)
+    assert "tags" in g_slab and "tags" not in g_mol
+    for graphs in ([g_slab, g_mol], [g_mol, g_slab]):
+        batch = collate(graphs)
+        expected = torch.cat([g.tags if "tags" in g else torch.zeros(g.num_nodes, dtype=torch.long)
+                              for g in graphs])
+        assert torch.equal(batch.tags, expected)
+    assert "tags" not in g_mol  # the caller's graph is untouched

@@ -7,6 +7,8 @@ positions (forces) and to a strain of the cell (stress) flow through autograd fo
 
 from __future__ import annotations
 
+import copy
+
 import warnings
 from typing import Sequence
 
@@ -142,11 +144,31 @@ def _attach_labels(data: Data, atoms: Atoms, dtype: torch.dtype) -> None:
         data[K.FIXED] = torch.as_tensor(fixed)
 
 
+#: Per-atom keys that ``build_graph`` stores only when set (absent means all 0 / False).
+OPTIONAL_ATOM_KEYS: dict[str, torch.dtype] = {K.TAGS: torch.long, K.FIXED: torch.bool}
+
+
 def collate(graphs: Sequence[Data]) -> Batch:
-    """PyG ``Batch`` of graphs: node indices offset per graph, ``cell`` -> [B,3,3], ``batch`` [N]."""
+    """PyG ``Batch`` of graphs: node indices offset per graph, ``cell`` -> [B,3,3], ``batch`` [N].
+
+    When only some graphs carry an optional per-atom key (``tags`` of an OC20 slab batched with
+    untagged molecules, ``fixed``), the others get its default (zeros / False), so the batch keeps
+    the key for every atom instead of failing or dropping it depending on the order.
+    """
+    graphs = list(graphs)
     if len(graphs) == 0:
         raise ValueError("collate needs at least one graph")
-    return Batch.from_data_list(list(graphs))
+    for key, dtype in OPTIONAL_ATOM_KEYS.items():
+        present = [key in g for g in graphs]
+        if any(present) and not all(present):
+            graphs = [g if has else _with_default(g, key, dtype) for g, has in zip(graphs, present)]
+    return Batch.from_data_list(graphs)
+
+
+def _with_default(graph: Data, key: str, dtype: torch.dtype) -> Data:
+    graph = copy.copy(graph)  # shallow: the tensors are shared, the caller's graph is untouched
+    graph[key] = torch.zeros(graph.num_nodes, dtype=dtype, device=graph[K.POS].device)
+    return graph
 
 
 def graph_index(batch: Data) -> torch.Tensor:
