@@ -9,6 +9,7 @@ from .backbones import BACKBONES
 from .graph.build import build_graph, collate, edge_vectors
 from .io import StructureError, read_structures
 from .model import Model, build_model, load_model
+from .symmetry.frames import FrameAveraging
 
 __version__ = "0.1.0"
 
@@ -21,5 +22,5 @@ def __getattr__(name):  # the calculator pulls in ase.calculators: import it on 
     raise AttributeError(f"module 'geognn' has no attribute '{name}'")
 
 
-__all__ = ["BACKBONES", "GeoGNNCalculator", "Model", "StructureError", "build_graph", "build_model",
+__all__ = ["BACKBONES", "FrameAveraging", "GeoGNNCalculator", "Model", "StructureError", "build_graph", "build_model",
            "collate", "edge_vectors", "load_model", "read_structures", "__version__"]

@@ -31,6 +31,8 @@ from .backbones import get_backbone_class
 from .graph.build import graph_index, num_graphs
 from .nn.blocks import MLP
 from .nn.scatter import scatter_sum
+from .symmetry.frames import (FRAME_NODE_FEATURES, FRAME_NODE_INDEX, FRAME_WEIGHTS, FrameAveraging,
+                              frame_averaging_options)
 
 #: Version of the checkpoint layout written by Model.save; bump when it changes incompatibly.
 CHECKPOINT_FORMAT_VERSION = 1
@@ -85,6 +87,9 @@ class Model(nn.Module):
         stress: compute ``stress`` by default in ``forward``.
         backbone_kwargs: keyword arguments of the backbone (see its docstring).
         metadata: free-form, JSON-like facts saved with the checkpoint (what it was trained on, ...).
+        frame_averaging: None (the plain backbone), "all", "stochastic", "det" or a dict of
+            ``geognn.FrameAveraging`` options (frames, dim, group, eval_frames, degenerate_tol):
+            wraps the backbone in frame averaging; the per-atom energy is then averaged over frames.
 
     ``forward(batch, forces=None, stress=None)`` returns ``energy`` [B] eV, and ``forces`` [N,3]
     eV/Å, ``stress`` [B,3,3] eV/Å³ when asked (None means the constructor's default), plus
@@ -93,7 +98,7 @@ class Model(nn.Module):
 
     def __init__(self, backbone: str = "schnet", cutoff: float = 5.0, max_neighbors: int | None = None,
                  forces: bool = True, stress: bool = False, backbone_kwargs: dict | None = None,
-                 metadata: dict | None = None):
+                 metadata: dict | None = None, frame_averaging: str | dict | None = None):
         super().__init__()
         backbone_kwargs = dict(backbone_kwargs or {})
         if "cutoff" in backbone_kwargs:
@@ -106,6 +111,9 @@ class Model(nn.Module):
         self.backbone_kwargs = backbone_kwargs
         self.metadata = dict(metadata or {})
         self.backbone = get_backbone_class(backbone)(cutoff=cutoff, **backbone_kwargs)
+        self.frame_averaging = frame_averaging_options(frame_averaging)
+        if self.frame_averaging is not None:
+            self.backbone = FrameAveraging(self.backbone, **self.frame_averaging)
         width = self.backbone.out_channels
         self.energy_head = MLP([width, max(width // 2, 1), 1])
         self.reference = ReferenceEnergies()
@@ -119,7 +127,8 @@ class Model(nn.Module):
         """Constructor arguments; ``Model(**model.config)`` rebuilds the architecture."""
         return dict(backbone=self.backbone_name, cutoff=self.cutoff, max_neighbors=self.max_neighbors,
                     forces=self.compute_forces, stress=self.compute_stress,
-                    backbone_kwargs=dict(self.backbone_kwargs), metadata=copy.deepcopy(self.metadata))
+                    backbone_kwargs=dict(self.backbone_kwargs), metadata=copy.deepcopy(self.metadata),
+                    frame_averaging=copy.deepcopy(self.frame_averaging))
 
     def reset_parameters(self) -> None:
         """Re-initialise the backbone and the head (reference energies and scale/shift are kept)."""
@@ -155,7 +164,12 @@ class Model(nn.Module):
         view[K.POS], view[K.CELL] = pos, cell
 
         features = self.backbone(view)
-        node_energy = self.energy_head(features[K.NODE_FEATURES]).squeeze(-1)  # [N]
+        if FRAME_NODE_FEATURES in features:  # frame averaging: average energies (not features) over frames
+            per_frame = self.energy_head(features.pop(FRAME_NODE_FEATURES)).squeeze(-1)  # [M] (frame, atom)
+            per_frame = per_frame * features.pop(FRAME_WEIGHTS)
+            node_energy = scatter_sum(per_frame, features.pop(FRAME_NODE_INDEX), len(batch[K.Z]))  # [N]
+        else:
+            node_energy = self.energy_head(features[K.NODE_FEATURES]).squeeze(-1)  # [N]
         node_energy = node_energy * self.scale + self.shift + self.reference(batch[K.Z])
         energy = scatter_sum(node_energy, atom_graph, n_graphs)  # [B] eV
         out = {K.ENERGY: energy, "node_energy": node_energy, **features}
@@ -203,13 +217,19 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
 
 
 def build_model(backbone: str = "schnet", cutoff: float = 5.0, forces: bool = True, stress: bool = False,
-                max_neighbors: int | None = None, metadata: dict | None = None, **backbone_kwargs) -> Model:
+                max_neighbors: int | None = None, metadata: dict | None = None,
+                frame_averaging: str | dict | None = None, **backbone_kwargs) -> Model:
     """A ``Model`` with the named backbone; extra keywords go to the backbone's constructor.
 
+    ``frame_averaging`` (None, "all", "stochastic", "det" or a dict of options) wraps the backbone
+    in ``geognn.FrameAveraging``.
+
     >>> model = build_model("schnet", cutoff=5.0, hidden_channels=64, num_layers=3)
+    >>> faenet = build_model("faenet", frame_averaging="stochastic")  # the FAENet paper's model
     """
     return Model(backbone=backbone, cutoff=cutoff, max_neighbors=max_neighbors, forces=forces,
-                 stress=stress, backbone_kwargs=backbone_kwargs, metadata=metadata)
+                 stress=stress, backbone_kwargs=backbone_kwargs, metadata=metadata,
+                 frame_averaging=frame_averaging)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:

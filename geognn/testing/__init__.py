@@ -29,10 +29,11 @@ from .checks import (
     predict,
     random_rotation,
 )
+from ..symmetry.report import SymmetryReport, symmetry_report
 
 __all__ = [
     "TOLERANCE", "CheckResult", "assert_check", "check_batching", "check_cell_basis_change",
     "check_cutoff_smoothness", "check_determinism", "check_finite_difference_forces", "check_finite_difference_stress", "check_permutation",
     "check_reflection", "check_rotation", "check_supercell", "check_translation", "check_vector_equivariance", "check_wrapping",
-    "predict", "random_rotation",
+    "predict", "random_rotation", "SymmetryReport", "symmetry_report",
 ]
