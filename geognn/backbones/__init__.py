@@ -9,9 +9,11 @@ from __future__ import annotations
 from .base import Backbone
 from .dimenetpp import DimeNetPlusPlus
 from .egnn import EGNN
+from .faenet import FAENet
 from .mace import MACE
 from .nequip import NequIP
 from .painn import PaiNN
+from .ponita import PNITA, PONITA
 from .schnet import SchNet
 
 BACKBONES: dict[str, type[Backbone]] = {
@@ -21,6 +23,9 @@ BACKBONES: dict[str, type[Backbone]] = {
     "painn": PaiNN,
     "nequip": NequIP,
     "mace": MACE,
+    "faenet": FAENet,
+    "ponita": PONITA,
+    "pnita": PNITA,
 }
 
 
@@ -32,5 +37,5 @@ def get_backbone_class(name: str) -> type[Backbone]:
         raise ValueError(f"unknown backbone '{name}'; choose one of: {', '.join(sorted(BACKBONES))}") from None
 
 
-__all__ = ["BACKBONES", "Backbone", "DimeNetPlusPlus", "EGNN", "MACE", "NequIP", "PaiNN", "SchNet",
+__all__ = ["BACKBONES", "Backbone", "DimeNetPlusPlus", "EGNN", "FAENet", "MACE", "NequIP", "PaiNN", "PNITA", "PONITA", "SchNet",
            "get_backbone_class"]

@@ -1,0 +1,349 @@
+"""PΘNITA and PNITA (Bekkers, Vadgama, Hesselink, van der Linden, Romero, "Fast, Expressive SE(n)
+Equivariant Networks through Weight-Sharing in Position-Orientation Space", ICLR 2024,
+https://arxiv.org/abs/2310.02970).
+
+Every atom i carries a signal over a grid of orientations ``o_1 .. o_O`` on the sphere (the
+homogeneous space R3 x S2): features ``h_i(o)`` [N, O, C]. Weights are shared over all pairs of
+position-orientations that an SE(3) transformation maps onto each other, by making every kernel a
+function of the pair's invariant attributes. With ``x_ij = x_j - x_i`` (geognn's edge vector
+``r_ij = pos[j] + shift @ cell - pos[i]``, periodic images included):
+
+.. math::
+    a^{R3 \\times S2}_{ij}(o) = \\big[\\, x_{ij} \\cdot o,\\;
+        \\| x_{ij} - (x_{ij} \\cdot o)\\, o \\| \\,\\big],
+    \\qquad a^{S2}(o, o') = o \\cdot o'.
+
+Separable group convolution (one layer), depthwise over the C channels:
+
+.. math::
+    \\tilde h_i(o) = \\sum_{j \\in \\mathcal N(i)} k_{spatial}\\big(a_{ij}(o)\\big) \\odot h_j(o)
+        \\qquad \\text{(over edges, for each orientation)}
+
+    (\\mathrm{conv}\\, h)_i(o) = \\frac{1}{O} \\sum_{o'} k_{sphere}(o \\cdot o') \\odot
+        \\tilde h_i(o') + b \\qquad \\text{(over the sphere)}
+
+with kernels built from basis embeddings shared by all layers and a per-layer linear map to the
+channels, ``k_spatial = W^l_s phi_s(a) u(|x_ij|)`` and ``k_sphere = W^l_f phi_f(o . o')``, where
+``phi = GELU(Linear(GELU(Linear(poly_D(a)))))``, ``poly_D(a)`` all monomials of the attributes of
+degree 1..D, and ``u`` the polynomial envelope (1 at 0, zero value and first two derivatives at
+the cutoff: energies are smooth as atoms cross it). ConvNeXt block with layer scale ``gamma``:
+
+.. math::
+    h \\leftarrow h + \\gamma \\odot \\mathrm{Linear}_{wC \\to C}\\big(\\mathrm{GELU}(
+        \\mathrm{Linear}_{C \\to wC}(\\mathrm{LayerNorm}(\\mathrm{conv}\\, h)))\\big).
+
+Lift: ``h_i(o) = embedding(z_i)`` for every o. Readout, with ``g = Linear(h)`` [N, O, F]:
+``node_features_i = (1/O) sum_o g_i(o)`` (invariant) and ``node_vectors_i = (1/O) sum_o g_i(o) o``
+[N, F, 3] (equivariant), the grid versions of the integrals over S2.
+
+PNITA (``space="R3"``, the paper's ablation): no orientations (O = 1), the only attribute is the
+distance ``a_ij = |x_ij|``, no sphere convolution; invariant, no ``node_vectors``.
+
+Symmetry, honestly:
+
+- Translations, permutations, periodic images, the choice of cell and batching: exact, because
+  everything is built from edge vectors and per-atom sums.
+- Rotations (PΘNITA): the attributes are invariant when positions and orientations rotate together,
+  so the continuous model (integrals over S2) is exactly SE(3)-equivariant; the grid is fixed while
+  the molecule rotates, so the network is equivariant only up to the quadrature error of the grid.
+  ``rotation_symmetry = "approximate"``; the error, measured in tests/test_backbone_ponita.py and
+  benchmarks/bench_ponita.py, falls as ``num_ori`` grows. PNITA is exactly invariant.
+- Reflections: the paper's method is stated for SE(3), but the three attributes are also invariant
+  under reflections (dot products and norms), so the continuous model is E(3)-invariant and
+  reflections are respected to the same discretisation error as rotations (measured in the tests);
+  ``node_vectors`` are polar vectors. PNITA is exactly reflection invariant.
+- ``random_grid_rotation=True`` rotates the grid by a fresh uniformly random rotation in every
+  training forward pass (augmentation: the model cannot fit to the grid's orientation); eval is
+  deterministic.
+
+Choices of this implementation (not in the paper):
+
+- The perpendicular norm is ``sqrt(|x - (x . o) o|^2 + eps)``, ``eps = 1e-6 Å^2`` (``PERP_EPS``):
+  the plain norm has an infinite gradient when ``x_ij`` is parallel to ``o`` (autograd forces and
+  their second derivatives in training would be NaN). This shifts the attribute by at most 1e-3 Å.
+- Lengths are divided by the cutoff before the polynomial features (a fixed rescaling: the basis
+  stays well conditioned; expressivity is unchanged).
+- Sums over neighbours are plain sums (no division by the neighbour count, which would jump as an
+  atom crosses the cutoff); LayerNorm follows every convolution.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+from torch import nn
+
+from .. import conventions as K
+from ..graph.build import edge_vectors
+from ..graph.features import polynomial_envelope
+from ..nn.scatter import scatter_sum
+from ..symmetry.sphere import GRID_METHODS, orientation_grid, random_rotation
+from .base import Backbone, require_positive, require_positive_integers
+
+#: Å^2 added under the square root of the perpendicular norm (see module docstring).
+PERP_EPS = 1e-6
+#: The two homogeneous spaces: position-orientation (PΘNITA) and position only (PNITA).
+SPACES = ("R3S2", "R3")
+
+
+class PolynomialFeatures(nn.Module):
+    """All monomials of degree 1..``degree`` of ``num_attributes`` attributes: [..., A] -> [..., M].
+
+    Built from repeated products (no ``pow``), so it is differentiable to any order at 0.
+    """
+
+    def __init__(self, num_attributes: int, degree: int):
+        super().__init__()
+        exponents = [e for e in itertools.product(range(degree + 1), repeat=num_attributes)
+                     if 1 <= sum(e) <= degree]
+        self.register_buffer("exponents", torch.tensor(exponents, dtype=torch.long), persistent=False)
+        self.degree = degree
+
+    @property
+    def out_features(self) -> int:
+        return self.exponents.shape[0]
+
+    def forward(self, a: torch.Tensor) -> torch.Tensor:
+        powers = [torch.ones_like(a)]
+        for _ in range(self.degree):
+            powers.append(powers[-1] * a)
+        powers = torch.stack(powers, dim=-2)  # [..., D+1, A]: powers[..., p, k] = a_k^p
+        columns = [powers[..., self.exponents[:, k], k] for k in range(a.shape[-1])]  # A x [..., M]
+        out = columns[0]
+        for column in columns[1:]:
+            out = out * column
+        return out
+
+
+class AttributeEmbedding(nn.Module):
+    """Basis ``phi(a) = GELU(Linear(GELU(Linear(poly_D(a)))))``: [..., A] -> [..., basis_dim]."""
+
+    def __init__(self, num_attributes: int, degree: int, basis_dim: int):
+        super().__init__()
+        self.poly = PolynomialFeatures(num_attributes, degree)
+        self.lin1 = nn.Linear(self.poly.out_features, basis_dim)
+        self.lin2 = nn.Linear(basis_dim, basis_dim)
+        self.act = nn.GELU()
+
+    def reset_parameters(self) -> None:
+        for lin in (self.lin1, self.lin2):
+            nn.init.xavier_uniform_(lin.weight)
+            nn.init.zeros_(lin.bias)
+
+    def forward(self, a: torch.Tensor) -> torch.Tensor:
+        return self.act(self.lin2(self.act(self.lin1(self.poly(a)))))
+
+
+class SeparableConv(nn.Module):
+    """Depthwise separable group convolution: over edges per orientation, then over the sphere.
+
+    ``forward(h [N, O, C], edge_index [2, E], spatial_basis [E, O, B], sphere_basis [O, O, B] or
+    None) -> [N, O, C]``. ``sphere_basis[p, q]`` embeds ``o_p . o_q`` (output p, input q); None
+    skips the sphere convolution (PNITA). The envelope is already in ``spatial_basis``.
+    """
+
+    def __init__(self, channels: int, basis_dim: int, sphere: bool):
+        super().__init__()
+        self.spatial_kernel = nn.Linear(basis_dim, channels, bias=False)  # W_s
+        self.sphere_kernel = nn.Linear(basis_dim, channels, bias=False) if sphere else None  # W_f
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def reset_parameters(self) -> None:
+        nn.init.xavier_uniform_(self.spatial_kernel.weight)
+        if self.sphere_kernel is not None:
+            nn.init.xavier_uniform_(self.sphere_kernel.weight)
+        nn.init.zeros_(self.bias)
+
+    def forward(self, h, edge_index, spatial_basis, sphere_basis=None):
+        j, i = edge_index  # messages flow from neighbour j to centre i
+        k_spatial = self.spatial_kernel(spatial_basis)  # [E, O, C]
+        h = scatter_sum(h.index_select(0, j) * k_spatial, i, dim_size=h.shape[0])  # [N, O, C]
+        if self.sphere_kernel is not None:
+            k_sphere = self.sphere_kernel(sphere_basis)  # [O_out, O_in, C]
+            h = torch.einsum("nqc,pqc->npc", h, k_sphere) / k_sphere.shape[1]
+        return h + self.bias
+
+
+class ConvNeXtBlock(nn.Module):
+    """``h + gamma * Linear(GELU(Linear(LayerNorm(conv h))))``: [N, O, C] -> [N, O, C].
+
+    ``layer_scale``: initial value of the per-channel ``gamma``, or None for no layer scale.
+    """
+
+    def __init__(self, channels: int, basis_dim: int, widening_factor: int, layer_scale: float | None,
+                 sphere: bool):
+        super().__init__()
+        self.conv = SeparableConv(channels, basis_dim, sphere)
+        self.norm = nn.LayerNorm(channels)
+        self.widen = nn.Linear(channels, widening_factor * channels)
+        self.narrow = nn.Linear(widening_factor * channels, channels)
+        self.act = nn.GELU()
+        self.layer_scale_init = layer_scale
+        self.gamma = nn.Parameter(torch.empty(channels)) if layer_scale is not None else None
+
+    def reset_parameters(self) -> None:
+        self.conv.reset_parameters()
+        self.norm.reset_parameters()
+        for lin in (self.widen, self.narrow):
+            nn.init.xavier_uniform_(lin.weight)
+            nn.init.zeros_(lin.bias)
+        if self.gamma is not None:
+            nn.init.constant_(self.gamma, self.layer_scale_init)
+
+    def forward(self, h, edge_index, spatial_basis, sphere_basis):
+        x = self.norm(self.conv(h, edge_index, spatial_basis, sphere_basis))  # [N, O, C]
+        update = self.narrow(self.act(self.widen(x)))
+        if self.gamma is not None:
+            update = self.gamma * update
+        return h + update
+
+
+def invariant_attributes(edge_vec: torch.Tensor, grid: torch.Tensor | None) -> torch.Tensor:
+    """Spatial attributes of the pairs (x_i, o) -> (x_j, o), in Å.
+
+    ``edge_vec`` [E, 3] = x_j - x_i. With ``grid`` [O, 3] (R3 x S2): ``[x . o, |x - (x . o) o|]``
+    -> [E, O, 2], the norm smoothed by ``PERP_EPS``. With ``grid=None`` (R3): ``|x|`` -> [E, 1, 1].
+    """
+    if grid is None:
+        return edge_vec.norm(dim=-1).view(-1, 1, 1)
+    along = edge_vec @ grid.T  # [E, O]
+    perp = edge_vec.unsqueeze(1) - along.unsqueeze(-1) * grid  # [E, O, 3]
+    return torch.stack([along, torch.sqrt(perp.pow(2).sum(-1) + PERP_EPS)], dim=-1)
+
+
+class _PositionOrientationNetwork(Backbone):
+    """Shared implementation of PONITA (``space="R3S2"``) and PNITA (``space="R3"``)."""
+
+    rotation_symmetry = "approximate"
+
+    def __init__(self, *, space: str, hidden_channels: int, num_layers: int, num_ori: int, cutoff: float,
+                 basis_dim: int, degree: int, widening_factor: int, layer_scale: float | None, grid: str,
+                 random_grid_rotation: bool, max_z: int, record: dict):
+        super().__init__(**record)  # the public class's own keywords, for checkpoints and repr
+        if space not in SPACES:
+            raise ValueError(f"unknown space '{space}'; choose one of: {', '.join(SPACES)}")
+        require_positive_integers(hidden_channels=hidden_channels, num_layers=num_layers, basis_dim=basis_dim,
+                                  degree=degree, widening_factor=widening_factor, max_z=max_z)
+        require_positive(cutoff=cutoff)
+        if layer_scale is not None:
+            require_positive(layer_scale=layer_scale)
+        self.space = space
+        self.cutoff = float(cutoff)
+        self.max_z = int(max_z)
+        self.random_grid_rotation = bool(random_grid_rotation)
+        sphere = space == "R3S2"
+        if sphere:
+            require_positive_integers(num_ori=num_ori)
+            if grid not in GRID_METHODS:
+                raise ValueError(f"unknown grid '{grid}'; choose one of: {', '.join(GRID_METHODS)}")
+            points = orientation_grid(num_ori, grid, dtype=torch.get_default_dtype())
+            self.register_buffer("grid", points, persistent=False)  # [O, 3], derived from the hparams
+        else:
+            self.grid = None
+        self.embedding = nn.Embedding(max_z + 1, hidden_channels)
+        self.spatial_basis = AttributeEmbedding(2 if sphere else 1, degree, basis_dim)
+        self.sphere_basis = AttributeEmbedding(1, degree, basis_dim) if sphere else None
+        self.blocks = nn.ModuleList(ConvNeXtBlock(hidden_channels, basis_dim, widening_factor, layer_scale, sphere)
+                                    for _ in range(num_layers))
+        self.readout = nn.Linear(hidden_channels, hidden_channels)
+        self.reset_parameters()
+
+    @property
+    def out_channels(self) -> int:
+        return self.hparams["hidden_channels"]
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.embedding.weight)
+        self.spatial_basis.reset_parameters()
+        if self.sphere_basis is not None:
+            self.sphere_basis.reset_parameters()
+        for block in self.blocks:
+            block.reset_parameters()
+        nn.init.xavier_uniform_(self.readout.weight)
+        nn.init.zeros_(self.readout.bias)
+
+    def orientations(self, dtype: torch.dtype) -> torch.Tensor | None:
+        """The grid [O, 3] used by this forward pass (randomly rotated in training if asked)."""
+        if self.grid is None:
+            return None
+        grid = self.grid.to(dtype)
+        grid = grid / grid.norm(dim=-1, keepdim=True)  # unit to this dtype's precision
+        if self.training and self.random_grid_rotation:
+            grid = grid @ random_rotation(dtype=dtype, device=grid.device).T
+        return grid
+
+    def forward(self, batch) -> dict[str, torch.Tensor]:
+        z = batch[K.Z]
+        self.check_atomic_numbers(z)
+        edge_index = batch[K.EDGE_INDEX]
+        edge_vec = edge_vectors(batch)  # [E, 3] Å, x_j - x_i
+        grid = self.orientations(edge_vec.dtype)  # [O, 3] or None
+        envelope = polynomial_envelope(edge_vec.norm(dim=-1), self.cutoff)  # [E]
+        attributes = invariant_attributes(edge_vec, grid) / self.cutoff  # [E, O, 2] or [E, 1, 1]
+        spatial_basis = self.spatial_basis(attributes) * envelope.view(-1, 1, 1)  # [E, O, B]
+        sphere_basis = None if grid is None else self.sphere_basis((grid @ grid.T).unsqueeze(-1))  # [O, O, B]
+        num_ori = 1 if grid is None else grid.shape[0]
+        h = self.embedding(z).unsqueeze(1).expand(-1, num_ori, -1)  # [N, O, C], lifted
+        for block in self.blocks:
+            h = block(h, edge_index, spatial_basis, sphere_basis)
+        g = self.readout(h)  # [N, O, F]
+        out = {K.NODE_FEATURES: g.mean(dim=1)}  # [N, F]
+        if grid is not None:
+            out[K.NODE_VECTORS] = torch.einsum("nof,od->nfd", g, grid) / num_ori  # [N, F, 3]
+        return out
+
+
+class PONITA(_PositionOrientationNetwork):
+    """PΘNITA: ConvNeXt group convolutions on position-orientation space R3 x S2.
+
+    Args:
+        hidden_channels: C, channels per atom and orientation (default: 128, the paper's).
+        num_layers: ConvNeXt blocks (default: 5, the paper's).
+        num_ori: O, orientations on the sphere (default: 20). Rotation error falls as O grows;
+            cost and memory grow linearly (edges x O x C tensors) plus an O x O x C sphere kernel.
+        cutoff: Å; envelope radius and scale of the attributes (default: 5.0).
+        basis_dim: B, width of the attribute embeddings (default: 128; narrower than the paper's QM9
+            runs to keep CPU cost down, see the README for the paper setting).
+        degree: D, highest degree of the polynomial features (default: 3, the paper's).
+        widening_factor: w of the ConvNeXt MLP (default: 4, the paper's).
+        layer_scale: initial per-channel scale of each block's update, or None for no layer scale
+            (default: None).
+        grid: "fibonacci" (default) or "repulsion" (``geognn.symmetry.sphere``).
+        random_grid_rotation: rotate the grid randomly in every training forward pass (default: False).
+        max_z: largest atomic number the embedding accepts (default: 100).
+
+    ``forward(batch)`` returns ``{"node_features": [N, C] (invariant up to the grid's
+    discretisation), "node_vectors": [N, C, 3] (equivariant up to it)}``.
+    """
+
+    name = "ponita"
+    reflection_invariant = True  # up to the grid's discretisation, like rotations (see module docstring)
+
+    def __init__(self, hidden_channels: int = 128, num_layers: int = 5, num_ori: int = 20, cutoff: float = 5.0,
+                 basis_dim: int = 128, degree: int = 3, widening_factor: int = 4, layer_scale: float | None = None,
+                 grid: str = "fibonacci", random_grid_rotation: bool = False, max_z: int = 100):
+        hparams = dict(hidden_channels=hidden_channels, num_layers=num_layers, num_ori=num_ori, cutoff=cutoff,
+                       basis_dim=basis_dim, degree=degree, widening_factor=widening_factor,
+                       layer_scale=layer_scale, grid=grid, random_grid_rotation=random_grid_rotation,
+                       max_z=max_z)
+        super().__init__(space="R3S2", **hparams, record=hparams)
+
+
+class PNITA(_PositionOrientationNetwork):
+    """PNITA: the same ConvNeXt network on positions only (R3), distance attributes; exactly invariant.
+
+    Args: as ``PONITA`` without the sphere (no ``num_ori``, ``grid``, ``random_grid_rotation``).
+    ``forward(batch)`` returns ``{"node_features": [N, C]}`` (E(3)-invariant).
+    """
+
+    name = "pnita"
+    rotation_symmetry = "exact"
+    reflection_invariant = True
+
+    def __init__(self, hidden_channels: int = 128, num_layers: int = 5, cutoff: float = 5.0, basis_dim: int = 128,
+                 degree: int = 3, widening_factor: int = 4, layer_scale: float | None = None, max_z: int = 100):
+        hparams = dict(hidden_channels=hidden_channels, num_layers=num_layers, cutoff=cutoff, basis_dim=basis_dim,
+                       degree=degree, widening_factor=widening_factor, layer_scale=layer_scale, max_z=max_z)
+        super().__init__(space="R3", **hparams, num_ori=1, grid="fibonacci", random_grid_rotation=False,
+                         record=hparams)
