@@ -1,4 +1,9 @@
-"""Training configuration: one dataclass, written next to every run as ``config.json``."""
+"""Training configuration: one dataclass, filled from defaults < YAML/JSON file < command line.
+
+Every run writes the resolved configuration to ``<out>/config.json`` (JSON is valid YAML, so
+``geognn train --config runs/x/config.json`` repeats a run). Unknown keys and bad values raise
+``ValueError`` naming the key and what is allowed.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 #: The QM9 subset shipped with the package (see data/qm9/README.md for its origin and licence).
 DEFAULT_QM9 = Path(__file__).resolve().parents[2] / "data" / "qm9" / "qm9pack_subset_stride26.csv"
@@ -14,33 +20,90 @@ DEFAULT_QM9 = Path(__file__).resolve().parents[2] / "data" / "qm9" / "qm9pack_su
 #: The default job's SchNet: smaller than SchNet's defaults so it learns within minutes on 2 cores.
 DEMO_BACKBONE_KWARGS = {"hidden_channels": 64, "num_filters": 64, "num_layers": 3, "num_gaussians": 32}
 
+DATASETS = ("qm9", "oc20-is2re", "oc20-s2ef", "cif-folder", "extxyz", "ase-db")
+CHOICES = {
+    "dataset": DATASETS,
+    "on_error": ("raise", "skip"),
+    "loss": ("mse", "mae"),
+    "energy_normalisation": ("per_atom", "per_structure"),
+    "scheduler": ("plateau", "cosine", "constant"),
+    "split": ("random", "qm9-standard"),
+}
+
 
 @dataclass
 class TrainConfig:
-    """Everything a run needs; ``geognn train`` fills it from the command line.
+    """Everything a run needs. Energies in eV, lengths in Å, time in seconds, steps = optimizer steps.
 
-    Energies in eV, lengths in Å, time in seconds.
+    The model learns one scalar label (``target``) as a sum of per-atom contributions plus
+    per-element reference energies; with ``forces_weight``/``stress_weight`` > 0 also forces
+    (-dE/dpos) and stress from the same output.
     """
 
-    dataset: str = "qm9"  # qm9 (qm9pack CSV or folder of dsgdb9nsd_*.xyz)
-    data_root: str = str(DEFAULT_QM9)
-    target: str = "U0"  # property name (geognn.datasets.qm9.QM9_PROPERTIES for QM9)
-    limit: int | None = None  # read at most this many structures
-    backbone: str = "schnet"
-    cutoff: float = 5.0  # Å
-    # None: DEMO_BACKBONE_KWARGS for the default job's SchNet, the backbone's own defaults otherwise
-    backbone_kwargs: dict | None = None
+    # --- data
+    dataset: str = "qm9"  # one of DATASETS (geognn.datasets.open_dataset kinds)
+    data_root: str | None = None  # None: the shipped QM9 subset (qm9 only)
+    target: str | None = None  # label to learn; None: U0 for qm9, "energy" otherwise
+    val_data_root: str | None = None  # validation data from another source (e.g. OC20's val LMDB); no test set
+    limit: int | None = None  # read at most this many structures (per source)
+    on_error: str = "raise"  # bad structure: "raise" (stop, naming it) or "skip" (log to skipped.csv)
+    num_workers: int = 0  # DataLoader worker processes building graphs
+    cache_graphs: bool | None = None  # build all graphs once; None: when <= 50,000 structures
+    split: str = "random"  # "random" (val_fraction/test_fraction) or "qm9-standard" (110k/10k/rest)
     val_fraction: float = 0.1
     test_fraction: float = 0.1
-    batch_size: int = 32
+    # --- model
+    backbone: str = "schnet"
+    cutoff: float = 5.0  # Å
+    max_neighbors: int | None = None
+    # None: DEMO_BACKBONE_KWARGS for SchNet, the backbone's own defaults otherwise
+    backbone_kwargs: dict | None = None
+    frame_averaging: str | None = None  # passed to build_model when set
+    # --- loss (errors are divided by the per-atom energy spread of the training set, see losses.py)
+    loss: str = "mse"  # "mse" or "mae" per term
+    energy_weight: float = 1.0
+    forces_weight: float = 0.0  # > 0: learn forces (fixed atoms excluded)
+    stress_weight: float = 0.0  # > 0: learn stress (periodic structures with a stress label)
+    energy_normalisation: str = "per_atom"  # energy error divided by the number of atoms, or not
+    fit_reference: bool = True  # per-element reference energies fitted on the training set
+    # --- optimisation
+    batch_size: int = 32  # structures per step per process
+    accumulate: int = 1  # batches whose gradients are summed into one optimizer step
     lr: float = 1e-3  # AdamW peak learning rate
     weight_decay: float = 0.0
-    epochs: int = 1000  # upper bound; time_limit usually ends the run first
+    grad_clip: float = 10.0  # max gradient norm (0: off)
+    scheduler: str = "plateau"  # "plateau" (x plateau_factor after `patience` bad epochs), "cosine", "constant"
+    warmup_steps: int = 0  # linear warmup from 0 to lr
+    patience: int = 5  # plateau: epochs without validation improvement before the LR drops
+    plateau_factor: float = 0.5
+    min_lr_ratio: float = 0.01  # cosine: final lr / peak lr
+    ema_decay: float = 0.0  # > 0: exponential moving average of weights, used to validate and save
+    early_stopping: int = 0  # stop after this many epochs without validation improvement (0: off)
+    amp: bool = False  # bfloat16 autocast where supported (CUDA); ignored on CPU
+    # --- run
+    epochs: int = 1000  # upper bound; time_limit usually ends the default run first
     time_limit: float = 150.0  # seconds of training (0: no limit)
-    patience: int = 5  # epochs without validation improvement before the LR is halved
+    checkpoint_every: int = 0  # also write state.pt every this many steps (0: only per epoch)
     seed: int = 0
     out: str = "runs/default"
     threads: int = 0  # torch threads (0: torch's default)
+    device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda"
+
+    # ----------------------------------------------------------------------------- resolution
+    @property
+    def target_name(self) -> str:
+        """The label learned: ``target``, or U0 (qm9) / energy (other datasets)."""
+        if self.target:
+            return self.target
+        return "U0" if self.dataset == "qm9" else "energy"
+
+    @property
+    def data_path(self) -> str:
+        if self.data_root:
+            return str(self.data_root)
+        if self.dataset == "qm9":
+            return str(DEFAULT_QM9)
+        raise ValueError(f"dataset '{self.dataset}' needs --data-root (data_root in the config)")
 
     def resolved_backbone_kwargs(self) -> dict:
         """The keyword arguments the backbone is built with."""
@@ -48,14 +111,85 @@ class TrainConfig:
             return dict(self.backbone_kwargs)
         return dict(DEMO_BACKBONE_KWARGS) if self.backbone == "schnet" else {}
 
+    def validate(self) -> "TrainConfig":
+        """Raise ValueError naming the first bad value; returns self."""
+        for key, allowed in CHOICES.items():
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"config {key}={getattr(self, key)!r}: choose one of {list(allowed)}")
+        positive = ("batch_size", "accumulate", "epochs", "cutoff", "lr")
+        for key in positive:
+            if not getattr(self, key) > 0:
+                raise ValueError(f"config {key}={getattr(self, key)!r} must be > 0")
+        for key in ("energy_weight", "forces_weight", "stress_weight", "weight_decay", "grad_clip",
+                    "warmup_steps", "patience", "early_stopping", "time_limit", "checkpoint_every",
+                    "num_workers", "threads", "val_fraction", "test_fraction"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"config {key}={getattr(self, key)!r} must be >= 0")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"config ema_decay={self.ema_decay!r} must be in [0, 1)")
+        if self.energy_weight + self.forces_weight + self.stress_weight <= 0:
+            raise ValueError("config: energy_weight, forces_weight and stress_weight are all 0: nothing to learn")
+        if self.val_fraction <= 0:
+            raise ValueError("config val_fraction must be > 0 (validation picks the best model)")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ValueError(f"config device={self.device!r}: choose auto, cpu, cuda or cuda:N")
+        return self
+
+    # ----------------------------------------------------------------------------- files
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
     def to_json(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
-    def from_json(cls, path: str | Path) -> "TrainConfig":
-        values = json.loads(Path(path).read_text())
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
+    def known_keys(cls) -> list[str]:
+        return sorted(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def from_dict(cls, values: dict, source: str = "config") -> "TrainConfig":
+        return cls().updated(values, source)
+
+    def updated(self, values: dict, source: str = "config") -> "TrainConfig":
+        """A copy with ``values`` applied; unknown keys raise ValueError listing the known ones."""
+        if not isinstance(values, dict):
+            raise ValueError(f"{source}: expected a mapping of config keys, got {type(values).__name__}")
+        unknown = sorted(set(values) - set(self.known_keys()))
         if unknown:
-            raise ValueError(f"{path}: unknown config keys {unknown}; known: {sorted(known)}")
-        return cls(**values)
+            raise ValueError(f"{source}: unknown config keys {unknown}; known: {self.known_keys()}")
+        return dataclasses.replace(self, **values)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "TrainConfig":
+        """Read a YAML or JSON file of config keys."""
+        return cls().updated(read_mapping(path), str(path))
+
+    from_json = from_file  # config.json of a run folder
+
+
+def read_mapping(path: str | Path) -> dict:
+    """The mapping in a YAML/JSON file, with a one-line error when it is missing or malformed."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such config file")
+    try:
+        values = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a mapping of config keys, got {type(values).__name__}")
+    return values
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` from ``--set``; VALUE is read as YAML (numbers, true/false, null, {a: 1})."""
+    import yaml
+
+    if "=" not in text:
+        raise ValueError(f"--set {text!r}: expected KEY=VALUE")
+    key, value = text.split("=", 1)
+    return key.strip().replace("-", "_"), yaml.safe_load(value)

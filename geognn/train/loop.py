@@ -1,16 +1,23 @@
-"""The training loop: energy regression with a composition baseline, resumable, with progress.
+"""The training loop: ``train(config)`` trains (or resumes) one run and returns its test errors.
 
 A run folder holds ``config.json`` (resolved config), ``split.json`` (indices of train/val/test),
-``metrics.csv`` (one row per epoch), ``state.pt`` (everything needed to resume, written
-atomically every epoch) and ``model.pt`` (best-validation model, loadable by
-``geognn.load_model`` / ``geognn predict``). A killed run continues with ``resume=True``.
+``metrics.csv`` (one row per epoch; also TensorBoard events in ``tensorboard/`` when installed),
+``state.pt`` (everything needed to resume, written atomically every ``checkpoint_every`` steps
+and every epoch, see checkpoint.py), ``model.pt`` (best-validation model, EMA weights if EMA
+is on; loadable by ``geognn.load_model`` / ``geognn predict``), ``result.json`` and, when
+structures were left out, ``skipped.csv``.
+
+One optimizer step = ``accumulate`` batches of ``batch_size`` structures on each process;
+the loss of a step is normalised by the item counts of the whole step (all batches, all
+ranks), so its gradient equals that of one batch of ``accumulate * world * batch_size``.
 """
 
 from __future__ import annotations
 
-import csv
+import contextlib
 import json
 import math
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,181 +27,414 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import conventions as K
-from ..graph.build import build_graph, collate
-from ..model import Model, ReferenceEnergies, atomic_torch_save, build_model, load_model
+from ..graph.build import graph_index
+from ..io import StructureError
+from ..model import Model, build_model, load_model
+from ..nn.scatter import scatter_sum
+from . import distributed
+from .checkpoint import load_state, rng_states, save_state, set_rng_states
 from .config import TrainConfig
+from .data import EpochBatches, GraphDataset, Skipped, make_loader, open_structures, target_unit, target_value
+from .logging import RunLog, log_skipped
+from .losses import LossSpec, combine, loss_counts, loss_sums
+from .metrics import Metrics, display
+from .optim import EMA, LRSchedule
 
-
-DATASET_LABELS = {"qm9": "QM9 molecules"}
+DATASET_LABELS = {"qm9": "QM9 molecules", "oc20-is2re": "OC20 IS2RE", "oc20-s2ef": "OC20 S2EF",
+                  "cif-folder": "CIF folder", "extxyz": "extxyz file", "ase-db": "ASE database"}
+#: Structures sampled from the training set to fit reference energies and the output scale.
+STATS_SAMPLE = 20_000
 
 
 @dataclass
 class TrainResult:
-    """Test-set errors of the trained model and of the composition-only baseline (eV)."""
+    """Test-set errors of the trained model and of the composition-only baseline (target unit, eV for energies)."""
 
     test_mae: float
     baseline_test_mae: float
     val_mae: float
     epochs: int
     model_path: Path
+    test_metrics: dict | None = None
+    unit: str = "eV"
 
     def summary(self, target: str) -> str:
         ratio = self.baseline_test_mae / self.test_mae if self.test_mae > 0 else math.inf
-        return (f"test MAE of {target}: model {self.test_mae * K.MEV_PER_EV:.1f} meV | "
+        u, f = display(self.unit)
+        return (f"test MAE of {target}: model {self.test_mae * f:.1f} {u} | "
                 f"per-element reference energies only (linear fit on composition) "
-                f"{self.baseline_test_mae * K.MEV_PER_EV:.1f} meV | model is {ratio:.1f}x better")
-
-
-# --------------------------------------------------------------------------- data
-def load_dataset(config: TrainConfig):
-    """Structures with ``info[config.target]`` set, for the configured dataset."""
-    if config.dataset == "qm9":
-        from ..datasets.qm9 import QM9_PROPERTIES, load_qm9
-
-        if config.target not in QM9_PROPERTIES:
-            raise ValueError(f"unknown QM9 target '{config.target}'; choose one of {sorted(QM9_PROPERTIES)}")
-        if not Path(config.data_root).exists():
-            raise FileNotFoundError(f"{config.data_root}: QM9 data not found (pass --data-root)")
-        return load_qm9(config.data_root, config.limit)
-    raise ValueError(f"unknown dataset '{config.dataset}'; choose one of: qm9")
-
-
-def make_graphs(structures, config: TrainConfig):
-    graphs = []
-    for atoms in tqdm(structures, desc="building graphs", unit="mol", leave=False):
-        g = build_graph(atoms, config.cutoff)
-        g[K.ENERGY] = torch.tensor([float(atoms.info[config.target])])
-        graphs.append(g)
-    return graphs
+                f"{self.baseline_test_mae * f:.1f} {u} | model is {ratio:.1f}x better")
 
 
 def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[int]]:
     """Seeded random split into train/val/test index lists."""
     perm = np.random.default_rng(seed).permutation(n).tolist()
     n_val, n_test = int(round(n * val_fraction)), int(round(n * test_fraction))
-    if n - n_val - n_test < 1:
+    if n - n_val - n_test < 1 or n_val < 1:
         raise ValueError(f"{n} structures are too few for val/test fractions {val_fraction}/{test_fraction}")
     return {"val": perm[:n_val], "test": perm[n_val:n_val + n_test], "train": perm[n_val + n_test:]}
 
 
-def batches(graphs, batch_size: int, shuffle: bool, generator: torch.Generator | None = None):
-    order = torch.randperm(len(graphs), generator=generator).tolist() if shuffle else range(len(graphs))
-    order = list(order)
-    for k in range(0, len(order), batch_size):
-        yield collate([graphs[i] for i in order[k:k + batch_size]])
+# --------------------------------------------------------------------------- statistics
+def training_statistics(structures, graphs: GraphDataset, train_idx, config: TrainConfig, seed: int):
+    """(atomic numbers, targets) of up to STATS_SAMPLE training structures, for reference energies."""
+    idx = list(train_idx)
+    if len(idx) > STATS_SAMPLE:
+        idx = np.random.default_rng(seed).choice(idx, STATS_SAMPLE, replace=False).tolist()
+    zs, ys = [], []
+    for i in idx:
+        if graphs.graphs is not None:  # cached: read the graph
+            g = graphs.graphs[i]
+            if not isinstance(g, Skipped):
+                zs.append(g[K.Z])
+                ys.append(float(g[K.ENERGY]))
+            continue
+        try:  # lazy: only composition and label are needed, no graph
+            atoms = structures[i]
+            y = target_value(atoms, config.target_name)
+        except StructureError:
+            continue  # reported when training reaches it
+        if y is not None and math.isfinite(float(y)):
+            zs.append(torch.as_tensor(atoms.numbers, dtype=torch.long))
+            ys.append(float(y))
+    if not zs:
+        raise ValueError("no usable training structures")
+    return zs, torch.tensor(ys, dtype=torch.float64)
 
 
+def fit_output(model: Model, zs, ys, config: TrainConfig) -> None:
+    """Reference energies (linear fit on composition) and per-atom scale/shift of the residual."""
+    if config.fit_reference:
+        model.reference.fit(zs, ys)
+    natoms = torch.tensor([len(z) for z in zs], dtype=torch.float64)
+    ref = torch.stack([model.reference(z).double().sum() for z in zs])
+    residual = (ys - ref) / natoms
+    scale = float(residual.std()) if len(residual) > 1 else 1.0
+    model.set_scale_shift(scale if scale > 0 else 1.0, float(residual.mean()))
+
+
+# --------------------------------------------------------------------------- evaluation
 @torch.no_grad()
-def mean_absolute_error(model: Model, graphs, batch_size: int = 128) -> float:
-    """MAE of the energy (eV) over ``graphs``."""
+def evaluate(model: Model, graphs: GraphDataset, indices, config: TrainConfig, d: distributed.Dist,
+             unit: str, baseline: bool = False) -> Metrics:
+    """Metrics of ``model`` (or of its reference energies alone) on ``indices``, summed over ranks."""
     model.eval()
-    total, count = 0.0, 0
-    for batch in batches(graphs, batch_size, shuffle=False):
-        pred = model(batch, forces=False, stress=False)[K.ENERGY]
-        total += float((pred - batch[K.ENERGY]).abs().sum())
-        count += pred.numel()
-    return total / max(count, 1)
+    forces, stress = config.forces_weight > 0, config.stress_weight > 0
+    metrics = Metrics(config.target_name, unit, forces=forces and not baseline, stress=stress and not baseline)
+    sampler = EpochBatches(indices, config.batch_size, config.seed, shuffle=False, rank=d.rank, world=d.world)
+    for loaded in make_loader(graphs, sampler, config.num_workers):
+        if loaded.batch is None:
+            continue
+        batch = loaded.batch.to(d.device)
+        if baseline:
+            energy = scatter_sum(model.reference(batch[K.Z]), graph_index(batch), int(batch[K.CELL].shape[0]))
+            out = {K.ENERGY: energy}
+        else:
+            with autocast(config, d.device):
+                out = model(batch, forces=forces, stress=stress)
+        metrics.update(out, batch)
+    metrics.all_reduce()
+    return metrics
 
 
-def baseline_mae(reference: ReferenceEnergies, graphs) -> float:
-    errors = [float((reference(g[K.Z]).sum() - g[K.ENERGY]).abs()) for g in graphs]
-    return float(np.mean(errors))
+def autocast(config: TrainConfig, device: torch.device):
+    if config.amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 # --------------------------------------------------------------------------- the run
-def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> TrainResult:
-    """Train (or resume) a run as configured; returns test errors of model and baseline."""
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    state_path, model_path = out / "state.pt", out / "model.pt"
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
-    config.to_json(out / "config.json")
+def train(config: TrainConfig, resume: bool = False, progress: bool = True, dataset=None) -> TrainResult:
+    """Train (or resume) a run as configured; returns test errors of model and baseline.
 
-    structures = load_dataset(config)
-    graphs = make_graphs(structures, config)
-    split = split_indices(len(graphs), config.val_fraction, config.test_fraction, config.seed)
-    (out / "split.json").write_text(json.dumps(split))
-    train_g, val_g, test_g = ([graphs[i] for i in split[k]] for k in ("train", "val", "test"))
+    ``dataset``: structures to use instead of opening ``config.dataset`` (any indexable of
+    ``ase.Atoms`` with labels in ``info``/``arrays``, e.g. ``geognn.train.data.StructureList``).
+    Under torchrun every process calls this; rank 0 writes the files.
+    """
+    config.validate()
+    d = distributed.setup(config.device)
+    try:
+        return _Run(config, d, resume, progress and d.main, dataset).run()
+    finally:
+        distributed.cleanup(d)
 
-    elements = sorted({int(z) for g in train_g for z in g[K.Z]})
-    model = build_model(config.backbone, cutoff=config.cutoff, forces=True, metadata={
-        "trained_on": f"{DATASET_LABELS.get(config.dataset, config.dataset)} "
-                      f"({Path(config.data_root).name}), target {config.target}, "
-                      f"{len(train_g)} training structures",
-        "periodic": any(bool(g[K.PBC].any()) for g in train_g),
-        "elements": elements, "target": config.target, "units": "eV"}, **config.resolved_backbone_kwargs())
-    # composition baseline = the model's reference energies; the network learns the residual
-    model.reference.fit([g[K.Z] for g in train_g], torch.cat([g[K.ENERGY] for g in train_g]))
-    residual = torch.cat([(g[K.ENERGY] - model.reference(g[K.Z]).sum()) / len(g[K.Z]) for g in train_g])
-    model.set_scale_shift(float(residual.std()), float(residual.mean()))
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=config.patience)
-    generator = torch.Generator().manual_seed(config.seed)
-    start_epoch, best_val, elapsed = 0, math.inf, 0.0
-    if resume and state_path.exists():
-        state = torch.load(state_path, weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        generator.set_state(state["generator"])
-        start_epoch, best_val, elapsed = state["epoch"], state["best_val"], state["elapsed"]
-        print(f"resuming {out} at epoch {start_epoch} (best val MAE {best_val * 1000:.1f} meV)")
+class _Run:
+    def __init__(self, config: TrainConfig, d: distributed.Dist, resume: bool, progress: bool, dataset):
+        self.config, self.d, self.progress = config, d, progress
+        self.out = Path(config.out)
+        self.state_path, self.model_path = self.out / "state.pt", self.out / "model.pt"
+        self.resume = resume and self.state_path.exists()
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        torch.manual_seed(config.seed)
+        np.random.seed(config.seed)
+        random.seed(config.seed)
+        if d.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            config.to_json(self.out / "config.json")
+        if config.amp and d.device.type != "cuda" and d.main:
+            print("note: amp is only used on CUDA devices; training in full precision")
 
-    metrics_path = out / "metrics.csv"
-    if not (resume and metrics_path.exists()):
-        metrics_path.write_text("epoch,train_loss,val_mae_eV,lr,elapsed_s\n")
-    scale = float(model.scale)
-    epoch = start_epoch
-    for epoch in range(start_epoch + 1, config.epochs + 1):
-        if config.time_limit and elapsed >= config.time_limit:
-            break
-        tic = time.perf_counter()
+        self.structures = dataset if dataset is not None else open_structures(config)
+        if d.main and not self.resume:
+            log_skipped(self.out, getattr(self.structures, "skipped", []), "open")
+        self.unit = target_unit(self.structures, config.target_name) or "eV"
+        split_path = self.out / "split.json"
+        if self.resume and split_path.exists():
+            self.split = json.loads(split_path.read_text())
+        else:
+            if getattr(self.structures, "split", None) is not None:  # val_data_root: fixed split
+                self.split = self.structures.split
+            elif config.split == "qm9-standard":
+                from ..datasets.splits import qm9_standard_split
+
+                self.split = qm9_standard_split(len(self.structures), config.seed)
+            else:
+                self.split = split_indices(len(self.structures), config.val_fraction, config.test_fraction,
+                                           config.seed)
+            if d.main:
+                split_path.write_text(json.dumps(self.split))
+        self.graphs = GraphDataset(self.structures, config, config.cache_graphs, progress)
+        if self.graphs.graphs is not None:
+            bad = [g for g in self.graphs.graphs if isinstance(g, Skipped)]
+            if bad and config.on_error == "raise":
+                raise StructureError(bad[0].id, bad[0].reason + " (on_error='skip' leaves such structures out)")
+            if d.main and not self.resume:
+                log_skipped(self.out, bad, "graph")
+            drop = {i for i, g in enumerate(self.graphs.graphs) if isinstance(g, Skipped)}
+            self.split = {k: [i for i in v if i not in drop] for k, v in self.split.items()}
+
+        self.model = self._build_model()
+        self.loss_spec = LossSpec.from_config(config, float(self.model.scale))
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.sampler = EpochBatches(self.split["train"], config.batch_size, config.seed, rank=d.rank, world=d.world)
+        self.steps_per_epoch = math.ceil(len(self.sampler) / config.accumulate)
+        self.schedule = LRSchedule(config.lr, config.scheduler, config.warmup_steps,
+                                   config.epochs * self.steps_per_epoch, config.min_lr_ratio,
+                                   config.patience, config.plateau_factor)
+        self.ema = EMA(self.model, config.ema_decay) if config.ema_decay > 0 else None
+        self.ddp = None
+        if d.world > 1:
+            self.ddp = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+        # position and bookkeeping (all saved in state.pt)
+        self.epoch, self.batch_in_epoch, self.step = 0, 0, 0  # epoch = epochs completed
+        self.best_val, self.since_best, self.elapsed = math.inf, 0, 0.0
+        self.epoch_loss = [0.0, 0]  # sum of step losses (this rank's share), steps
+        if self.resume:
+            self._load()
+
+    # ------------------------------------------------------------------ set-up
+    def _build_model(self) -> Model:
+        c, train_idx = self.config, self.split["train"]
+        extra = {"frame_averaging": c.frame_averaging} if c.frame_averaging is not None else {}
+        zs, ys = training_statistics(self.structures, self.graphs, train_idx, c, c.seed)
+        source = Path(c.data_root).name if c.data_root else ("shipped subset" if c.dataset == "qm9" else "in memory")
+        metadata = {"trained_on": f"{DATASET_LABELS.get(c.dataset, c.dataset)} ({source}), target "
+                                  f"{c.target_name}, {len(train_idx)} training structures",
+                    "periodic": self._periodic(train_idx), "elements": sorted({int(z) for zz in zs for z in zz}),
+                    "target": c.target_name, "units": self.unit}
+        model = build_model(c.backbone, cutoff=c.cutoff, forces=c.forces_weight > 0, stress=c.stress_weight > 0,
+                            max_neighbors=c.max_neighbors, metadata=metadata, **extra, **c.resolved_backbone_kwargs())
+        fit_output(model, zs, ys, c)
+        return model.to(self.d.device)
+
+    def _periodic(self, idx) -> bool:
+        for i in idx[:100]:
+            g = self.graphs.graphs[i] if self.graphs.graphs is not None else None
+            if g is not None and not isinstance(g, Skipped):
+                return bool(g[K.PBC].any())
+            if g is None:
+                try:
+                    return bool(self.structures[i].pbc.any())
+                except StructureError:
+                    continue
+        return False
+
+    def _state(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "schedule": self.schedule.state_dict(),
+                "ema": self.ema.model.state_dict() if self.ema else None,
+                "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "step": self.step,
+                "best_val": self.best_val, "since_best": self.since_best, "elapsed": self.elapsed,
+                "epoch_loss": list(self.epoch_loss), "rng": rng_states(), "world": self.d.world}
+
+    def _save(self) -> None:
+        if self.d.main:
+            save_state(self.state_path, **self._state())
+
+    def _load(self) -> None:
+        s = load_state(self.state_path, map_location=self.d.device)
+        if s["world"] != self.d.world:
+            raise ValueError(f"{self.state_path}: written by {s['world']} process(es), resumed with "
+                             f"{self.d.world}: the sampler position would not match")
+        self.model.load_state_dict(s["model"])
+        self.optimizer.load_state_dict(s["optimizer"])
+        self.schedule.load_state_dict(s["schedule"])
+        if self.ema is not None and s["ema"] is not None:
+            self.ema.model.load_state_dict(s["ema"])
+        self.epoch, self.batch_in_epoch, self.step = s["epoch"], s["batch_in_epoch"], s["step"]
+        self.best_val, self.since_best, self.elapsed = s["best_val"], s["since_best"], s["elapsed"]
+        self.epoch_loss = list(s["epoch_loss"])
+        self.loss_spec = LossSpec.from_config(self.config, float(self.model.scale))
+        set_rng_states({k: v.cpu() for k, v in s["rng"].items()})
+        if self.progress:
+            print(f"resuming {self.out} at epoch {self.epoch + 1}, batch {self.batch_in_epoch} "
+                  f"(step {self.step}, best val MAE {self._show(self.best_val)})")
+
+    def _show(self, value: float) -> str:
+        u, factor = display(self.unit)
+        return f"{value * factor:.1f} {u}"
+
+    # ------------------------------------------------------------------ training
+    def run(self) -> TrainResult:
+        c, d = self.config, self.d
+        self.forces, self.stress = c.forces_weight > 0, c.stress_weight > 0
+        val_cols = list(Metrics(c.target_name, self.unit, self.forces, self.stress).result())
+        self.log = RunLog(self.out, ["epoch", "step", "train_loss", "lr", "elapsed_s"]
+                          + [f"val_{k}" for k in val_cols], self.epoch if self.resume else None, d.main)
+        try:
+            self._epochs()
+        finally:
+            self.log.close()
+        return self._finish()
+
+    def _time_up(self, tic: float) -> bool:
+        limit = self.config.time_limit
+        return distributed.any_rank(bool(limit) and self.elapsed + time.perf_counter() - tic >= limit, self.d)
+
+    def _epochs(self) -> None:
+        c = self.config
+        loader = make_loader(self.graphs, self.sampler, c.num_workers)
+        while self.epoch < c.epochs:
+            tic = time.perf_counter()
+            if self._time_up(tic):
+                break
+            self.sampler.set_epoch(self.epoch + 1, self.batch_in_epoch)
+            n_batches = len(self.sampler)
+            bar = tqdm(total=self.steps_per_epoch, initial=self.batch_in_epoch // c.accumulate,
+                       desc=f"epoch {self.epoch + 1}", unit="step", disable=not self.progress, leave=False,
+                       mininterval=1.0)
+            group, stopped = [], False
+            for loaded in loader:
+                group.append(loaded)
+                last = self.batch_in_epoch + len(group) == n_batches
+                if len(group) < c.accumulate and not last:
+                    continue
+                if self._time_up(tic):
+                    stopped = True
+                    break  # the budget ends mid-epoch: validate what was learned so far
+                try:
+                    loss = self._step(group)
+                except StructureError as exc:
+                    self.elapsed += time.perf_counter() - tic
+                    self._save()
+                    raise StructureError(exc.source, f"{exc.problem} (state.pt holds the last good step; "
+                                                     "on_error='skip' leaves such structures out)") from None
+                self.batch_in_epoch += len(group)
+                group = []
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.3g}", lr=f"{self.optimizer.param_groups[0]['lr']:.2g}", refresh=False)
+                if c.checkpoint_every and self.step % c.checkpoint_every == 0 and self.batch_in_epoch < n_batches:
+                    self.elapsed += time.perf_counter() - tic
+                    tic = time.perf_counter()
+                    self._save()
+            bar.close()
+            if self.epoch_loss[1] == 0 and stopped:
+                break
+            done = self._end_epoch(tic)
+            if done or stopped:
+                break
+
+    def _step(self, group) -> float:
+        """One optimizer step over the batches in ``group``; returns this rank's share of the loss."""
+        c, d = self.config, self.d
+        model = self.ddp or self.model
         model.train()
-        n_batches = math.ceil(len(train_g) / config.batch_size)
-        bar = tqdm(batches(train_g, config.batch_size, True, generator), total=n_batches,
-                   desc=f"epoch {epoch}", unit="batch", disable=not progress, leave=False,
-                   mininterval=1.0)
-        losses = []
-        for batch in bar:
-            if config.time_limit and elapsed + time.perf_counter() - tic >= config.time_limit:
-                break  # the budget ends mid-epoch: validate what was learned so far
-            pred = model(batch, forces=False, stress=False)[K.ENERGY]
-            # per-atom energy error in units of the per-atom residual spread
-            loss = (((pred - batch[K.ENERGY]) / batch[K.NATOMS]) / scale).pow(2).mean()
-            optimizer.zero_grad(set_to_none=True)
+        skipped = [s for g in group for s in g.skipped]
+        if skipped:
+            if c.on_error == "raise":
+                raise StructureError(skipped[0].id, skipped[0].reason)
+            log_skipped(self.out, skipped, f"epoch {self.epoch + 1}")
+        batches = [g.batch.to(d.device) for g in group if g.batch is not None]
+        counts = {}
+        for b in batches:
+            for k, v in loss_counts(b, self.loss_spec).items():
+                counts[k] = counts.get(k, 0.0) + v
+        names = list(self.loss_spec.weights())
+        if d.world > 1:  # global counts; DDP averages gradients over ranks, hence the factor world
+            total = distributed.all_reduce_sum(torch.tensor([counts.get(k, 0.0) for k in names]), d)
+            counts = {k: float(v) / d.world for k, v in zip(names, total.tolist())}
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_value = 0.0
+        for k, batch in enumerate(batches):
+            sync = k == len(batches) - 1 or self.ddp is None
+            with (contextlib.nullcontext() if sync else self.ddp.no_sync()), autocast(c, d.device):
+                out = model(batch, forces=self.forces, stress=self.stress)
+                loss = combine(loss_sums(out, batch, self.loss_spec), counts, self.loss_spec)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-            optimizer.step()
-            losses.append(loss.item())
-            bar.set_postfix(loss=f"{losses[-1]:.3g}", refresh=False)
-        if not losses:
-            break
-        val_mae = mean_absolute_error(model, val_g)
-        scheduler.step(val_mae)
-        elapsed += time.perf_counter() - tic
-        if val_mae < best_val:
-            best_val = val_mae
-            model.save(model_path)
-        with metrics_path.open("a", newline="") as f:
-            csv.writer(f).writerow([epoch, f"{np.mean(losses):.6g}", f"{val_mae:.6g}",
-                                    f"{optimizer.param_groups[0]['lr']:.3g}", f"{elapsed:.1f}"])
-        if progress:
-            tqdm.write(f"epoch {epoch:3d}  train loss {np.mean(losses):.4f}  val MAE "
-                       f"{val_mae * 1000:7.1f} meV  ({elapsed:.0f}/{config.time_limit:.0f} s)")
-        atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                           "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
-                           "epoch": epoch, "best_val": best_val, "elapsed": elapsed}, state_path)
+            loss_value += loss.item() / d.world
+        if c.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
+        self.schedule.apply(self.optimizer, self.step)
+        self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        self.step += 1
+        self.epoch_loss[0] += loss_value
+        self.epoch_loss[1] += 1
+        return loss_value
 
+    def _end_epoch(self, tic: float) -> bool:
+        """Validate, log, keep the best model, checkpoint; True when the run should stop early."""
+        c = self.config
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        eval_model = self.ema.model if self.ema is not None else self.model
+        metrics = evaluate(eval_model, self.graphs, self.split["val"], c, self.d, self.unit)
+        val = metrics.mae
+        self.schedule.epoch_end(val)
+        if val < self.best_val:
+            self.best_val, self.since_best = val, 0
+            if self.d.main:
+                eval_model.save(self.model_path)
+        else:
+            self.since_best += 1
+        loss_sum = distributed.all_reduce_sum(torch.tensor([self.epoch_loss[0]]), self.d)[0]
+        train_loss = float(loss_sum) / max(self.epoch_loss[1], 1)
+        self.epoch_loss = [0.0, 0]
+        self.elapsed += time.perf_counter() - tic
+        row = {"epoch": self.epoch, "step": self.step, "train_loss": train_loss,
+               "lr": self.optimizer.param_groups[0]["lr"], "elapsed_s": round(self.elapsed, 1)}
+        row.update({f"val_{k}": v for k, v in metrics.result().items()})
+        self.log.write(row)
+        if self.progress:
+            limit = f"/{c.time_limit:.0f}" if c.time_limit else ""
+            tqdm.write(f"epoch {self.epoch:3d}  train loss {train_loss:.4f}  val MAE {self._show(val):>12}  "
+                       f"({self.elapsed:.0f}{limit} s)")
+        self._save()
+        if c.early_stopping and self.since_best >= c.early_stopping:
+            if self.progress:
+                print(f"early stopping: no validation improvement in {c.early_stopping} epochs")
+            return True
+        return False
 
-    best = load_model(model_path) if model_path.exists() else model
-    result = TrainResult(test_mae=mean_absolute_error(best, test_g),
-                         baseline_test_mae=baseline_mae(best.reference, test_g),
-                         val_mae=best_val, epochs=epoch, model_path=model_path)
-    (out / "result.json").write_text(json.dumps({
-        "target": config.target, "test_mae_eV": result.test_mae,
-        "baseline_test_mae_eV": result.baseline_test_mae, "val_mae_eV": result.val_mae,
-        "epochs": result.epochs}, indent=2) + "\n")
-    return result
+    def _finish(self) -> TrainResult:
+        c = self.config
+        best = load_model(self.model_path).to(self.d.device) if self.model_path.exists() else self.model
+        test = self.split["test"] or self.split["val"]
+        if not self.split["test"] and self.progress:
+            print("note: no test set (val_data_root gives validation data only): test errors are validation errors")
+        metrics = evaluate(best, self.graphs, test, c, self.d, self.unit)
+        baseline = evaluate(best, self.graphs, test, c, self.d, self.unit, baseline=True)
+        result = TrainResult(test_mae=metrics.mae, baseline_test_mae=baseline.mae, val_mae=self.best_val,
+                             epochs=self.epoch, model_path=self.model_path, test_metrics=metrics.result(),
+                             unit=self.unit)
+        if self.d.main:
+            (self.out / "result.json").write_text(json.dumps({
+                "target": c.target_name, "unit": self.unit, "test_mae_eV" if self.unit == "eV" else "test_mae":
+                result.test_mae, "baseline_test_mae_eV" if self.unit == "eV" else "baseline_test_mae":
+                result.baseline_test_mae, "val_mae_eV" if self.unit == "eV" else "val_mae": result.val_mae,
+                "epochs": result.epochs, "steps": self.step, "test": result.test_metrics}, indent=2) + "\n")
+        return result
