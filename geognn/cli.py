@@ -10,6 +10,7 @@ import argparse
 import csv
 import io
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -163,33 +164,71 @@ def cmd_predict(args) -> int:
 
 # --------------------------------------------------------------------------- train
 def cmd_train(args) -> int:
-    from .train.config import TrainConfig
-    from .train.loop import train
+    from .io import StructureError
+    from .train.config import TrainConfig, parse_assignment
 
-    if args.resume:
-        config_path = Path(args.resume) / "config.json"
-        if not config_path.exists():
-            _error(f"{args.resume}: no config.json, not a geognn run folder")
-            return 2
-        config = TrainConfig.from_json(config_path)
-        config.out = str(args.resume)
-    else:
-        config = TrainConfig()
-    # options given on the command line override the defaults or the resumed run's config
-    for key in ("dataset", "data_root", "target", "backbone", "cutoff", "epochs", "time_limit",
-                "batch_size", "lr", "seed", "out", "limit", "threads"):
-        value = getattr(args, key)
-        if value is not None:
-            setattr(config, key, value)
+    # precedence: defaults < --config file (or the resumed run's config.json) < options < --set
     try:
-        result = train(config, resume=bool(args.resume))
+        if args.resume:
+            config_path = Path(args.resume) / "config.json"
+            if not config_path.exists():
+                _error(f"{args.resume}: no config.json, not a geognn run folder")
+                return 2
+            if args.out or args.config:
+                _error("--resume continues RUN_DIR with its own config.json: drop --out/--config")
+                return 2
+            config = TrainConfig.from_file(config_path)
+            config.out = str(args.resume)
+        else:
+            config = TrainConfig.from_file(args.config) if args.config else TrainConfig()
+        overrides = {key: getattr(args, key) for key in TRAIN_OPTIONS if getattr(args, key) is not None}
+        overrides.update(parse_assignment(text) for text in args.set or [])
+        config = config.updated(overrides, "command line").validate()
     except (ValueError, FileNotFoundError) as exc:
         _error(str(exc))
         return 2
-    print(result.summary(config.target))
+    from .train.loop import train
+
+    try:
+        result = train(config, resume=bool(args.resume))
+    except (ValueError, FileNotFoundError, StructureError) as exc:
+        _error(str(exc))
+        return 2
+    if os.environ.get("RANK", "0") != "0":
+        return 0  # under torchrun, rank 0 reports
+    print(result.summary(config.target_name))
     print(f"checkpoint: {result.model_path}  (predict with: geognn predict --checkpoint "
           f"{result.model_path} FILE...)")
     return 0
+
+
+#: ``geognn train`` options that set the config key of the same name.
+TRAIN_OPTIONS = ("dataset", "data_root", "val_data_root", "target", "backbone", "cutoff", "epochs", "time_limit", "batch_size",
+                 "lr", "seed", "out", "limit", "threads", "forces_weight", "stress_weight", "accumulate",
+                 "scheduler", "warmup_steps", "ema_decay", "early_stopping", "checkpoint_every", "num_workers",
+                 "on_error", "device")
+
+
+# --------------------------------------------------------------------------- expressivity
+def cmd_expressivity(args) -> int:
+    from .expressivity.report import write_report
+
+    split = lambda text: [x.strip() for x in text.split(",") if x.strip()]  # noqa: E731
+    backbones = None if args.backbones == "all" else split(args.backbones)
+    pairs = None if args.pairs == "all" else split(args.pairs)
+    try:
+        result = write_report(args.out, backbones, pairs, args.max_layers, args.seeds)
+    except ValueError as exc:
+        _error(str(exc))
+        return 2
+    print(f"wrote {result['markdown']} and {result['csv']} in {result['seconds']:.0f} s")
+    if result["heatmap"] is None:
+        print("warning: matplotlib is not installed, no heatmap (pip install geognn[report])", file=sys.stderr)
+    else:
+        print(f"heatmap: {result['heatmap']}")
+    for pair, backbone in result["violations"]:
+        _error(f"{backbone} separates '{pair}' beyond what GWL allows: a bug in the backbone or the probe")
+    return 1 if result["violations"] else 0
 
 
 # --------------------------------------------------------------------------- entry point
@@ -197,19 +236,37 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="geognn", description="Geometric GNNs for molecules and materials.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train a model (default: SchNet on the shipped QM9 subset, U0)")
-    p.add_argument("--dataset", choices=["qm9"], help="dataset kind (default: qm9)")
+    p = sub.add_parser("train", help="train a model (default: SchNet on the shipped QM9 subset, U0)",
+                       description="Options override the --config file; --set KEY=VALUE sets any config key "
+                                   "(see geognn/train/config.py).")
+    p.add_argument("--config", help="YAML or JSON file of config keys")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="set any config key (repeatable)")
+    p.add_argument("--dataset", choices=["qm9", "oc20-is2re", "oc20-s2ef", "cif-folder", "extxyz", "ase-db"],
+                   help="dataset kind (default: qm9)")
     p.add_argument("--data-root", help="dataset path (default: the shipped QM9 subset)")
-    p.add_argument("--target", help="property to learn (default: U0)")
+    p.add_argument("--val-data-root", help="validation data of the same kind (e.g. OC20's val LMDB) instead of "
+                                           "a random split")
+    p.add_argument("--target", help="label to learn (default: U0 for qm9, energy otherwise)")
     p.add_argument("--backbone", help="backbone name (default: schnet)")
     p.add_argument("--cutoff", type=float, help="graph cutoff in Å (default: 5.0)")
     p.add_argument("--epochs", type=int, help="maximum number of epochs")
     p.add_argument("--time-limit", type=float, help="seconds of training, 0 for no limit (default: 150)")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
+    p.add_argument("--batch-size", type=int, help="structures per step per process")
+    p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--seed", type=int)
     p.add_argument("--limit", type=int, help="use at most this many structures")
     p.add_argument("--threads", type=int, help="torch threads")
+    p.add_argument("--forces-weight", type=float, help="weight of the force loss (0: energy only)")
+    p.add_argument("--stress-weight", type=float, help="weight of the stress loss")
+    p.add_argument("--accumulate", type=int, help="batches per optimizer step")
+    p.add_argument("--scheduler", choices=["plateau", "cosine", "constant"])
+    p.add_argument("--warmup-steps", type=int)
+    p.add_argument("--ema-decay", type=float, help="EMA of weights, e.g. 0.999 (0: off)")
+    p.add_argument("--early-stopping", type=int, metavar="EPOCHS", help="stop after EPOCHS without improvement")
+    p.add_argument("--checkpoint-every", type=int, metavar="STEPS", help="also write state.pt every STEPS")
+    p.add_argument("--num-workers", type=int, help="DataLoader workers building graphs")
+    p.add_argument("--on-error", choices=["raise", "skip"], help="bad structures: stop, or log to skipped.csv")
+    p.add_argument("--device", help="auto, cpu, cuda")
     p.add_argument("--out", help="run folder (default: runs/default)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
     p.set_defaults(func=cmd_train)
@@ -225,6 +282,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-partial-occupancy", action="store_true",
                    help="read CIF sites with occupancy < 1 as their majority species (default: reject)")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("expressivity", help="hard pairs vs GWL/IGWL tests and every backbone: report.md, .csv, heatmap")
+    p.add_argument("--backbones", default="all", help="comma-separated backbone names, or all (default)")
+    p.add_argument("--pairs", default="all", help="comma-separated pair names (see geognn.expressivity.load_pairs), or all")
+    p.add_argument("--max-layers", type=int, default=6, help="deepest model tried per pair (default: 6)")
+    p.add_argument("--seeds", type=int, default=3, help="random initialisations per probe (default: 3)")
+    p.add_argument("--out", default="expressivity_report", help="output folder (default: expressivity_report)")
+    p.set_defaults(func=cmd_expressivity)
     return parser
 
 
