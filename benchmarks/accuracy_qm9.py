@@ -52,6 +52,11 @@ def short_reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {msg}"[:200]
 
 
+#: Backbones without rotation symmetry of their own run as their paper does: FAENet with
+#: stochastic frame averaging (one frame per structure in training, all frames at evaluation).
+FRAME_AVERAGING = {"faenet": "stochastic"}
+
+
 def run_one(name: str, args, runs: Path) -> dict:
     import geognn
     from geognn.train.config import TrainConfig
@@ -59,9 +64,11 @@ def run_one(name: str, args, runs: Path) -> dict:
 
     kwargs = None if args.trainer_defaults else {}
     config = TrainConfig(backbone=name, backbone_kwargs=kwargs, time_limit=args.time_limit, limit=args.limit,
-                         seed=args.seed, threads=args.threads, out=str(runs / name))
+                         seed=args.seed, threads=args.threads, out=str(runs / name),
+                         frame_averaging=FRAME_AVERAGING.get(name))
     try:  # cheap availability check before loading data
         params = sum(p.numel() for p in geognn.build_model(name, cutoff=config.cutoff,
+                                                           frame_averaging=config.frame_averaging,
                                                            **config.resolved_backbone_kwargs()).parameters())
     except Exception as exc:  # noqa: BLE001
         return {"backbone": name, "status": f"unavailable: {short_reason(exc)}"}
