@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import gc
+import json
 import os
 import platform
 import subprocess
@@ -187,3 +188,88 @@ def write_results(payload: dict, out: Path) -> str:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     return str(out.relative_to(HERE.parent) if out.is_relative_to(HERE.parent) else out)
+
+
+# --------------------------------------------------------------------------- reference packages
+# A reference implementation that needs its own environment (mace-torch with e3nn 0.4.4, faenet)
+# runs as a worker process of that environment's python. The protocol is one JSON line per answer
+# on the worker's stdout: first {"ready": true, ...}, then one answer per command read from stdin
+# ("step" -> {"s": seconds of one step}, "memory" -> {"peak_bytes": ...}, "quit").
+
+
+def serve_steps(step, proto, commands: dict | None = None) -> None:
+    """Worker side: answer ``step``/``memory``/``quit`` (and ``commands``: name -> fn() -> dict) from stdin."""
+    import sys
+
+    import torch
+
+    commands = dict(commands or {})
+    for line in sys.stdin:
+        cmd = line.strip()
+        if cmd == "step":
+            gc.collect()
+            t0 = time.perf_counter()
+            step()
+            answer = {"s": time.perf_counter() - t0}
+        elif cmd == "memory":
+            answer = {"peak_bytes": peak_memory_bytes(step, torch.device("cpu"))}
+        elif cmd in commands:
+            answer = commands[cmd]()
+        elif cmd in ("quit", ""):
+            break
+        else:
+            answer = {"error": f"unknown command {cmd!r}"}
+        print(json.dumps(answer), file=proto, flush=True)
+
+
+class ReferenceWorker:
+    """Parent side: a worker process (see ``serve_steps``); calling it returns the seconds of one step.
+
+    ``self_timed``: the worker measures its own step, so ``time_interleaved`` uses the returned
+    seconds rather than the round trip.
+    """
+
+    self_timed = True
+
+    def __init__(self, label: str, cmd: list[str], workdir: Path):
+        self.label = label
+        self.stderr = open(workdir / f"{label}_stderr.txt", "w+")
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
+                                     text=True, bufsize=1, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+        self.info = self._read()
+        if not self.info.get("ready"):
+            raise RuntimeError(f"{label} worker not ready: {self.info}")
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        while line and not line.startswith("{"):  # a library printed to stdout: skip
+            line = self.proc.stdout.readline()
+        if not line:
+            self.proc.wait(timeout=30)
+            self.stderr.seek(0)
+            tail = self.stderr.read().strip().splitlines()[-5:]
+            raise RuntimeError(f"{self.label} worker exited ({self.proc.returncode}): " + " | ".join(tail))
+        return json.loads(line)
+
+    def ask(self, cmd: str) -> dict:
+        self.proc.stdin.write(cmd + "\n")
+        self.proc.stdin.flush()
+        answer = self._read()
+        if "error" in answer:
+            raise RuntimeError(answer["error"])
+        return answer
+
+    def __call__(self) -> float:
+        return self.ask("step")["s"]
+
+    def memory(self) -> int:
+        return int(self.ask("memory")["peak_bytes"])
+
+    def close(self) -> None:
+        try:
+            self.proc.stdin.write("quit\n")
+            self.proc.stdin.flush()
+            self.proc.wait(timeout=60)
+        except Exception:  # pragma: no cover
+            self.proc.kill()
+        self.stderr.close()

@@ -25,7 +25,6 @@ After building the model it prints one JSON line {"ready": ...}; then per comman
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import sys
 import time
@@ -35,7 +34,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import peak_memory_bytes  # noqa: E402  (stdlib-only at import time)
+from _common import serve_steps  # noqa: E402  (stdlib-only at import time)
 
 
 def install_torch_scatter_shim() -> bool:
@@ -120,24 +119,12 @@ def main() -> None:
                       "torch_threads": torch.get_num_threads(), "torch_scatter_shim": shim,
                       "sanity": {"finite": bool(torch.isfinite(e).all() and torch.isfinite(f).all()),
                                  "max_abs_force": float(f.detach().abs().max())}}), file=proto, flush=True)
-    for line in sys.stdin:
-        cmd = line.strip()
-        if cmd == "step":
-            gc.collect()
-            t0 = time.perf_counter()
-            step()
-            print(json.dumps({"s": time.perf_counter() - t0}), file=proto, flush=True)
-        elif cmd == "transform":
-            t0 = time.perf_counter()
-            frames[0] = new_frames()
-            print(json.dumps({"s": time.perf_counter() - t0}), file=proto, flush=True)
-        elif cmd == "memory":
-            print(json.dumps({"peak_bytes": peak_memory_bytes(step, torch.device("cpu"))}), file=proto, flush=True)
-        elif cmd in ("quit", ""):
-            break
-        else:
-            print(json.dumps({"error": f"unknown command {cmd!r}"}), file=proto, flush=True)
+    def time_frames() -> dict:  # FAENet's frame computation (a data transform there), timed alone
+        t0 = time.perf_counter()
+        frames[0] = new_frames()
+        return {"s": time.perf_counter() - t0}
 
+    serve_steps(step, proto, {"transform": time_frames})
 
 if __name__ == "__main__":
     main()

@@ -25,10 +25,8 @@ One step = model(data, compute_force=True) in eval mode (energies + autograd for
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +35,7 @@ import torch
 torch.serialization.add_safe_globals([slice])  # e3nn 0.4.4 under torch >= 2.6 (see REFERENCE_SETUP.md)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import peak_memory_bytes  # noqa: E402  (stdlib-only module, shared with geognn's side)
+from _common import serve_steps  # noqa: E402  (stdlib-only module, shared with geognn's side)
 
 
 def build(inputs: dict, config: dict):
@@ -111,20 +109,7 @@ def main() -> None:
                       "torch_threads": torch.get_num_threads(),
                       "sanity": {"finite": ok, "energy_first": [round(float(x), 4) for x in e.detach()[:3]],
                                  "max_abs_force": float(f.detach().abs().max())}}), file=proto, flush=True)
-    for line in sys.stdin:
-        cmd = line.strip()
-        if cmd == "step":
-            gc.collect()
-            t0 = time.perf_counter()
-            step()
-            print(json.dumps({"s": time.perf_counter() - t0}), file=proto, flush=True)
-        elif cmd == "memory":
-            print(json.dumps({"peak_bytes": peak_memory_bytes(step, torch.device("cpu"))}), file=proto, flush=True)
-        elif cmd in ("quit", ""):
-            break
-        else:
-            print(json.dumps({"error": f"unknown command {cmd!r}"}), file=proto, flush=True)
-
+    serve_steps(step, proto)
 
 if __name__ == "__main__":
     main()

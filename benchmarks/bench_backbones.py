@@ -63,8 +63,6 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -75,7 +73,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import (HERE, RESULTS, device_info, oc20_graphs, peak_memory_bytes, qm9_graphs, setup_run,
+from _common import (HERE, RESULTS, ReferenceWorker, device_info, oc20_graphs, peak_memory_bytes, qm9_graphs, setup_run,
                      time_interleaved, write_results)
 
 THROUGHPUT_TARGET = 1.0  # geognn structures/s divided by reference structures/s
@@ -257,10 +255,8 @@ def mace_config(geognn_hparams: dict | None, cutoff: float, avg_num_neighbors: f
     return cfg, source
 
 
-class MaceReference:
-    """mace-torch in a subprocess of .venv-mace; ``step()`` returns the seconds one step took there."""
-
-    self_timed = True
+class MaceReference(ReferenceWorker):
+    """mace-torch in a subprocess of .venv-mace; calling it returns the seconds one step took there."""
 
     def __init__(self, python: Path, batch, config: dict, threads: int | None, workdir: Path):
         i = batch.edge_index[1]
@@ -281,47 +277,7 @@ class MaceReference:
         cmd = [str(python), str(HERE / "_mace_reference.py"), str(inputs), json.dumps(config)]
         if threads:
             cmd += ["--threads", str(threads)]
-        self.stderr = open(workdir / "mace_stderr.txt", "w+")
-        env = dict(os.environ, PYTHONWARNINGS="ignore")
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
-                                     text=True, bufsize=1, env=env)
-        self.info = self._read()
-        if not self.info.get("ready"):
-            raise RuntimeError(f"mace worker not ready: {self.info}")
-
-    def _read(self) -> dict:
-        line = self.proc.stdout.readline()
-        while line and not line.startswith("{"):  # a library printed to stdout: skip
-            line = self.proc.stdout.readline()
-        if not line:
-            self.proc.wait(timeout=30)
-            self.stderr.seek(0)
-            tail = self.stderr.read().strip().splitlines()[-5:]
-            raise RuntimeError(f"mace worker exited ({self.proc.returncode}): " + " | ".join(tail))
-        return json.loads(line)
-
-    def _ask(self, cmd: str) -> dict:
-        self.proc.stdin.write(cmd + "\n")
-        self.proc.stdin.flush()
-        answer = self._read()
-        if "error" in answer:
-            raise RuntimeError(answer["error"])
-        return answer
-
-    def __call__(self) -> float:
-        return self._ask("step")["s"]
-
-    def memory(self) -> int:
-        return int(self._ask("memory")["peak_bytes"])
-
-    def close(self) -> None:
-        try:
-            self.proc.stdin.write("quit\n")
-            self.proc.stdin.flush()
-            self.proc.wait(timeout=60)
-        except Exception:  # pragma: no cover
-            self.proc.kill()
-        self.stderr.close()
+        super().__init__("mace", cmd, workdir)
 
 
 # --------------------------------------------------------------------------------------- one dataset

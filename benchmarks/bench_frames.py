@@ -40,9 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -53,7 +51,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (HERE, RESULTS, device_info, oc20_graphs, peak_memory_bytes, qm9_graphs,  # noqa: E402
+from _common import (HERE, RESULTS, ReferenceWorker, device_info, oc20_graphs, peak_memory_bytes, qm9_graphs,  # noqa: E402
                      setup_run, time_interleaved, write_results)
 
 FAENET_VENV = HERE.parent / ".venv-faenet"
@@ -62,10 +60,8 @@ THROUGHPUT_TARGET = 1.0
 SIZE = dict(hidden_channels=128, num_filters=128, num_layers=4, num_gaussians=50, pg_hidden_channels=32)
 
 
-class FaenetReference:
+class FaenetReference(ReferenceWorker):
     """The faenet package in a subprocess of .venv-faenet; calling it returns the seconds of one step."""
-
-    self_timed = True
 
     def __init__(self, python: Path, batch, config: dict, threads: int | None, workdir: Path):
         tags = batch.tags if "tags" in batch else torch.zeros_like(batch.z)
@@ -78,41 +74,7 @@ class FaenetReference:
         cmd = [str(python), str(HERE / "_faenet_reference.py"), str(inputs), json.dumps(config)]
         if threads:
             cmd += ["--threads", str(threads)]
-        self.stderr = open(workdir / "faenet_stderr.txt", "w+")
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
-                                     text=True, bufsize=1, env=dict(os.environ, PYTHONWARNINGS="ignore"))
-        self.info = self._read()
-
-    def _read(self) -> dict:
-        line = self.proc.stdout.readline()
-        while line and not line.startswith("{"):
-            line = self.proc.stdout.readline()
-        if not line:
-            self.proc.wait(timeout=30)
-            self.stderr.seek(0)
-            tail = self.stderr.read().strip().splitlines()[-5:]
-            raise RuntimeError(f"faenet worker exited ({self.proc.returncode}): " + " | ".join(tail))
-        return json.loads(line)
-
-    def ask(self, cmd: str) -> dict:
-        self.proc.stdin.write(cmd + "\n")
-        self.proc.stdin.flush()
-        answer = self._read()
-        if "error" in answer:
-            raise RuntimeError(answer["error"])
-        return answer
-
-    def __call__(self) -> float:
-        return self.ask("step")["s"]
-
-    def close(self) -> None:
-        try:
-            self.proc.stdin.write("quit\n")
-            self.proc.stdin.flush()
-            self.proc.wait(timeout=60)
-        except Exception:  # pragma: no cover
-            self.proc.kill()
-        self.stderr.close()
+        super().__init__("faenet", cmd, workdir)
 
 
 def geognn_models(dataset: str) -> dict:
@@ -165,7 +127,7 @@ def bench(dataset: str, graphs, device, warmup: int, repeats: int, reference_pyt
             if fa is not None:
                 entry["frame_stats"] = dict(fa)
         else:
-            entry["peak_bytes"] = int(ref.ask("memory")["peak_bytes"])
+            entry["peak_bytes"] = ref.memory()
             entry["parameters"] = ref.info.get("parameters")
             entry["transform_median_s"] = statistics.median(ref.ask("transform")["s"] for _ in range(5))
         result["models"][name] = entry
