@@ -373,3 +373,15 @@ def test_split_file_round_trip_and_dataset_check(tmp_path):
     (tmp_path / "junk.json").write_text("{")
     with pytest.raises(ValueError, match="junk.json"):
         read_split(tmp_path / "junk.json")
+
+
+def test_data_loading_never_imports_the_models():
+    """DESIGN: data loading never imports models (checked in a fresh interpreter)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, geognn, geognn.datasets, geognn.io, geognn.graph.build; "
+            "print(sorted(m for m in sys.modules if m.startswith(('geognn.model', 'geognn.backbones', "
+            "'geognn.symmetry', 'geognn.train'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
