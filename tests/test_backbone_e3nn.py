@@ -19,7 +19,7 @@ import geognn
 from geognn.backbones import MACE, NequIP
 from geognn.graph.build import build_graph, collate
 from geognn.nn.e3nn_blocks import cartesian_from_1o
-from geognn.testing import random_rotation
+from geognn.testing import random_rotation, transformed
 
 CUTOFF = 4.0
 
@@ -46,17 +46,11 @@ def _chiral_pair() -> tuple[Atoms, Atoms]:
     return left, right
 
 
-def _transformed(atoms: Atoms, matrix: np.ndarray) -> Atoms:
-    out = atoms.copy()
-    out.positions = atoms.positions @ matrix.T
-    return out
-
-
 def _assert_equivariant(backbone, atoms: Atoms, *, proper: bool = True) -> dict:
     """Features invariant, vectors rotate as v @ M.T, pseudoscalars pick up det(M); returns outputs."""
     rng = np.random.default_rng(3)
     mat = random_rotation(rng) * (1.0 if proper else -1.0)
-    out0, out1 = backbone(_graph(atoms)), backbone(_graph(_transformed(atoms, mat)))
+    out0, out1 = backbone(_graph(atoms)), backbone(_graph(transformed(atoms, mat)))
     m = torch.tensor(mat)
     torch.testing.assert_close(out1["node_features"], out0["node_features"], atol=1e-12, rtol=0)
     if "node_vectors" in out0:
@@ -166,7 +160,7 @@ def test_nequip_parity_tells_mirror_images_apart_with_invariant_energy():
     assert (ps_r - ps_l).abs().max() > 1e-6
     # a rotated copy of the left-handed molecule keeps the sign: the difference is chirality
     rot = random_rotation(np.random.default_rng(5))
-    ps_rot = model(_graph(_transformed(left, rot)), forces=False)["node_pseudoscalars"]
+    ps_rot = model(_graph(transformed(left, rot)), forces=False)["node_pseudoscalars"]
     torch.testing.assert_close(ps_rot, ps_l, atol=1e-12, rtol=0)
 
 

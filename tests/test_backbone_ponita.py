@@ -57,13 +57,6 @@ def same_weights(model, num_ori):
     return other
 
 
-def transformed(atoms, matrix):
-    out = atoms.copy()
-    out.positions = atoms.positions @ matrix.T
-    out.cell = atoms.cell[:] @ matrix.T
-    return out
-
-
 @pytest.fixture(scope="module")
 def molecules():
     return load_qm9_molecules(40)[-3:]
@@ -202,7 +195,7 @@ def rotation_error(model, structures, rotations):
     errors = []
     for atoms in structures:
         for rot in rotations:
-            ref, got = T.predict(model, [atoms, transformed(atoms, rot)])
+            ref, got = T.predict(model, [atoms, T.transformed(atoms, rot)])
             pairs = [(got["energy"], ref["energy"]), (got["forces"], ref["forces"] @ rot.T)]
             if ref["stress"] is not None:
                 pairs.append((got["stress"], rot @ ref["stress"] @ rot.T))

@@ -38,13 +38,6 @@ def run(backbone, atoms):
     return out["node_features"].numpy(), out["node_vectors"].numpy()
 
 
-def transformed(atoms, matrix):
-    out = atoms.copy()
-    out.positions = atoms.positions @ matrix.T
-    out.cell = atoms.cell[:] @ matrix.T
-    return out
-
-
 @pytest.fixture(scope="module")
 def structures():
     rng = np.random.default_rng(3)
@@ -62,7 +55,7 @@ def test_node_vectors_transform_as_polar_vectors(name, parity, structures):
         atoms = param.values[0]
         mat = parity * T.random_rotation(rng)
         feats, vecs = run(backbone, atoms)
-        feats_t, vecs_t = run(backbone, transformed(atoms, mat))
+        feats_t, vecs_t = run(backbone, T.transformed(atoms, mat))
         assert vecs.ndim == 3 and vecs.shape[0] == len(atoms) and vecs.shape[2] == 3
         assert np.abs(vecs).max() > 1e-6, "node_vectors are all zero: the check would be empty"
         scale = np.abs(vecs).max()  # relative: the check must not pass just because vectors are small

@@ -325,7 +325,7 @@ class ElementSelfConnection(nn.Module):
 
     def forward(self, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         n = h.shape[0]
-        in_slices, out_slices = self.irreps_in.slices(), self.irreps_out.slices()
+        in_slices = self.irreps_in.slices()
         blocks = [h[:, sl].reshape(n, mul, ir.dim) for (mul, ir), sl in zip(self.irreps_in, in_slices)]
         out = [h.new_zeros((n, mul, ir.dim)) for mul, ir in self.irreps_out]  # [N, C_o, 2l+1]
         for element in torch.unique(z).tolist():

@@ -61,7 +61,7 @@ def symmetry_report(model, structures: Sequence[Atoms], n_rotations: int = 8, *,
     Returns a ``SymmetryReport``: per-transform errors, ``summary`` (mean/max), ``histogram()``;
     ``print(report)`` shows a table.
     """
-    from ..testing.checks import _transformed, predict, random_rotation  # geognn.testing imports this module
+    from ..testing.checks import predict, random_rotation, transformed  # geognn.testing imports this module
 
     if int(n_rotations) != n_rotations or n_rotations < 1:
         raise ValueError(f"n_rotations must be a positive integer, got {n_rotations}")
@@ -75,7 +75,7 @@ def symmetry_report(model, structures: Sequence[Atoms], n_rotations: int = 8, *,
     energy_err, force_err = [], []
     for atoms in structures:
         ref = predict(model, [atoms], stress=False)[0]
-        moved = predict(model, [_transformed(atoms, m) for m in mats], stress=False)
+        moved = predict(model, [transformed(atoms, m) for m in mats], stress=False)
         for m, got in zip(mats, moved):
             energy_err.append(abs(got["energy"] - ref["energy"]) / len(atoms))
             force_err.append(float(np.max(np.linalg.norm(got["forces"] - ref["forces"] @ m.T, axis=-1))))

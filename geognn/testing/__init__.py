@@ -28,6 +28,7 @@ from .checks import (
     check_wrapping,
     predict,
     random_rotation,
+    transformed,
 )
 from ..symmetry.report import SymmetryReport, symmetry_report
 
@@ -35,5 +36,5 @@ __all__ = [
     "TOLERANCE", "CheckResult", "assert_check", "check_batching", "check_cell_basis_change",
     "check_cutoff_smoothness", "check_determinism", "check_finite_difference_forces", "check_finite_difference_stress", "check_permutation",
     "check_reflection", "check_rotation", "check_supercell", "check_translation", "check_vector_equivariance", "check_wrapping",
-    "predict", "random_rotation", "SymmetryReport", "symmetry_report",
+    "predict", "random_rotation", "transformed", "SymmetryReport", "symmetry_report",
 ]

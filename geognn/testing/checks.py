@@ -114,8 +114,8 @@ def random_rotation(rng: np.random.Generator) -> np.ndarray:
     return q
 
 
-def _transformed(atoms: Atoms, matrix: np.ndarray) -> Atoms:
-    """Copy with positions and cell rows mapped by ``x -> matrix @ x``."""
+def transformed(atoms: Atoms, matrix: np.ndarray) -> Atoms:
+    """Copy (without calculator) with positions and cell rows mapped by ``x -> matrix @ x``."""
     out = atoms.copy()
     out.calc = None
     out.positions = atoms.positions @ matrix.T
@@ -126,7 +126,7 @@ def _transformed(atoms: Atoms, matrix: np.ndarray) -> Atoms:
 def check_rotation(model, atoms: Atoms, rng: np.random.Generator) -> CheckResult:
     """Energy invariant, forces rotate (F R^T), stress rotates (R S R^T) when atoms and cell rotate."""
     rot = random_rotation(rng)
-    ref, got = predict(model, [atoms, _transformed(atoms, rot)])
+    ref, got = predict(model, [atoms, transformed(atoms, rot)])
     pairs = [(got["energy"], ref["energy"]), (got["forces"], ref["forces"] @ rot.T)]
     pairs += _stress_pairs(got, ref, lambda s: rot @ s @ rot.T)
     return _compare("rotation", model, pairs, f"R={rot.round(17).tolist()}")
@@ -135,7 +135,7 @@ def check_rotation(model, atoms: Atoms, rng: np.random.Generator) -> CheckResult
 def check_reflection(model, atoms: Atoms, rng: np.random.Generator) -> CheckResult:
     """A rotation composed with inversion: energy invariant, forces transform as vectors."""
     mat = -random_rotation(rng)
-    ref, got = predict(model, [atoms, _transformed(atoms, mat)])
+    ref, got = predict(model, [atoms, transformed(atoms, mat)])
     pairs = [(got["energy"], ref["energy"]), (got["forces"], ref["forces"] @ mat.T)]
     pairs += _stress_pairs(got, ref, lambda s: mat @ s @ mat.T)
     return _compare("reflection", model, pairs, f"M={mat.round(17).tolist()}")
@@ -308,7 +308,7 @@ def check_vector_equivariance(model, atoms: Atoms, rng: np.random.Generator, *, 
     mat = random_rotation(rng) * (-1.0 if reflect else 1.0)
     dtype = _dtype(model)
     outs = []
-    for a in (atoms, _transformed(atoms, mat)):
+    for a in (atoms, transformed(atoms, mat)):
         graph = build_graph(a, model.cutoff, model.max_neighbors, dtype=dtype)
         with torch.no_grad():
             outs.append(model.backbone(collate([graph])))
