@@ -50,10 +50,6 @@ class EdgeMLP(Backbone):
         self.mlp = nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Linear(16, hidden_channels + 1))
         self.reset_parameters()
 
-    @property
-    def out_channels(self) -> int:
-        return self.hparams["hidden_channels"]
-
     def reset_parameters(self) -> None:
         nn.init.normal_(self.embedding.weight)
         for layer in self.mlp:

@@ -42,8 +42,9 @@ class Backbone(nn.Module):
 
     @property
     def out_channels(self) -> int:
-        """F, the width of ``node_features``."""
-        raise NotImplementedError
+        """F, the width of ``node_features``: the ``hidden_channels`` keyword unless a backbone
+        overrides it (every backbone takes ``hidden_channels``)."""
+        return self.hparams["hidden_channels"]
 
     def reset_parameters(self) -> None:  # pragma: no cover - every backbone overrides
         raise NotImplementedError

@@ -134,10 +134,6 @@ class EGNN(Backbone):
             EGNNLayer(hidden_channels, 1 + num_rbf, avg_num_neighbors) for _ in range(num_layers))
         self.reset_parameters()
 
-    @property
-    def out_channels(self) -> int:
-        return self.hparams["hidden_channels"]
-
     def reset_parameters(self) -> None:
         nn.init.normal_(self.embedding.weight)
         for layer in self.layers:

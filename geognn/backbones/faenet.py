@@ -182,10 +182,6 @@ class FAENet(Backbone):
             if force_head else None
         self.reset_parameters()
 
-    @property
-    def out_channels(self) -> int:
-        return self.hparams["hidden_channels"]
-
     def reset_parameters(self) -> None:
         self.embedding.reset_parameters()
         for block in self.interactions:

@@ -137,10 +137,6 @@ class NequIP(ExactCouplingsMixin, Backbone):
         self.reset_parameters()
         self._keep_couplings_exact()
 
-    @property
-    def out_channels(self) -> int:
-        return self.hparams["hidden_channels"]
-
     def reset_parameters(self) -> None:
         self.inputs.reset_parameters()
         for layer in self.layers:

@@ -147,10 +147,6 @@ class PaiNN(Backbone):
         self.updates = nn.ModuleList(PaiNNUpdate(hidden_channels) for _ in range(num_layers))
         self.reset_parameters()
 
-    @property
-    def out_channels(self) -> int:
-        return self.hparams["hidden_channels"]
-
     def reset_parameters(self) -> None:
         nn.init.normal_(self.embedding.weight)
         for block in list(self.messages) + list(self.updates):

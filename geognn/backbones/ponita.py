@@ -249,10 +249,6 @@ class _PositionOrientationNetwork(Backbone):
         self.readout = nn.Linear(hidden_channels, hidden_channels)
         self.reset_parameters()
 
-    @property
-    def out_channels(self) -> int:
-        return self.hparams["hidden_channels"]
-
     def reset_parameters(self) -> None:
         nn.init.normal_(self.embedding.weight)
         self.spatial_basis.reset_parameters()

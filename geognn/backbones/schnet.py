@@ -93,10 +93,6 @@ class SchNet(Backbone):
             CFConvInteraction(hidden_channels, num_filters, num_gaussians) for _ in range(num_layers))
         self.reset_parameters()
 
-    @property
-    def out_channels(self) -> int:
-        return self.hparams["hidden_channels"]
-
     def reset_parameters(self) -> None:
         nn.init.normal_(self.embedding.weight)
         for block in self.interactions:
