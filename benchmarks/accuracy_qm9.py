@@ -23,8 +23,11 @@ What it does
 Run
     .venv/bin/python benchmarks/accuracy_qm9.py                          # all backbones, 120 s each
     .venv/bin/python benchmarks/accuracy_qm9.py --time-limit 10 --limit 300 --backbones schnet
+    .venv/bin/python benchmarks/accuracy_qm9.py --backbones nequip,egnn --update   # re-measure rows
     Results: benchmarks/results/accuracy_qm9.json and accuracy_qm9.md (with --out-prefix, other
     names); training runs (checkpoints, metrics.csv) under runs/accuracy_qm9/<backbone>/.
+    --update replaces only the rows of the backbones run and keeps the others (same budget, seed and
+    data required); every row records the date, commit and load average it was measured with.
 """
 
 from __future__ import annotations
@@ -89,6 +92,39 @@ def run_one(name: str, args, runs: Path) -> dict:
             "split_file": str(runs / name / "split.json"), "run_dir": str(runs / name)}
 
 
+def merge_into_previous(results: list[dict], path: Path, args, order: list[str]) -> list[dict]:
+    """The rows of ``path``'s results with those of ``results`` replacing the same backbones.
+
+    Refuses to mix runs of a different budget, seed or molecule limit.
+    """
+    if not path.exists():
+        return results
+    old = json.loads(path.read_text())
+    for key, value in (("time_limit_s", args.time_limit), ("seed", args.seed), ("limit", args.limit)):
+        if old.get(key) != value:
+            raise SystemExit(f"--update: {path} has {key}={old.get(key)!r}, this run {value!r}; not merging")
+    new = {r["backbone"]: r for r in results}
+    machine = old.get("machine", {})
+    for r in old["results"]:  # rows written before rows recorded their own run
+        r.setdefault("measured", {"date": machine.get("date", "?"), "commit": machine.get("git", {}).get("commit", "?"),
+                                  "modified_files": machine.get("git", {}).get("geognn_changed_files", [])})
+    merged = {r["backbone"]: r for r in old["results"]}
+    merged.update(new)
+    return sorted(merged.values(), key=lambda r: order.index(r["backbone"]) if r["backbone"] in order else len(order))
+
+
+def measured_note(results: list[dict]) -> str:
+    """'; rows measured at other commits: ...' when --update merged rows of several runs."""
+    by_commit: dict[str, list[str]] = {}
+    for r in results:
+        m = r.get("measured")
+        if m:
+            by_commit.setdefault(f"{m['commit']} ({m['date'][:16]})", []).append(r["backbone"])
+    if len(by_commit) <= 1:
+        return ""
+    return "; rows by commit: " + "; ".join(f"{', '.join(v)} at {k}" for k, v in by_commit.items())
+
+
 def table(results: list[dict], markdown: bool) -> str:
     head = ["backbone", "test MAE U0 (meV)", "baseline MAE (meV)", "baseline/model", "epochs", "time (s)",
             "parameters"]
@@ -133,6 +169,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--runs", type=Path, default=HERE.parent / "runs" / "accuracy_qm9", help="run folders")
     ap.add_argument("--out-prefix", type=Path, default=RESULTS / "accuracy_qm9", help="writes PREFIX.json, PREFIX.md")
     ap.add_argument("--progress", action="store_true", help="show the trainer's per-epoch progress")
+    ap.add_argument("--update", action="store_true",
+                    help="merge into the existing PREFIX.json: replace the rows of these backbones, keep the rest")
     args = ap.parse_args(argv)
 
     names = list(geognn.BACKBONES) if not args.backbones else [n.strip() for n in args.backbones.split(",") if n.strip()]
@@ -148,14 +186,20 @@ def main(argv=None) -> dict:
     t0 = time.perf_counter()
     results = []
     for name in names:
+        load = os.getloadavg()[0]
         r = run_one(name, args, args.runs)
+        r["measured"] = {"date": info["date"], "commit": info["git"]["commit"],
+                         "modified_files": info["git"]["geognn_changed_files"], "load_average_before": load}
         results.append(r)
         if r["status"] == "ok":
             print(f"  {name}: test MAE {r['test_mae_meV']:.1f} meV (baseline {r['baseline_test_mae_meV']:.1f}), "
                   f"{r['epochs']} epochs in {r['train_time_s']:.0f} s", flush=True)
         else:
             print(f"  {name}: {r['status']}", flush=True)
-    splits = {r["backbone"]: Path(r["split_file"]).read_text() for r in results if r["status"] == "ok"}
+    if args.update:
+        results = merge_into_previous(results, Path(f"{args.out_prefix}.json"), args, list(geognn.BACKBONES))
+    splits = {r["backbone"]: Path(r["split_file"]).read_text() for r in results
+              if r["status"] == "ok" and Path(r["split_file"]).exists()}
     same_split = len(set(splits.values())) <= 1
     if not same_split:
         print("WARNING: the backbones were trained on different splits")
@@ -181,7 +225,8 @@ def main(argv=None) -> dict:
           f"of {Path(DEFAULT_QM9).name}{f', first {args.limit}' if args.limit else ''}). "
           f"{info['cpu']}, {info['cores_logical']} cores, {info['torch_threads']} torch threads, {info['date']}, "
           f"geognn commit {info['git']['commit']}"
-          f"{' (modified files: ' + ', '.join(info['git']['geognn_changed_files']) + ')' if info['git']['geognn_changed_files'] else ''}.\n"
+          f"{' (modified files: ' + ', '.join(info['git']['geognn_changed_files']) + ')' if info['git']['geognn_changed_files'] else ''}"
+          f"{measured_note(results)}.\n"
           f"Baseline: per-element reference energies fitted on the training set (linear in composition). "
           f"Time: training plus per-epoch validation; the budget can end an epoch midway.\n\n"
           + table(results, markdown=True) + "\n")
