@@ -12,7 +12,10 @@ What geognn implements, layer by layer, with ``r_ij = pos[j] + shift @ cell - po
 (centre -> neighbour, from ``edge_vectors``), ``d_ij = |r_ij|`` and ``f_c`` a cosine envelope:
 
 .. math::
-    m_{ij} = f_c(d_{ij})\\, \\phi_e\\big(h_i, h_j, d_{ij}^2 / r_c^2, e(d_{ij})\\big), \\qquad
+    a_{ij} = s \\big[d_{ij}^2 / r_c^2,\\; e(d_{ij})\\big], \\qquad
+    s = \\sqrt{2H / \\sqrt{\\pi}},
+
+    m_{ij} = f_c(d_{ij})\\, \\phi_e\\big(h_i, h_j, a_{ij}\\big), \\qquad
     m_i = \\frac{1}{A} \\sum_{j} m_{ij}, \\qquad
     h_i \\leftarrow h_i + \\phi_h(h_i, m_i),
 
@@ -33,19 +36,39 @@ Design choices, and why:
   message is multiplied by ``f_c(d) = 0.5 (cos(pi d / r_c) + 1)`` (value and slope vanish at
   r_c), so energies and forces are continuous when an atom crosses the cutoff sphere. The vector
   update is multiplied by ``f_c`` as well (``phi_x(0)`` need not be 0).
-- **Edge attributes.** ``a_ij`` is a Gaussian radial basis ``e(d_ij)`` of the distance (the
-  paper's ``a_ij`` are optional edge attributes); ``d^2`` is scaled by ``1 / r_c^2`` so it is O(1).
+- **Edge attributes, and their scale.** The geometry enters as ``d^2 / r_c^2`` (the paper's
+  ``||x_i - x_j||^2``, made dimensionless) and a Gaussian radial basis ``e(d_ij)`` (the paper's
+  optional ``a_ij``), both multiplied by the constant ``s = sqrt(2H / sqrt(pi))`` (12.0 for
+  H = 128). Why: phi_e's first Linear sees the 2H node features ``[h_i, h_j]`` (the embedding
+  is N(0, 1), so ``|[h_i, h_j]|^2 ~ 2H``) next to the 1 + G geometric ones. The Gaussians (width
+  = spacing) have ``sum_k e_k(d)^2 ~ sqrt(pi)`` for any d inside the cutoff, whatever G, so
+  unscaled the distance is < 1 % of that input's squared norm: at initialisation a message is
+  almost a function of (z_i, z_j) alone (pre-activation std 1.1 from ``h``, 0.1 from ``d``), and
+  since Adam moves every weight by about the learning rate, the distance pathway also *learns*
+  roughly ``s`` times more slowly than the node pathway. The energy left after per-element
+  reference energies is all geometry, so this was the bottleneck: on the QM9 subset (trainer
+  defaults, seed 0) the train loss after 2 epochs was 0.91 unscaled, 0.99 for a geometry-blind
+  EGNN (no distances, no envelope) and 0.45 with ``s``. With ``s`` both parts have the same
+  squared norm; 2s learned about as fast, 4s and 8s made the first epoch unstable. (The
+  authors' code has no such imbalance: its embedding is a default-initialised Linear of a
+  one-hot, |h| ~ 0.2, and it feeds the raw ``||x_i - x_j||^2`` in Å^2 of a fully connected
+  molecule.) A constant factor on invariant features leaves symmetry and smoothness untouched.
 - **Normalised sums.** Sums over neighbours are divided by a constant ``A``
   (``avg_num_neighbors``), not by each atom's neighbour count: a count jumps when an atom crosses
   the cutoff, which would make the energy discontinuous; a constant keeps it smooth and local.
   The paper's ``C = 1/(M-1)`` for the coordinate update becomes the same ``1/A``.
-- The paper's optional edge-inference gate ``e_ij = sigmoid(phi_inf(m_ij))`` is not used.
+- The paper's optional edge-inference gate ``e_ij = sigmoid(phi_inf(m_ij))`` (on in the authors'
+  QM9 runs, on a fully connected graph) is not used: with a cutoff, the envelope already weights
+  edges by distance, and on the QM9 subset the gate slowed learning (train loss after 2 epochs
+  0.68 with it, 0.45 without, both with ``s``).
 
 Distances only enter through ``d_ij``, so ``h`` is E(3)-invariant (reflections included) and
 ``v`` is a polar vector: under ``x -> M x`` (M orthogonal), ``v -> M v``.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -130,6 +153,8 @@ class EGNN(Backbone):
         self.max_z = int(max_z)
         self.embedding = nn.Embedding(max_z + 1, hidden_channels)
         self.rbf = GaussianRBF(0.0, cutoff, num_rbf)  # ValueError for num_rbf < 2
+        # s: geometric inputs of phi_e as large as the node inputs (module docstring)
+        self.edge_attr_scale = math.sqrt(2.0 * hidden_channels / math.sqrt(math.pi))
         self.layers = nn.ModuleList(
             EGNNLayer(hidden_channels, 1 + num_rbf, avg_num_neighbors) for _ in range(num_layers))
         self.reset_parameters()
@@ -147,7 +172,7 @@ class EGNN(Backbone):
         dist2 = (edge_vec * edge_vec).sum(-1)  # [E] ||r_ij||^2
         distance = dist2.sqrt()  # [E] (> 0: atoms never overlap)
         edge_attr = torch.cat([(dist2 / self.cutoff ** 2).unsqueeze(-1), self.rbf(distance)],
-                              dim=-1)  # [E, 1 + G]
+                              dim=-1) * self.edge_attr_scale  # [E, 1 + G] a_ij
         envelope = cosine_cutoff(distance, self.cutoff)  # [E]
         h = self.embedding(z)  # [N, H]
         v = h.new_zeros((h.shape[0], 1, 3))  # [N, 1, 3]
