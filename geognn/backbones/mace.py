@@ -26,7 +26,8 @@ Symmetric contraction: implemented as iterated channel-wise tensor products (``u
 of P times channel k of A, as in MACE, which never mixes channels inside the product), each with a
 weight per element, channel and coupling path (``geognn.nn.e3nn_blocks.SymmetricContraction``).
 This is chosen over ``o3.ReducedTensorProducts`` because it reads one-to-one as the recursion
-above and uses only standard e3nn tensor products, while ReducedTensorProducts solves for its
+above and uses only channel-wise Clebsch-Gordan products (``geognn.nn.tensor_product``, equal to
+e3nn's ``TensorProduct`` to 1e-12), while ReducedTensorProducts solves for its
 basis numerically in the full (sum_l (2l+1))^nu-dimensional product space at every model
 construction. The difference from MACE's generalised Clebsch-Gordan contraction: intermediate
 couplings are capped at l <= max_ell (both parities kept, so pseudotensor intermediates like the

@@ -30,6 +30,7 @@ from .. import conventions as K
 from ..graph.build import edge_vectors
 from ..graph.features import BesselRBF, polynomial_envelope
 from .scatter import scatter_sum
+from .tensor_product import ChannelwiseTensorProduct
 
 
 # --------------------------------------------------------------------------- irreps helpers
@@ -100,12 +101,13 @@ def reset_e3nn_parameters(module: nn.Module) -> None:
 
 
 def refresh_wigner_3j(module: nn.Module) -> None:
-    """Recompute the Clebsch-Gordan (Wigner 3j) constants of e3nn tensor products in their dtype.
+    """Recompute the Clebsch-Gordan (Wigner 3j) constants of tensor products in their dtype.
 
-    e3nn's compiled tensor products keep ``_w3j_l1_l2_l3`` buffers created in the default dtype
-    at construction. A model built in float32 and converted with ``.double()`` would carry
-    float32-rounded coefficients, and its equivariance would only hold to ~1e-8 instead of
-    ~1e-15; recomputing them in float64 and casting to the buffer's dtype fixes that.
+    e3nn's compiled tensor products and ``ChannelwiseTensorProduct`` keep ``_w3j_l1_l2_l3``
+    buffers created in the default dtype at construction. A model built in float32 and converted
+    with ``.double()`` would carry float32-rounded coefficients, and its equivariance would only
+    hold to ~1e-8 instead of ~1e-15; recomputing them in float64 and casting to the buffer's dtype
+    fixes that.
     """
     for sub in module.modules():
         for name, buf in list(sub._buffers.items()):
@@ -229,6 +231,28 @@ class RadialMLP(nn.Module):
 
 
 # --------------------------------------------------------------------------- convolution
+#: Build the channel-wise products with e3nn's ``o3.TensorProduct`` instead of
+#: ``ChannelwiseTensorProduct`` (same maths, slower): only for benchmarks and tests comparing the two.
+_USE_E3NN_TENSOR_PRODUCT = False
+
+
+class _E3nnTensorProduct(o3.TensorProduct):
+    """e3nn's ``TensorProduct`` with ``ChannelwiseTensorProduct``'s ``index``/``dim_size`` sum."""
+
+    def forward(self, x, y, weight=None, index=None, dim_size=None):
+        out = super().forward(x, y, weight)
+        return out if index is None else scatter_sum(out, index, dim_size)
+
+
+def channelwise_tensor_product(irreps_in1, irreps_in2, irreps_out, instructions) -> nn.Module:
+    """The tensor product of ``instructions`` ("uvu" or "uuu", per-sample external weights):
+    ``ChannelwiseTensorProduct``, or e3nn's ``o3.TensorProduct`` when ``_USE_E3NN_TENSOR_PRODUCT``."""
+    if _USE_E3NN_TENSOR_PRODUCT:
+        return _E3nnTensorProduct(irreps_in1, irreps_in2, irreps_out, instructions,
+                                  shared_weights=False, internal_weights=False)
+    return ChannelwiseTensorProduct(irreps_in1, irreps_in2, irreps_out, instructions)
+
+
 class EdgeConvolution(nn.Module):
     """Equivariant point convolution (NequIP's interaction; MACE's one-particle basis A_i).
 
@@ -241,8 +265,9 @@ class EdgeConvolution(nn.Module):
     ``W_1``, ``W_2`` are e3nn ``Linear`` layers (channel mixing within each irrep). The tensor
     product is channel-wise ("uvu": channel u of h_j times the single copy of Y^l, one weight per
     channel and path) and keeps only paths whose output irrep appears in ``irreps_out``; its
-    weights ``R(d_ij)`` [E, weight_numel] come from the radial MLP, so ``shared_weights=False,
-    internal_weights=False``. Messages are summed with ``scatter_sum`` and divided by the constant
+    weights ``R(d_ij)`` [E, weight_numel] come from the radial MLP (e3nn's ``TensorProduct`` with
+    ``shared_weights=False, internal_weights=False``, computed by ``ChannelwiseTensorProduct``,
+    which also sums the messages over the edges of each centre). The sum is divided by the constant
     ``avg_num_neighbors`` (never the per-atom count: that would make the energy discontinuous
     when a neighbour crosses the cutoff).
 
@@ -266,8 +291,7 @@ class EdgeConvolution(nn.Module):
                         instructions.append((i1, i2, len(mid), "uvu", True))
                         mid.append((mul, ir))
         self.irreps_mid = o3.Irreps(mid)
-        self.tp = o3.TensorProduct(self.irreps_in, self.irreps_sh, self.irreps_mid, instructions,
-                                   shared_weights=False, internal_weights=False)
+        self.tp = channelwise_tensor_product(self.irreps_in, self.irreps_sh, self.irreps_mid, instructions)
         self.radial = RadialMLP(num_basis, radial_hidden, self.tp.weight_numel)  # R(d)
         self.linear_out = o3.Linear(self.irreps_mid, self.irreps_out)  # W_2
 
@@ -279,8 +303,9 @@ class EdgeConvolution(nn.Module):
         j, i = edge_index  # messages flow j -> i
         x = self.linear_in(h)  # [N, irreps_in]
         weights = self.radial(basis, envelope)  # [E, weight_numel]
-        msg = self.tp(x.index_select(0, j), edge_sh, weights)  # [E, irreps_mid]
-        m = scatter_sum(msg, i, dim_size=h.shape[0]) / self.avg_num_neighbors  # [N, irreps_mid]
+        # sum over j of R(d_ij) (x_j (x) Y(r_ij)): the products summed over the edges into each centre
+        m = self.tp(x.index_select(0, j), edge_sh, weights, index=i, dim_size=h.shape[0])  # [N, irreps_mid]
+        m = m / self.avg_num_neighbors
         return self.linear_out(m)  # [N, irreps_out]
 
 
@@ -374,8 +399,9 @@ class SymmetricContraction(nn.Module):
         B^{(\\nu)}_{i} = P^{(\\nu)}_{i}\\big|_{\\text{target irreps}}, \\qquad
         \\text{out}_i = \\sum_{\\nu=1}^{\\text{correlation}} B^{(\\nu)}_i
 
-    Each product is an e3nn ``TensorProduct`` in "uuu" mode (channel k of P times channel k of A,
-    as in MACE's symmetric contraction, which never mixes channels) with one weight per element,
+    Each product is a channel-wise tensor product in "uuu" mode (``ChannelwiseTensorProduct``, the
+    maths of e3nn's ``TensorProduct``: channel k of P times channel k of A, as in MACE's symmetric
+    contraction, which never mixes channels) with one weight per element,
     channel and coupling path eta, looked up from an ``nn.Embedding`` of the atomic number. So
     ``P^(nu)`` is a polynomial of degree nu in A (body order nu + 1), every coupling weighted by
     element. Intermediate products keep both parities of every l <= lmax(A) (pseudotensors such as
@@ -385,7 +411,7 @@ class SymmetricContraction(nn.Module):
     Why iterated products rather than ``o3.ReducedTensorProducts``: it spans the same equivariant
     polynomials up to two truncations (intermediate l capped at lmax(A), and weights that factor
     over the successive couplings instead of one free weight per generalised Clebsch-Gordan path),
-    maps one-to-one onto the recursion above and uses only standard e3nn tensor products, while
+    maps one-to-one onto the recursion above and uses only standard tensor products, while
     ReducedTensorProducts solves for its basis numerically in the full product space at every
     construction. Products of copies of the same A_k are automatically symmetric, so no explicit
     symmetrisation is needed.
@@ -420,8 +446,7 @@ class SymmetricContraction(nn.Module):
             instructions = [(i1, i2, wanted.index(ir), "uuu", True)
                             for i1, (_, ir1) in enumerate(prev) for i2, (_, ir2) in enumerate(self.irreps_in)
                             for ir in ir1 * ir2 if ir in wanted]
-            tp = o3.TensorProduct(prev, self.irreps_in, out, instructions,
-                                  shared_weights=False, internal_weights=False)
+            tp = channelwise_tensor_product(prev, self.irreps_in, out, instructions)
             self.products.append(tp)
             self.product_weights.append(nn.Embedding(num_elements, tp.weight_numel))
             self.target_cols.append([irrep_columns(out, ir) for _, ir in self.irreps_out])
