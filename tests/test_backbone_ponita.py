@@ -24,7 +24,8 @@ from conftest import load_jarvis, load_oc20_slabs, load_qm9_molecules
 import geognn
 from geognn import testing as T
 from geognn.backbones import BACKBONES, PNITA, PONITA
-from geognn.backbones.ponita import PERP_EPS, PolynomialFeatures, SeparableConv, invariant_attributes
+from geognn.backbones.ponita import (PERP_EPS, PolynomialFeatures, SeparableConv, invariant_attributes,
+                                    sample_kernels, unit_attributes)
 from geognn.symmetry.sphere import (covering_radius, fibonacci_grid, orientation_grid, random_rotation,
                                     repulsion_grid, thomson_energy)
 
@@ -32,9 +33,12 @@ pytestmark = pytest.mark.filterwarnings("ignore::geognn.graph.build.IsolatedAtom
 
 CUTOFF = 4.0
 #: Largest scaled rotation error (check_rotation's max|a-b| / (1 + max|b|) over energy, forces and
-#: stress) accepted at the default num_ori = 20, for random-weight models as below. Measured:
-#: ~1e-2 on QM9 molecules, ~5e-3 on crystals (benchmarks/bench_ponita.py has the full table).
-ROTATION_TOLERANCE = 3e-2
+#: stress) accepted at the default num_ori = 20, for random-weight models as below. Measured over
+#: the 3 molecules and 3 crystals: 0.07-0.26 (rotation), 0.07-0.19 (reflection), set by the forces
+#: (benchmarks/bench_ponita.py has the full table). It was ~1e-2 with monomial attribute features,
+#: whose near-linear kernels the grid integrated almost exactly but which could not learn (see the
+#: ponita module docstring).
+ROTATION_TOLERANCE = 0.3
 DEFAULT_NUM_ORI = 20
 #: Model for the error measurements: small, but 3 layers so the sphere convolution compounds.
 ERROR_MODEL = dict(hidden_channels=16, num_layers=3, basis_dim=16, degree=3, widening_factor=2)
@@ -140,15 +144,68 @@ def test_attributes_are_invariant_under_rotations_and_reflections_of_both():
                                    atol=1e-13)
 
 
-def test_polynomial_features_are_the_monomials_and_smooth_at_zero():
+def legendre_scaled(n, t):
+    """sqrt(2n + 1) P_n(t) from the closed forms (independent of the recurrence in the code)."""
+    closed = {0: 1.0, 1: t, 2: (3 * t * t - 1) / 2, 3: (5 * t ** 3 - 3 * t) / 2}
+    return math.sqrt(2 * n + 1) * closed[n]
+
+
+def test_polynomial_features_are_orthonormal_legendre_products_spanning_the_monomials():
     poly = PolynomialFeatures(num_attributes=2, degree=3)
-    got = sorted(poly(torch.tensor([2.0, 3.0], dtype=torch.float64)).tolist())
-    x, y = 2.0, 3.0
-    assert got == sorted([x, y, x * x, x * y, y * y, x ** 3, x * x * y, x * y * y, y ** 3])
+    x, y = 0.5, -0.3
+    got = sorted(poly(torch.tensor([x, y], dtype=torch.float64)).tolist())
+    expected = sorted(legendre_scaled(m, x) * legendre_scaled(n, y)
+                      for m in range(4) for n in range(4) if 1 <= m + n <= 3)
+    np.testing.assert_allclose(got, expected, atol=1e-14)
+    # orthonormal on [-1, 1]^2 (uniform measure): Gauss-Legendre quadrature, exact for these degrees
+    nodes, weights = np.polynomial.legendre.leggauss(4)
+    tx, ty = np.meshgrid(nodes, nodes, indexing="ij")
+    w = torch.as_tensor(np.outer(weights, weights).ravel() / 4)
+    f = poly(torch.as_tensor(np.stack([tx.ravel(), ty.ravel()], -1)))  # [16, 9]
+    np.testing.assert_allclose((f.T * w) @ f, np.eye(9), atol=1e-12)
+    # with a constant they span the monomials of degree <= 3 (the paper's features): exact fit
+    t = torch.rand(50, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    design = torch.cat([torch.ones(50, 1, dtype=torch.float64), poly(t)], dim=1)
+    monomials = torch.stack([t[:, 0] ** a * t[:, 1] ** b for a in range(4) for b in range(4)
+                             if 1 <= a + b <= 3], dim=1)
+    residual = design @ torch.linalg.lstsq(design, monomials).solution - monomials
+    assert float(residual.abs().max()) < 1e-10
+    # smooth at 0 to second order (autograd forces in training differentiate twice)
     a = torch.zeros(2, dtype=torch.float64, requires_grad=True)
     (g,) = torch.autograd.grad(poly(a).sum(), a, create_graph=True)
     (gg,) = torch.autograd.grad(g.sum(), a)
-    assert torch.isfinite(gg).all() and g.tolist() == [1.0, 1.0]
+    assert torch.isfinite(gg).all()
+
+
+def test_distance_features_are_well_conditioned_over_the_cutoff():
+    """The regression behind slow learning: features of the distance over [0, r_c] must not be
+    nearly collinear (monomials of d / r_c in [0, 1] have a Gram condition number ~3e3 at degree 3,
+    and learning on QM9 stalled; see the module docstring)."""
+    d = torch.linspace(0.0, CUTOFF, 201, dtype=torch.float64).view(-1, 1, 1)  # [E, 1, 1] Å
+    f = PolynomialFeatures(num_attributes=1, degree=3)(unit_attributes(d, CUTOFF)).squeeze(1)  # [201, 3]
+    gram = f.T @ f / len(f)
+    assert float(torch.linalg.cond(gram)) < 2.0
+    np.testing.assert_allclose(torch.diagonal(gram), 1.0, rtol=0.05)  # unit mean square
+
+
+def test_unit_attributes_map_the_range_onto_minus_one_one():
+    r = torch.tensor([[0.0, 0.0, CUTOFF], [0.0, 0.0, 0.0]], dtype=torch.float64)  # at the cutoff; at 0
+    grid = torch.tensor([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]], dtype=torch.float64)
+    t = unit_attributes(invariant_attributes(r, grid), CUTOFF)
+    np.testing.assert_allclose(t[0], [[1.0, -1.0], [0.0, 1.0]], atol=1e-3)  # perp carries sqrt(PERP_EPS)
+    np.testing.assert_allclose(t[1, :, 0], 0.0, atol=0)
+    np.testing.assert_allclose(unit_attributes(invariant_attributes(r, None), CUTOFF).flatten(), [1.0, -1.0])
+
+
+def test_sample_kernels_equals_one_linear_per_layer():
+    """The speed-only rewrite: one product with the stacked weights gives each layer's kernel."""
+    torch.manual_seed(0)
+    maps = [torch.nn.Linear(5, c, bias=False).double() for c in (3, 4, 3)]
+    basis = torch.randn(7, 6, 5, dtype=torch.float64)
+    got = sample_kernels(basis, maps)
+    assert [k.shape for k in got] == [(7, 6, 3), (7, 6, 4), (7, 6, 3)]
+    for k, m in zip(got, maps):
+        np.testing.assert_allclose(k.detach(), m(basis).detach(), atol=1e-13)
 
 
 def test_separable_convolution_matches_the_sums_written_out():
@@ -162,7 +219,9 @@ def test_separable_convolution_matches_the_sums_written_out():
     h = torch.randn(n, num_ori, channels, dtype=torch.float64)
     spatial = torch.randn(4, num_ori, basis, dtype=torch.float64)
     sphere = torch.randn(num_ori, num_ori, basis, dtype=torch.float64)
-    got = conv(h, edge_index, spatial, sphere)
+    (k_spatial,) = sample_kernels(spatial, [conv.spatial_kernel])
+    (k_sphere,) = sample_kernels(sphere, [conv.sphere_kernel])
+    got = conv(h, edge_index, k_spatial, k_sphere)
     ws, wf, b = conv.spatial_kernel.weight.detach(), conv.sphere_kernel.weight.detach(), conv.bias.detach()
     expected = torch.zeros(n, num_ori, channels, dtype=torch.float64)
     for i in range(n):
@@ -307,10 +366,10 @@ def test_learns_energies_and_forces_of_periodic_copper(name):
     """Training mode (double backward through forces, random grid rotation) on crystals.
 
     The loss has energies and forces (so the optimiser differentiates through the forces); asserted
-    is that energies are learned and every gradient stays finite. Forces are learned much more
-    slowly than by PaiNN on this data: the degree-3 polynomial basis of the attributes is smooth,
-    and the LayerNorm after each convolution removes the overall scale of the neighbour sum, so
-    forces start ~50x smaller than PaiNN's (though well aligned) and 40 steps do not move them.
+    is that energies are learned and every gradient stays finite. Forces are learned more slowly
+    than by PaiNN on this data (not diagnosed further). On 32 QM9 molecules the rms force at
+    initialisation (defaults, 3 seeds) is now 0.2-0.5 eV/Å for ponita, 0.8-1.3 for pnita and
+    0.8-1.2 for PaiNN; with the old monomial basis it was 0.03-0.14 for ponita.
     """
     data = emt_copper(6)
     kwargs = dict(hidden_channels=16, num_layers=2, basis_dim=16, degree=3)
@@ -335,6 +394,38 @@ def test_learns_energies_and_forces_of_periodic_copper(name):
         forces_loss.append(float(f_loss.detach()))
     assert min(energy_loss[-5:]) < energy_loss[0] / 5, energy_loss[::5]
     assert np.isfinite(forces_loss).all()
+
+
+@pytest.mark.parametrize("name", ["ponita", "pnita"])
+def test_learns_qm9_energies_in_80_steps(name):
+    """Regression for the badly conditioned polynomial basis (module docstring): 96 QM9 molecules,
+    full batch, Adam lr 3e-3, 80 steps; loss = mean((E - E_ref) / n_atoms / scale)^2 after the
+    composition fit, so 1 means no better than composition. Measured (seed 0): ponita 0.19, pnita
+    0.16; with the old monomial features of |x| / r_c: 0.85 and 0.54 (seeds 1 and 2 alike)."""
+    from geognn.datasets.qm9 import read_qm9pack_csv
+    from geognn.train.config import DEFAULT_QM9, TrainConfig
+    from geognn.train.loop import fit_output
+
+    atoms = read_qm9pack_csv(DEFAULT_QM9, limit=400)[::4][:96]
+    batch = geognn.collate([geognn.build_graph(a, CUTOFF, dtype=torch.float64) for a in atoms])
+    energy = torch.tensor([a.info["U0"] for a in atoms], dtype=torch.float64)
+    natoms = torch.tensor([len(a) for a in atoms], dtype=torch.float64)
+    kwargs = dict(hidden_channels=16, num_layers=2, basis_dim=16, degree=3)
+    if name == "ponita":
+        kwargs["num_ori"] = 6
+    torch.manual_seed(0)
+    model = geognn.build_model(name, cutoff=CUTOFF, **kwargs).double().train()
+    fit_output(model, [torch.as_tensor(a.numbers) for a in atoms], energy, TrainConfig())  # reference, scale
+    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(80):
+        out = model(batch, forces=False)
+        loss = ((out["energy"] - energy) / natoms / model.scale).pow(2).mean()
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(float(loss))
+    assert min(losses[-5:]) < 0.35, losses[::10]
 
 
 def test_trains_on_qm9_with_the_trainer(tmp_path):
