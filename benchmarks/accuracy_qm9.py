@@ -24,6 +24,7 @@ Run
     .venv/bin/python benchmarks/accuracy_qm9.py                          # all backbones, 120 s each
     .venv/bin/python benchmarks/accuracy_qm9.py --time-limit 10 --limit 300 --backbones schnet
     .venv/bin/python benchmarks/accuracy_qm9.py --backbones nequip,egnn --update   # re-measure rows
+    .venv/bin/python benchmarks/accuracy_qm9.py --update --variant 'ponita-cpu=ponita:{"num_ori": 8}'
     Results: benchmarks/results/accuracy_qm9.json and accuracy_qm9.md (with --out-prefix, other
     names); training runs (checkpoints, metrics.csv) under runs/accuracy_qm9/<backbone>/.
     --update replaces only the rows of the backbones run and keeps the others (same budget, seed and
@@ -60,36 +61,41 @@ def short_reason(exc: BaseException) -> str:
 FRAME_AVERAGING = {"faenet": "stochastic"}
 
 
-def run_one(name: str, args, runs: Path) -> dict:
+def run_one(name: str, args, runs: Path, variant: tuple[str, dict] | None = None) -> dict:
+    """Train backbone ``name`` (defaults) or, with ``variant = (label, kwargs)``, a labelled
+    non-default size of it; the row is keyed by the label."""
     import geognn
     from geognn.train.config import TrainConfig
     from geognn.train.loop import train
 
     kwargs = None if args.trainer_defaults else {}
+    label = name
+    if variant is not None:
+        label, kwargs = variant
     config = TrainConfig(backbone=name, backbone_kwargs=kwargs, time_limit=args.time_limit, limit=args.limit,
-                         seed=args.seed, threads=args.threads, out=str(runs / name),
+                         seed=args.seed, threads=args.threads, out=str(runs / label),
                          frame_averaging=FRAME_AVERAGING.get(name))
     try:  # cheap availability check before loading data
         params = sum(p.numel() for p in geognn.build_model(name, cutoff=config.cutoff,
                                                            frame_averaging=config.frame_averaging,
                                                            **config.resolved_backbone_kwargs()).parameters())
     except Exception as exc:  # noqa: BLE001
-        return {"backbone": name, "status": f"unavailable: {short_reason(exc)}"}
+        return {"backbone": label, "status": f"unavailable: {short_reason(exc)}"}
     t0 = time.perf_counter()
     try:
         result = train(config, resume=False, progress=args.progress)
     except Exception as exc:  # noqa: BLE001
         traceback.print_exc(limit=5)
-        return {"backbone": name, "status": f"failed: {short_reason(exc)}", "parameters": params}
+        return {"backbone": label, "status": f"failed: {short_reason(exc)}", "parameters": params}
     wall = time.perf_counter() - t0
-    rows = list(csv.DictReader((runs / name / "metrics.csv").open()))
+    rows = list(csv.DictReader((runs / label / "metrics.csv").open()))
     mae, base = result.test_mae * 1e3, result.baseline_test_mae * 1e3
-    return {"backbone": name, "status": "ok", "test_mae_meV": mae, "baseline_test_mae_meV": base,
+    return {"backbone": label, "status": "ok", "test_mae_meV": mae, "baseline_test_mae_meV": base,
             "ratio_baseline_over_model": base / mae if mae > 0 else math.inf,
             "best_val_mae_meV": result.val_mae * 1e3, "epochs": len(rows),
             "train_time_s": float(rows[-1]["elapsed_s"]) if rows else 0.0, "wall_s": wall,
             "parameters": params, "backbone_kwargs": config.resolved_backbone_kwargs(),
-            "split_file": str(runs / name / "split.json"), "run_dir": str(runs / name)}
+            "split_file": str(runs / label / "split.json"), "run_dir": str(runs / label)}
 
 
 def merge_into_previous(results: list[dict], path: Path, args, order: list[str]) -> list[dict]:
@@ -111,6 +117,13 @@ def merge_into_previous(results: list[dict], path: Path, args, order: list[str])
     merged = {r["backbone"]: r for r in old["results"]}
     merged.update(new)
     return sorted(merged.values(), key=lambda r: order.index(r["backbone"]) if r["backbone"] in order else len(order))
+
+
+def variants_note(results: list[dict], defaults: list[str]) -> str:
+    """Markdown lines naming the keywords of the rows that are not a backbone at its defaults."""
+    lines = [f"- `{r['backbone']}`: `{json.dumps(r.get('backbone_kwargs', {}))}`" for r in results
+             if r["backbone"] not in defaults]
+    return "\nRows not at the defaults (constructor keywords):\n" + "\n".join(lines) + "\n" if lines else ""
 
 
 def measured_note(results: list[dict]) -> str:
@@ -169,33 +182,46 @@ def main(argv=None) -> dict:
     ap.add_argument("--runs", type=Path, default=HERE.parent / "runs" / "accuracy_qm9", help="run folders")
     ap.add_argument("--out-prefix", type=Path, default=RESULTS / "accuracy_qm9", help="writes PREFIX.json, PREFIX.md")
     ap.add_argument("--progress", action="store_true", help="show the trainer's per-epoch progress")
+    ap.add_argument("--variant", action="append", default=[], metavar="LABEL=NAME:JSON",
+                    help="also train backbone NAME with constructor keywords JSON, as a row named LABEL "
+                         "(a documented non-default size; the default rows stay the defaults)")
     ap.add_argument("--update", action="store_true",
                     help="merge into the existing PREFIX.json: replace the rows of these backbones, keep the rest")
     args = ap.parse_args(argv)
 
-    names = list(geognn.BACKBONES) if not args.backbones else [n.strip() for n in args.backbones.split(",") if n.strip()]
+    if args.backbones:
+        names = [n.strip() for n in args.backbones.split(",") if n.strip()]
+    else:  # all of them, unless only --variant rows were asked for
+        names = [] if args.variant else list(geognn.BACKBONES)
     bad = [n for n in names if n not in geognn.BACKBONES]
     if bad:
         raise SystemExit(f"unknown backbone(s) {bad}; choose from {', '.join(geognn.BACKBONES)}")
+    variants = []
+    for spec in args.variant:
+        label, _, rest = spec.partition("=")
+        name, _, kw = rest.partition(":")
+        if name not in geognn.BACKBONES or not label:
+            raise SystemExit(f"--variant {spec!r}: expected LABEL=NAME:JSON with NAME in {', '.join(geognn.BACKBONES)}")
+        variants.append((name, (label, json.loads(kw or "{}"))))
     info = machine_info()
     info["torch_threads"] = args.threads or torch.get_num_threads()
-    print(f"accuracy_qm9: {', '.join(names)}; {args.time_limit:.0f} s of training each, default hyperparameters, "
+    print(f"accuracy_qm9: {', '.join(names + [v[1][0] for v in variants])}; {args.time_limit:.0f} s of training each, default hyperparameters, "
           f"seed {args.seed}, data {Path(DEFAULT_QM9).name}{f' (first {args.limit})' if args.limit else ''}; "
           f"{info['cpu']}, {info['cores_logical']} cores, {info['torch_threads']} torch threads, load average "
           f"{info['load_average_1_5_15'][0]:.2f}")
     t0 = time.perf_counter()
     results = []
-    for name in names:
+    for name, variant in [(n, None) for n in names] + variants:
         load = os.getloadavg()[0]
-        r = run_one(name, args, args.runs)
+        r = run_one(name, args, args.runs, variant)
         r["measured"] = {"date": info["date"], "commit": info["git"]["commit"],
                          "modified_files": info["git"]["geognn_changed_files"], "load_average_before": load}
         results.append(r)
         if r["status"] == "ok":
-            print(f"  {name}: test MAE {r['test_mae_meV']:.1f} meV (baseline {r['baseline_test_mae_meV']:.1f}), "
+            print(f"  {r['backbone']}: test MAE {r['test_mae_meV']:.1f} meV (baseline {r['baseline_test_mae_meV']:.1f}), "
                   f"{r['epochs']} epochs in {r['train_time_s']:.0f} s", flush=True)
         else:
-            print(f"  {name}: {r['status']}", flush=True)
+            print(f"  {r['backbone']}: {r['status']}", flush=True)
     if args.update:
         results = merge_into_previous(results, Path(f"{args.out_prefix}.json"), args, list(geognn.BACKBONES))
     splits = {r["backbone"]: Path(r["split_file"]).read_text() for r in results
@@ -229,7 +255,7 @@ def main(argv=None) -> dict:
           f"{measured_note(results)}.\n"
           f"Baseline: per-element reference energies fitted on the training set (linear in composition). "
           f"Time: training plus per-epoch validation; the budget can end an epoch midway.\n\n"
-          + table(results, markdown=True) + "\n")
+          + table(results, markdown=True) + "\n" + variants_note(results, list(geognn.BACKBONES)))
     Path(f"{prefix}.md").write_text(md)
     print(f"wrote {prefix}.json and {prefix}.md ({payload['wall_s']:.0f} s)")
     return payload
