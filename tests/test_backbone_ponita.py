@@ -55,7 +55,8 @@ def model_with(name="ponita", seed=0, dtype=torch.float64, **kwargs):
 
 def same_weights(model, num_ori):
     """``model``'s weights on another grid: no weight depends on the grid, so the state_dict loads."""
-    other = geognn.build_model("ponita", cutoff=CUTOFF, **{**model.backbone_kwargs, "num_ori": num_ori})
+    other = geognn.build_model("ponita", cutoff=CUTOFF,
+                               **{**model.backbone_kwargs, "num_ori": num_ori, "eval_num_ori": None})
     other = other.double().eval()
     other.load_state_dict(model.state_dict())
     return other
@@ -438,3 +439,30 @@ def test_trains_on_qm9_with_the_trainer(tmp_path):
     assert np.isfinite(result.test_mae) and result.test_mae < 10 * result.baseline_test_mae
     model = geognn.load_model(result.model_path)
     assert model.backbone_name == "ponita" and model.backbone.grid.shape == (6, 3)
+
+
+# --------------------------------------------------------------------------- evaluation on a finer grid
+def test_eval_num_ori_evaluates_the_same_weights_on_the_finer_grid(molecules):
+    """Train mode uses the num_ori grid, eval mode the eval_num_ori grid, with the same weights;
+    and the finer evaluation grid lowers the rotation error."""
+    model = model_with(num_ori=4, eval_num_ori=32, **ERROR_MODEL)
+    coarse, fine = same_weights(model, 4), same_weights(model, 32)
+    batch = geognn.collate([geognn.build_graph(a, CUTOFF, dtype=torch.float64) for a in molecules])
+    with torch.no_grad():
+        torch.testing.assert_close(model(batch, forces=False)["energy"], fine(batch, forces=False)["energy"],
+                                   rtol=0, atol=1e-12)
+        model.train()
+        coarse.train()
+        torch.testing.assert_close(model(batch, forces=False)["energy"], coarse(batch, forces=False)["energy"],
+                                   rtol=0, atol=1e-12)
+    model.eval()
+    assert model.backbone.hparams["eval_num_ori"] == 32
+    rng = np.random.default_rng(3)
+    rotations = [T.random_rotation(rng) for _ in range(2)]
+    errors = {n: rotation_error(m, molecules, rotations) for n, m in (("eval32", model), ("train4", coarse.eval()))}
+    assert errors["eval32"] < errors["train4"] / 3, errors
+
+
+def test_eval_num_ori_must_be_positive():
+    with pytest.raises(ValueError, match="eval_num_ori"):
+        PONITA(num_ori=4, eval_num_ori=0)
