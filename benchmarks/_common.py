@@ -163,8 +163,20 @@ def peak_memory_bytes(fn, device) -> int:
     return int(max(running))
 
 
+def add_run_options(parser, reference: str | None = None) -> None:
+    """The --quick/--device/--threads/--repeats options that ``setup_run`` reads.
+
+    ``reference``: name of a reference model run in another process, which gets --threads too.
+    """
+    also = f", also for {reference}" if reference else " (default: torch's)"
+    parser.add_argument("--quick", action="store_true", help="1 warm-up, 3 timed steps, 2 OC20 systems (smoke test)")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:k]")
+    parser.add_argument("--threads", type=int, default=None, help=f"torch.set_num_threads(N){also}")
+    parser.add_argument("--repeats", type=int, default=None, help="timed steps per model")
+
+
 def setup_run(args):
-    """Device, torch threads and run sizes from the shared --device/--threads/--quick/--repeats options.
+    """Device, torch threads and run sizes from the options of ``add_run_options``.
 
     Returns ``(device, n_qm9, n_oc20, warmup, repeats)``: a QM9 batch of 32 and 8 OC20 systems
     (2 with --quick), and the warm-up and timed steps per model.

@@ -73,7 +73,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import (HERE, RESULTS, ReferenceWorker, device_info, oc20_graphs, peak_memory_bytes, qm9_graphs, setup_run,
+from _common import (HERE, RESULTS, add_run_options, ReferenceWorker, device_info, oc20_graphs, peak_memory_bytes, qm9_graphs, setup_run,
                      time_interleaved, write_results)
 
 THROUGHPUT_TARGET = 1.0  # geognn structures/s divided by reference structures/s
@@ -441,10 +441,7 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--backbones", default=None, help="comma-separated names (default: all of geognn.BACKBONES)")
     ap.add_argument("--datasets", default="qm9,oc20", help="comma-separated: qm9, oc20")
-    ap.add_argument("--quick", action="store_true", help="1 warm-up, 3 timed steps, 2 OC20 systems (smoke test)")
-    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda[:k]")
-    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads(N), also for mace-torch")
-    ap.add_argument("--repeats", type=int, default=None, help="timed steps per model")
+    add_run_options(ap, reference="mace-torch")
     ap.add_argument("--no-reference", action="store_true", help="skip PyG DimeNet++ and mace-torch")
     ap.add_argument("--mace-venv", type=Path, default=MACE_VENV, help=f"venv with mace-torch (default {MACE_VENV})")
     ap.add_argument("--out", type=Path, default=None, help="JSON output path")

@@ -51,7 +51,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (HERE, RESULTS, ReferenceWorker, device_info, oc20_graphs, peak_memory_bytes, qm9_graphs,  # noqa: E402
+from _common import (HERE, RESULTS, ReferenceWorker, add_run_options, device_info, oc20_graphs, peak_memory_bytes, qm9_graphs,  # noqa: E402
                      setup_run, time_interleaved, write_results)
 
 FAENET_VENV = HERE.parent / ".venv-faenet"
@@ -162,10 +162,7 @@ def print_result(r: dict) -> None:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--datasets", default="qm9,oc20", help="comma-separated: qm9, oc20")
-    ap.add_argument("--quick", action="store_true", help="1 warm-up, 3 timed steps, 2 OC20 systems")
-    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda[:k] (the reference runs on CPU)")
-    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads(N), also for the reference")
-    ap.add_argument("--repeats", type=int, default=None, help="timed steps per model")
+    add_run_options(ap, reference="the faenet reference (which runs on CPU only)")
     ap.add_argument("--no-reference", action="store_true", help="skip the faenet package")
     ap.add_argument("--faenet-venv", type=Path, default=FAENET_VENV, help=f"venv with faenet (default {FAENET_VENV})")
     ap.add_argument("--out", type=Path, default=None, help="JSON output path")

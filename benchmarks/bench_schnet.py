@@ -67,7 +67,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import (RESULTS, device_info, oc20_graphs, peak_memory_bytes, qm9_graphs, setup_run, sync,
+from _common import (RESULTS, add_run_options, device_info, oc20_graphs, peak_memory_bytes, qm9_graphs, setup_run, sync,
                      time_interleaved, write_results)
 
 HPARAMS = dict(hidden_channels=128, num_filters=128, num_interactions=6, num_gaussians=50)
@@ -227,10 +227,7 @@ def print_result(r: dict, device) -> None:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="fewer steps and 2 OC20 systems (smoke test)")
-    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda[:k]")
-    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads(N) (default: torch's)")
-    ap.add_argument("--repeats", type=int, default=None, help="timed steps per model")
+    add_run_options(ap)
     ap.add_argument("--profile", action="store_true", help="profile even when geognn is not slower")
     ap.add_argument("--out", type=Path, default=None, help="JSON output path")
     args = ap.parse_args(argv)
