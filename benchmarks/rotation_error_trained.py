@@ -4,7 +4,7 @@ What it measures
     For each run folder given (written by ``geognn train`` or ``accuracy_qm9.py``: model.pt and
     split.json over the shipped QM9 subset), the model in eval mode predicts the energy of the
     first --molecules test molecules, and of the same molecules under --rotations uniformly random
-    rotations each (scipy, seed 0). Reported: median, 95th percentile and max of |E(R x) - E(x)|
+    rotations each (``geognn.testing.random_rotation``, seed 0). Reported: median, 95th percentile and max of |E(R x) - E(x)|
     in meV, next to the run's test MAE (result.json) for scale. For exactly invariant backbones
     this is round-off; for PΘNITA it is the grid's discretisation error after training, which
     can differ a lot from the random-weight error of bench_ponita.py (training shapes how fast
@@ -24,8 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.spatial.transform import Rotation
-
 from _common import RESULTS, machine_info, write_results
 
 
@@ -41,6 +39,7 @@ def energies(model, structures, cutoff: float) -> np.ndarray:
 def measure(run: Path, num_molecules: int, num_rotations: int, seed: int) -> dict:
     import geognn
     from geognn.datasets import open_dataset
+    from geognn.testing import random_rotation, transformed
     from geognn.train.config import TrainConfig
 
     config = TrainConfig.from_file(run / "config.json")
@@ -52,11 +51,7 @@ def measure(run: Path, num_molecules: int, num_rotations: int, seed: int) -> dic
     rng = np.random.default_rng(seed)
     errors = []
     for _ in range(num_rotations):
-        rotated = []
-        for atoms in molecules:
-            copy = atoms.copy()
-            copy.positions = copy.positions @ Rotation.random(random_state=rng).as_matrix().T
-            rotated.append(copy)
+        rotated = [transformed(atoms, random_rotation(rng)) for atoms in molecules]
         errors.append(np.abs(energies(model, rotated, config.cutoff) - reference) * 1e3)
     errors = np.concatenate(errors)
     result_file = run / "result.json"

@@ -57,7 +57,7 @@ Symmetry, honestly:
   training forward pass (augmentation: the model cannot fit to the grid's orientation); eval is
   deterministic.
 - Trained models vary faster with orientation than random ones, and their rotation error on the
-  training grid is large (QM9, 120 s on CPU, 8 orientations: median 122 meV against a 272 meV
+  training grid is large (QM9, 120 s on CPU, 8 orientations: median 127 meV against a 272 meV
   MAE; ``benchmarks/rotation_error_trained.py``). Random grid rotation alone does not lower it, but
   it makes training a stochastic estimate of the continuous-sphere model, whose weights do not
   depend on the grid. ``eval_num_ori`` then evaluates that model on a finer grid: trained on 8
