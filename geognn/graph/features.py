@@ -75,8 +75,15 @@ def polynomial_envelope(distance: torch.Tensor, cutoff: float, p: int = 6) -> to
 
     ``u(x) = 1 - (p+1)(p+2)/2 x^p + p(p+2) x^(p+1) - p(p+1)/2 x^(p+2)`` for x = d / r_c < 1, else 0.
     Shape: same as ``distance``.
+
+    It is evaluated in the factored form ``u(x) = (1 - x)^3 sum_{k<p} C(k+2, 2) x^k`` (the same
+    polynomial: u has a triple root at x = 1, and ``(1 - x)^-3 = sum_k C(k+2, 2) x^k``). The expanded
+    form cancels terms of size ~p^2 near x = 1, which in float32 left ~2e-6 (of either sign) where
+    the envelope should be ~1e-9, and so a spurious energy step at the cutoff.
     """
     x = distance / cutoff
-    u = (1.0 - 0.5 * (p + 1) * (p + 2) * x.pow(p) + p * (p + 2) * x.pow(p + 1)
-         - 0.5 * p * (p + 1) * x.pow(p + 2))
+    series = torch.full_like(x, float((p + 1) * p // 2))  # Horner, highest coefficient C(p+1, 2) first
+    for k in range(p - 2, -1, -1):
+        series = series * x + (k + 2) * (k + 1) // 2
+    u = (1.0 - x).pow(3) * series
     return u * (x < 1.0).to(distance.dtype)
