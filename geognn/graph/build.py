@@ -21,7 +21,7 @@ from torch_geometric.data import Batch, Data
 from .. import conventions as K
 from ..conventions import MIN_INTERATOMIC_DISTANCE
 from ..io import LazySource, StructureError, raise_if_overlapping, to_atoms, validate_atoms
-from .neighbours import nearest_neighbours_mask, neighbour_list
+from .neighbours import CAP_TIE_TOL, nearest_neighbours_mask, neighbour_list
 
 
 class IsolatedAtomWarning(UserWarning):
@@ -29,7 +29,7 @@ class IsolatedAtomWarning(UserWarning):
 
 
 class NeighbourCapWarning(UserWarning):
-    """``max_neighbors`` removed edges from a graph."""
+    """``max_neighbors`` removed edges from a graph (or ties kept more than the cap)."""
 
 
 def build_graph(atoms, cutoff: float, max_neighbors: int | None = None, *,
@@ -41,9 +41,13 @@ def build_graph(atoms, cutoff: float, max_neighbors: int | None = None, *,
             given (atoms outside the cell are fine, nothing is wrapped or moved).
         cutoff: radius in Å (> 0); every pair (i, j, image) closer than this becomes an edge,
             in both directions.
-        max_neighbors: keep at most this many nearest neighbours per centre (ties broken
-            deterministically, see ``nearest_neighbours_mask``) and warn how many edges
-            were dropped. None keeps all.
+        max_neighbors: cap on neighbours per centre, by a symmetric rule on distances only
+            (``geognn.graph.neighbours.nearest_neighbours_mask``): a pair is kept when either
+            atom counts the other among its ``max_neighbors`` nearest, ties at the cap distance
+            included, so both directions of every kept pair stay and no tie is broken by atom
+            order. An atom can therefore keep more than ``max_neighbors`` neighbours. Warns
+            (``NeighbourCapWarning``) when edges are dropped, or when ties keep more than the cap.
+            None keeps all.
         dtype: floating dtype of ``pos``, ``cell``, ``edge_shift`` (default: torch's default).
         validate: run ``geognn.io.validate_atoms`` first (NaN, overlaps, empty, bad cell, ...).
 
@@ -77,12 +81,21 @@ def build_graph(atoms, cutoff: float, max_neighbors: int | None = None, *,
     if overlap_from_graph:
         raise_if_overlapping(src, i, j, S, d)
     if max_neighbors is not None:
-        keep = nearest_neighbours_mask(i, j, S, d, int(max_neighbors))
+        keep = nearest_neighbours_mask(i, j, S, d, int(max_neighbors), n)
         dropped = int((~keep).sum())
         if dropped:
+            over = int((np.bincount(i[keep], minlength=n) > max_neighbors).sum())
+            more = (f"; {over} atom(s) keep more than {max_neighbors} (neighbours tied at the cap "
+                    "distance, or that count them among their nearest: the cap is symmetric and "
+                    "breaks no tie by atom order)") if over else ""
             warnings.warn(f"{src}: max_neighbors={max_neighbors} dropped {dropped} of {i.size} "
-                          f"edges at cutoff {cutoff} Å", NeighbourCapWarning, stacklevel=2)
+                          f"edges at cutoff {cutoff} Å{more}", NeighbourCapWarning, stacklevel=2)
             i, j, S = i[keep], j[keep], S[keep]
+        elif np.bincount(i, minlength=n).max(initial=0) > max_neighbors:
+            warnings.warn(f"{src}: max_neighbors={max_neighbors} dropped no edge: every pair beyond "
+                          f"the cap is tied at the cap distance (±{CAP_TIE_TOL} Å) or counted by its "
+                          "other atom among its nearest, and the cap breaks no tie by atom order",
+                          NeighbourCapWarning, stacklevel=2)
     isolated = np.flatnonzero(np.bincount(i, minlength=n) == 0)
     if isolated.size:
         shortest = _shortest_distance(atoms) if isolated.size == n else None

@@ -5,7 +5,8 @@ including cells much smaller than the cutoff and atoms outside the cell), except
 molecules, where a dense numpy search has less set-up cost. This module fixes the conventions
 around it (which index is the centre, what the shift means), guards vesin against inputs that
 would make its cell list explode (atoms thousands of cells away, 1e6 Å of vacuum), and applies
-a ``max_neighbors`` cap deterministically.
+a ``max_neighbors`` cap by a symmetric rule that depends on distances only
+(``nearest_neighbours_mask``).
 
 Returned arrays follow ASE's ``neighbor_list("ijS")``: for each pair,
 ``D = positions[j] + S @ cell - positions[i]`` with ``|D| < cutoff``; both (i, j) and (j, i)
@@ -149,21 +150,59 @@ def _dense_pairs(positions: np.ndarray, cutoff: float):
     return i, j, np.zeros((i.size, 3), dtype=np.int64), np.sqrt(dist2[i, j])
 
 
-def nearest_neighbours_mask(i: np.ndarray, j: np.ndarray, S: np.ndarray, d: np.ndarray,
-                            max_neighbors: int) -> np.ndarray:
-    """Boolean mask keeping, for each centre ``i``, its ``max_neighbors`` nearest pairs.
+#: Å: pairs whose distances differ by less than this count as tied at the cap distance of
+#: ``nearest_neighbours_mask``. Far above the rounding noise of a rotated, translated or
+#: re-celled copy (~1e-14 Å in float64) and above the error of coordinates written with 5-6
+#: decimals in a file (~1e-5 Å), far below any bond-length difference a model resolves.
+CAP_TIE_TOL = 1e-4
 
-    Ties in distance (common in symmetric crystals, equal up to rounding noise) are broken by
-    (j, S): distances are rounded to 1e-8 Å and pairs sorted by (i, distance, j, S), so the
-    choice depends neither on floating-point noise nor on the order the search returned.
+
+def cap_radii(i: np.ndarray, d: np.ndarray, n_atoms: int, max_neighbors: int) -> np.ndarray:
+    """[n_atoms] Å, each centre's cap radius: the distance of its ``max_neighbors``-th nearest pair.
+
+    ``inf`` for centres with at most ``max_neighbors`` pairs (nothing to cut). Depends only on the
+    multiset of the centre's distances, so not on atom order, image choice or lattice basis.
+    """
+    radius = np.full(n_atoms, np.inf)
+    if i.size == 0:
+        return radius
+    order = np.lexsort((d, i))  # by centre, then distance
+    sorted_d = d[order]
+    counts = np.bincount(i, minlength=n_atoms)
+    starts = np.r_[0, np.cumsum(counts)[:-1]]
+    capped = np.flatnonzero(counts > max_neighbors)
+    radius[capped] = sorted_d[starts[capped] + max_neighbors - 1]
+    return radius
+
+
+def nearest_neighbours_mask(i: np.ndarray, j: np.ndarray, S: np.ndarray, d: np.ndarray,
+                            max_neighbors: int, n_atoms: int | None = None) -> np.ndarray:
+    """Boolean mask [E] of the pairs kept by the ``max_neighbors`` cap: a symmetric, geometric rule.
+
+    Rule: let ``r_a`` be atom a's cap radius (the distance of its ``max_neighbors``-th nearest
+    pair, ``inf`` if it has no more pairs than that; :func:`cap_radii`). A pair (i, j, S) at
+    distance d is kept when ``d <= max(r_i, r_j) + CAP_TIE_TOL``: when either end counts the
+    other among its ``max_neighbors`` nearest, ties at the cap distance included. Hence
+
+    - both directions of a pair are kept or dropped together (d and max(r_i, r_j) are the same
+      for (i, j, S) and (j, i, -S)), as the edge convention requires;
+    - the choice depends on distances only, never on atom indices or image labels: permuting
+      atoms permutes the kept edges, and a supercell or another basis of the same lattice keeps
+      the same edges around each atom (the same environment gives the same radii);
+    - every atom keeps at least its ``max_neighbors`` nearest pairs (more when several are tied
+      at the cap distance, e.g. the 12 nearest neighbours of fcc with a cap of 8), and may keep
+      a few more: pairs to atoms that count it among their nearest. The total is at most
+      ``2 * n_atoms * max_neighbors`` edges plus ties. Cutting ties or those extra pairs
+      instead would need an order (atom index) that the physics does not have.
+
+    Args:
+        i, j: [E] centre and neighbour indices; S: [E, 3] images (unused by the rule, kept for
+            the signature); d: [E] Å distances.
+        max_neighbors: the cap (>= 1).
+        n_atoms: number of atoms (default: 1 + the largest index).
     """
     if i.size == 0:
         return np.ones(0, dtype=bool)
-    d_key = np.round(d, 8)
-    order = np.lexsort((S[:, 2], S[:, 1], S[:, 0], j, d_key, i))
-    sorted_i = i[order]
-    starts = np.r_[0, np.flatnonzero(np.diff(sorted_i)) + 1]
-    rank = np.arange(i.size) - np.repeat(starts, np.diff(np.r_[starts, i.size]))
-    keep = np.zeros(i.size, dtype=bool)
-    keep[order[rank < max_neighbors]] = True
-    return keep
+    n_atoms = int(max(i.max(), j.max()) + 1) if n_atoms is None else int(n_atoms)
+    radius = cap_radii(i, d, n_atoms, max_neighbors)
+    return d <= np.maximum(radius[i], radius[j]) + CAP_TIE_TOL
