@@ -13,7 +13,7 @@ from pymatgen.core.periodic_table import Element
 import geognn
 from geognn import testing as T
 from geognn.backbones.faenet import FAENet, period_and_group
-from geognn.symmetry.frames import FrameAveraging
+from geognn.backbones.frame_averaging import FrameAveraging
 
 pytestmark = [pytest.mark.filterwarnings("ignore::geognn.graph.build.IsolatedAtomWarning"),
               pytest.mark.filterwarnings("ignore::geognn.symmetry.frames.DegenerateFrameWarning")]
@@ -165,3 +165,46 @@ def test_faenet_sfa_trains_on_the_oc20_sample(tmp_path):
                     data_root=str(tmp_path), cutoff=CUTOFF, epochs=2, batch_size=2, val_fraction=0.25,
                     test_fraction=0.25)
     assert np.isfinite(result.test_mae) and np.isfinite(result.val_mae)
+
+
+# --------------------------------------------------------------------------- scale at initialisation
+def _mlearn_si(n):
+    import json
+
+    from ase import Atoms
+    from conftest import shared_data_dir
+
+    out = []
+    for d in json.loads((shared_data_dir() / "md" / "alignn_mlearn_Si_id_prop.json").read_text())[:n]:
+        a = d["atoms"]
+        where = dict(positions=a["coords"]) if a["cartesian"] else dict(scaled_positions=a["coords"])
+        out.append(Atoms(a["elements"], cell=a["lattice_mat"], pbc=True, **where))
+    return out
+
+
+def test_untrained_default_faenet_has_ev_scale_energies_and_forces():
+    """Issue 16: untrained, default size, 6 Å, FAENet gave up to 1.6e4 eV/atom on QM9 and 4e11 on
+    JARVIS crystals, forces up to 2e11 eV/Å (features grew with the neighbour count, compounding
+    over layers). Now (seeds 0, 1, measured by a script outside the tests): max |E| per atom
+    0.09-0.55 eV, mean |F| 0.10-0.35 eV/Å, max |F| 0.25-0.81 eV/Å, for sparse molecules (8.5
+    neighbours per atom) and dense crystals and slabs (37-57), like schnet and painn (0.1-2.4
+    eV/atom, 0.25-2.5 eV/Å). Bounds: a decade around those, in eV and eV/Å."""
+    seed = 0
+    torch.manual_seed(seed)
+    model = geognn.build_model("faenet", cutoff=6.0).eval()  # no references fitted: E is the network's
+    sets = {"QM9": load_qm9_molecules(8), "JARVIS": load_jarvis(10)[::3], "mlearn Si": _mlearn_si(2),
+            "OC20": load_oc20_slabs()[::3]}
+    for name, structures in sets.items():
+        outs = T.predict(model, structures, stress=False)
+        per_atom = max(abs(o["energy"]) / len(a) for o, a in zip(outs, structures))
+        forces = np.concatenate([np.linalg.norm(o["forces"], axis=-1) for o in outs])
+        where = f"{name}, seed {seed}: max |E|/atom {per_atom:.3g} eV, mean |F| {forces.mean():.3g} eV/Å, " \
+                f"max |F| {forces.max():.3g} eV/Å"
+        assert 0.01 < per_atom < 3.0, where
+        assert 0.02 < forces.mean() < 3.0 and forces.max() < 10.0, where
+    # frame averaging (an average of the network over frames) keeps the scale
+    torch.manual_seed(seed)
+    fa = geognn.build_model("faenet", cutoff=6.0, frame_averaging="all").eval()
+    outs = T.predict(fa, sets["QM9"][-2:], stress=False)
+    assert max(abs(o["energy"]) / len(a) for o, a in zip(outs, sets["QM9"][-2:])) < 3.0
+    assert np.concatenate([np.linalg.norm(o["forces"], axis=-1) for o in outs]).max() < 10.0
