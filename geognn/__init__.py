@@ -22,7 +22,7 @@ _LAZY = {
     "Model": ".model",
     "build_model": ".model",
     "load_model": ".model",
-    "FrameAveraging": ".symmetry.frames",
+    "FrameAveraging": ".backbones.frame_averaging",
     "GeoGNNCalculator": ".calculator",
 }
 

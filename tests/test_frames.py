@@ -28,7 +28,8 @@ from geognn.backbones import BACKBONES, Backbone
 from geognn.graph.build import edge_vectors
 from geognn.graph.features import cosine_cutoff
 from geognn.nn.scatter import scatter_sum
-from geognn.symmetry.frames import DegenerateFrameWarning, FrameAveraging
+from geognn.backbones.frame_averaging import FrameAveraging
+from geognn.symmetry.frames import DegenerateFrameWarning
 
 pytestmark = [pytest.mark.filterwarnings("ignore::geognn.graph.build.IsolatedAtomWarning"),
               pytest.mark.filterwarnings("ignore::geognn.symmetry.frames.DegenerateFrameWarning")]

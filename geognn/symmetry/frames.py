@@ -1,4 +1,7 @@
-r"""Frame averaging: exact rotation/reflection symmetry for any backbone, by averaging over frames.
+r"""Frames for frame averaging: exact rotation/reflection symmetry for any backbone, by averaging over frames.
+
+This module is geometry only (``FrameBuilder``: which frames a batch gets); the wrapper that runs
+the backbone on them, ``FrameAveraging``, is in ``geognn.backbones.frame_averaging``.
 
 Frame averaging (FA; Puny et al., ICLR 2022, https://arxiv.org/abs/2110.03336) makes any
 function Φ of a point cloud invariant (or equivariant) by averaging it over a *frame* F(X), a
@@ -78,24 +81,31 @@ geometry itself, equivariant by construction, hence still *exact*:
 - 2D (slab normal n kept): for each a in A with an in-plane component, e_1 = normalised in-plane
   part of a, e_2 = n × e_1 (and -e_2 for O(3)).
 
-Duplicate frames (equal to 1e-4) are dropped. Methane costs 24 backbone passes with O(3), a
-cubic perovskite 16-48. Note that a second moment is *always* degenerate for crystals with a
-3-, 4- or 6-fold axis (any symmetric 3 x 3 tensor they leave invariant is uniaxial), so most
-ideal crystals and the OC20 slabs (in 3D) take this path; rattled or relaxed-with-adsorbate
-structures often do not. Occurrences are counted in ``stats["degenerate"]`` with a one-time
-``DegenerateFrameWarning``. A structure without edges gets the identity (nothing to rotate).
-Where a gap crosses ``degenerate_tol`` the frame set switches and E jumps (by the backbone's
-frame-to-frame spread; zero for an equivariant backbone): a price of canonical frames, whose
-PCA average is discontinuous at degeneracies anyway. Forces are exact gradients on either side.
+Equivalent anchor edges (the copies of one bond in a supercell, equal to 1e-4 in direction) are
+merged into their mean before frames are built, and equal frames (to 1e-4) into theirs, so a
+supercell gets the cell's frames and the frame gradient reaches every copy alike: forces and
+stress of a supercell, of another cell of the same crystal and of a permuted structure equal the
+cell's to float64 round-off (≤ 1e-10 relative; keeping the first copy gave 1e-3 - 1e-2 for FAENet,
+issue 16). Methane costs 24 backbone passes with O(3), a cubic perovskite 16-48. Note that a
+second moment is *always* degenerate for crystals with a 3-, 4- or 6-fold axis (any symmetric
+3 x 3 tensor they leave invariant is uniaxial), so most ideal crystals and the OC20 slabs (in
+3D) take this path; rattled or relaxed-with-adsorbate structures often do not. Occurrences are counted in
+``stats["degenerate"]`` with a one-time ``DegenerateFrameWarning``. A structure without edges gets
+the identity (nothing to rotate). Where a gap crosses ``degenerate_tol`` the frame set switches
+and E jumps (by the backbone's frame-to-frame spread; zero for an equivariant backbone): a price
+of canonical frames, whose PCA average is discontinuous at degeneracies anyway. Forces are exact
+gradients on either side.
 
 Gradients
 ---------
-Frames are *not* detached: autograd differentiates through eigh (well conditioned, since
-every eigen-gap used is ≥ ``degenerate_tol`` λ_1) and through Gram-Schmidt, so forces and
-stress from autograd are the exact gradients of the averaged energy (finite-difference checks
-pass to 1e-6 in float64). Forces from autograd through the averaged energy are the default
-(``geognn.Model`` always does this); backbones that predict vectors (node_vectors, e.g. FAENet's
-direct force head) get them rotated back and averaged by eq. 5.
+Frames are *not* detached: autograd differentiates through eigh (well conditioned, since every
+eigen-gap used is ≥ ``degenerate_tol`` λ_1; the backward skips the coupling of tied eigenvalues,
+which torch turns into 0/0 = NaN for a whole structure, e.g. a cubic cell with C exactly ∝ I
+batched next to a non-degenerate one: ``_EighWithDegenerateSafeBackward``) and through
+Gram-Schmidt, so forces and stress from autograd are the exact gradients of the averaged energy
+(finite-difference checks pass to 1e-6 in float64). Forces from autograd through the averaged
+energy are the default (``geognn.Model`` always does this); backbones that predict vectors
+(node_vectors, e.g. FAENet's direct force head) get them rotated back and averaged by eq. 5.
 
 Batches mix structures with different numbers of frames: the backbone runs K times on the whole
 batch (K = 8 / 4 / 2 / 1, the count of a non-degenerate structure); the further frames of
@@ -105,25 +115,15 @@ degenerate structures run once more as one batch of rotated copies of those stru
 
 from __future__ import annotations
 
-import copy
 import itertools
-import warnings
 from dataclasses import dataclass, field
-from typing import Any
 
+import numpy as np
 import torch
 
 from .. import conventions as K
-from ..backbones.base import Backbone
-from ..graph.build import collate, edge_vectors, graph_index, num_graphs
+from ..graph.build import graph_index, num_graphs
 from ..nn.scatter import scatter_sum
-
-#: Output key: invariant features of every (frame, atom) pair [M, F] (geognn.Model averages energies with them).
-FRAME_NODE_FEATURES = "frame_node_features"
-#: Output key: weight of each (frame, atom) pair [M]; the weights of one atom sum to 1.
-FRAME_WEIGHTS = "frame_weights"
-#: Output key: the atom [M] (index into the batch) of each (frame, atom) pair.
-FRAME_NODE_INDEX = "frame_node_index"
 
 FRAME_MODES = ("all", "stochastic", "det")
 GROUPS = ("O3", "SO3")
@@ -188,12 +188,88 @@ def _orthonormal_to(n: torch.Tensor) -> torch.Tensor:
     return u / u.norm(dim=-1, keepdim=True)
 
 
+class _EighWithDegenerateSafeBackward(torch.autograd.Function):
+    """``torch.linalg.eigh`` of symmetric [B, n, n] matrices whose backward ignores the coupling of
+    (nearly) equal eigenvalues.
+
+    The gradient is ``gA = V (diag(gL) + F ∘ skew(Vᵀ gV)) Vᵀ`` with ``F_ij = 1 / (λ_j - λ_i)`` (i ≠
+    j), ``skew(M) = (M - Mᵀ) / 2``, as torch computes it. torch evaluates every F_ij, and an
+    exact tie gives 0 / 0 = NaN for the whole matrix even where the loss does not use the tied
+    eigenvectors (or receives no gradient at all): a cubic cell aligned with the axes has C
+    exactly ∝ I in float32 and float64, and a batch holding it next to a structure whose
+    eigenvectors are used got NaN forces and stress on its atoms. Here F_ij = 0 where |λ_j - λ_i|
+    < ``gap_tol`` · max|λ|. That is exact for how frames use eigenvectors: a structure with such a
+    gap is degenerate (FrameBuilder gives it frames from its edges, using at most the one
+    eigenvector separated by ≥ ``gap_tol`` λ_1 from the others), so ``Vᵀ gV`` is 0 at the masked
+    entries; non-degenerate structures have every gap ≥ ``gap_tol`` λ_1 and keep torch's formula.
+    The backward is written in differentiable ops (second derivatives, force training)."""
+
+    @staticmethod
+    def forward(ctx, matrices, gap_tol):
+        values, vectors = torch.linalg.eigh(matrices)
+        ctx.gap_tol = gap_tol
+        ctx.save_for_backward(values, vectors)
+        return values, vectors
+
+    @staticmethod
+    def backward(ctx, grad_values, grad_vectors):
+        values, vectors = ctx.saved_tensors
+        vt = vectors.transpose(-1, -2)
+        inner = torch.zeros_like(vectors) if grad_vectors is None else vt @ grad_vectors  # [B, n, n]
+        inner = 0.5 * (inner - inner.transpose(-1, -2))  # as torch: the symmetric-matrix gradient
+        gap = values.unsqueeze(-2) - values.unsqueeze(-1)  # [B, i, j] = λ_j - λ_i
+        scale = values.detach().abs().amax(-1, keepdim=True).unsqueeze(-1)
+        coupled = gap.detach().abs() >= ctx.gap_tol * scale  # False on the diagonal and at ties
+        factor = torch.where(coupled, 1.0 / torch.where(coupled, gap, torch.ones_like(gap)), torch.zeros_like(gap))
+        middle = factor * inner
+        if grad_values is not None:
+            middle = middle + torch.diag_embed(grad_values)
+        return vectors @ middle @ vt, None
+
+
+def _equal_groups(rows: torch.Tensor, tol: float) -> torch.Tensor:
+    """[K, D] -> [G, K] averaging matrix of the groups of equal rows (max |difference| <= tol),
+    groups in order of first occurrence (greedy: a row joins the group of the first row equal to it)."""
+    k = rows.shape[0]
+    same = (torch.cdist(rows.detach().unsqueeze(0), rows.detach().unsqueeze(0), p=float("inf"))[0] <= tol)
+    same = same.cpu().numpy()  # [K, K]
+    group = np.full(k, -1)
+    n_groups = 0
+    for first in range(k):
+        if group[first] < 0:
+            group[same[first] & (group < 0)] = n_groups
+            n_groups += 1
+    members = torch.nn.functional.one_hot(torch.as_tensor(group, device=rows.device), n_groups).T.to(rows.dtype)
+    return members / members.sum(-1, keepdim=True)
+
+
 def _unique_frames(frames: torch.Tensor, tol: float = 1e-4) -> torch.Tensor:
-    """[K, 3, 3] -> the distinct frames (max |difference| > tol), first occurrences kept in order."""
-    flat = frames.detach().reshape(len(frames), 9)
-    same = (flat[:, None, :] - flat[None, :, :]).abs().amax(-1) <= tol  # [K, K]
-    earlier = torch.tril(same, diagonal=-1).any(-1)  # a duplicate of an earlier frame
-    return frames[~earlier]
+    """[K, 3, 3] -> [G, 3, 3], one frame per group of equal frames (max |difference| <= tol): the
+    group's *mean*, in the order of first occurrence.
+
+    Equal frames arise from equivalent edges. Their values are the same, but each is
+    differentiable in the positions of its own atoms; keeping only the first would send the whole
+    frame gradient to those atoms. The mean spreads it evenly (see ``_merge_equal_vectors``).
+    """
+    members = _equal_groups(frames.reshape(frames.shape[0], 9), tol)
+    return torch.einsum("gk,kij->gij", members, frames)
+
+
+def _merge_equal_vectors(vectors: torch.Tensor, tol: float = 1e-4) -> torch.Tensor:
+    """[M, 3] edge vectors -> [G, 3], the mean of each group of equal directions (unit vectors equal
+    to ``tol``; callers pass vectors of one length shell).
+
+    The anchor edges of an n-fold supercell are n copies of the cell's: the same vectors, each a
+    function of the positions of its own copy's atoms. Frames built from the merged vectors are the
+    cell's, whatever n (no n² pairs), and the frame gradient reaches every copy equally, so forces
+    on a supercell are the cell's to round-off (they differed by 1e-3 - 1e-2 relative for FAENet
+    when the first copy's edge was kept, issue 16), and permutations or another cell choice cannot
+    change which atoms receive it.
+    """
+    if vectors.shape[0] <= 1:
+        return vectors
+    unit = vectors / vectors.norm(dim=-1, keepdim=True)
+    return _equal_groups(unit, tol) @ vectors
 
 
 class FrameBuilder:
@@ -223,7 +299,7 @@ class FrameBuilder:
             u1 = u1 / u1.norm(dim=-1, keepdim=True)
             basis = torch.stack([u1, torch.linalg.cross(normals, u1)], dim=-1)  # [B, 3, 2]
             cov = basis.transpose(1, 2) @ cov @ basis  # [B, 2, 2]
-        values, vectors = torch.linalg.eigh(cov)  # ascending
+        values, vectors = _EighWithDegenerateSafeBackward.apply(cov, self.tol)  # ascending; no NaN at ties
         values, vectors = values.flip(-1), vectors.flip(-1)  # descending
         if normals is not None:
             vectors = basis @ vectors  # [B, 3, 2] in-plane eigenvectors in Cartesian coordinates
@@ -288,7 +364,7 @@ class FrameBuilder:
             shell = mine & (d_det <= d_det[mine].min() * (1 + SHELL_TOL))
             if anchor is None or int(shell.sum()) < int(anchor.sum()):
                 anchor = shell
-        a_vecs = vec[anchor]
+        a_vecs = _merge_equal_vectors(vec[anchor])  # copies of one edge (supercells) count once
         a_hat = a_vecs / a_vecs.norm(dim=-1, keepdim=True)
         frames = []
         if axis is not None:
@@ -319,7 +395,7 @@ class FrameBuilder:
         found = pair_frames(a_vecs)
         if found is None:
             for length in torch.unique(d_det).tolist():
-                found = pair_frames(vec[(d_det - length).abs() <= length * SHELL_TOL])
+                found = pair_frames(_merge_equal_vectors(vec[(d_det - length).abs() <= length * SHELL_TOL]))
                 if found is not None:
                     break
         if found is not None:
@@ -401,159 +477,14 @@ class FrameBuilder:
                         extra, extra_weight)
 
 
-def _rotated(batch, atom_rot: torch.Tensor, rot: torch.Tensor):
-    """Shallow copy of ``batch`` with pos' = pos R (per atom, ``atom_rot`` [N, 3, 3]) and cell' = cell R
-    (``rot`` [B, 3, 3]); image shifts are unchanged, so every edge vector becomes r R."""
-    view = copy.copy(batch)
-    view[K.POS] = torch.einsum("nd,nde->ne", batch[K.POS], atom_rot)
-    view[K.CELL] = torch.bmm(batch[K.CELL], rot)
-    return view
+#: names that moved to geognn.backbones.frame_averaging (the wrapper runs a backbone, so it sits
+#: above symmetry/ on the import ladder); still importable from here for existing code
+_MOVED = ("FrameAveraging", "frame_averaging_options", "FRAME_NODE_FEATURES", "FRAME_WEIGHTS", "FRAME_NODE_INDEX")
 
 
-class FrameAveraging(Backbone):
-    """Wraps any backbone so that its outputs are averaged over frames (see module docstring).
+def __getattr__(name):
+    if name in _MOVED:  # imported on first use only: this module itself never imports a backbone
+        from importlib import import_module
 
-    Args:
-        backbone: a constructed backbone (any entry of ``geognn.BACKBONES``).
-        frames: "all" (average over the full frame: 8 / 4 passes in 3D, 4 / 2 in 2D), "stochastic"
-            (SFA: one uniformly drawn frame per structure and forward pass in training mode;
-            ``eval_frames`` in eval mode) or "det" (one frame with signs fixed by third moments).
-        dim: 3 (molecules, bulk) or 2 (slabs: the surface normal stays fixed).
-        group: "O3" (rotations and reflections) or "SO3" (rotations only).
-        eval_frames: for ``frames="stochastic"`` in eval mode: "all" (exact, default) or an integer
-            number of frames drawn at random (cheaper, approximate, not deterministic).
-        degenerate_tol: relative eigen-gap below which a spectrum counts as degenerate (default 1e-2).
-
-    ``forward(batch)`` returns ``node_features`` [N, F] (frame-weighted mean), ``node_vectors``
-    [N, F', 3] rotated back to the input's axes and averaged (if the backbone has them), and, for
-    ``geognn.Model`` to average *energies* rather than features, ``frame_node_features`` [K, N, F]
-    and ``frame_weights`` [K, N]. ``stats`` counts structures seen, degenerate spectra and
-    ambiguous "det" signs.
-    """
-
-    name = "frame_averaging"
-
-    def __init__(self, backbone: Backbone, frames: str = "all", dim: int = 3, group: str = "O3",
-                 eval_frames: str | int = "all", degenerate_tol: float = 1e-2):
-        super().__init__(frames=frames, dim=dim, group=group, eval_frames=eval_frames,
-                         degenerate_tol=degenerate_tol)
-        if not isinstance(backbone, Backbone):
-            raise ValueError(f"FrameAveraging wraps a geognn Backbone, got {type(backbone).__name__}")
-        if isinstance(backbone, FrameAveraging):
-            raise ValueError("this backbone is already frame-averaged")
-        if frames not in FRAME_MODES:
-            raise ValueError(f"frames must be one of {', '.join(FRAME_MODES)}; got {frames!r}")
-        if dim not in DIMS:
-            raise ValueError(f"dim must be 2 (slabs) or 3; got {dim!r}")
-        if group not in GROUPS:
-            raise ValueError(f"group must be one of {', '.join(GROUPS)}; got {group!r}")
-        if not (eval_frames == "all" or (isinstance(eval_frames, int) and not isinstance(eval_frames, bool)
-                                         and eval_frames >= 1)):
-            raise ValueError(f"eval_frames must be 'all' or a positive integer; got {eval_frames!r}")
-        if not 0 < degenerate_tol < 1:
-            raise ValueError(f"degenerate_tol must be in (0, 1); got {degenerate_tol}")
-        cutoff = backbone.hparams.get("cutoff", getattr(backbone, "cutoff", None))
-        if cutoff is None:
-            raise ValueError(f"{type(backbone).__name__} has no cutoff: frames weight edges by it")
-        self.backbone = backbone
-        self.frames, self.dim, self.group, self.eval_frames = frames, dim, group, eval_frames
-        self.builder = FrameBuilder(dim, group, cutoff, degenerate_tol)
-        self.max_z = backbone.max_z
-        self.reflection_invariant = group == "O3"
-        exact = frames != "stochastic" or eval_frames == "all"
-        # "exact" refers to all 3D rotations; 2D frames are invariant about the surface normal only
-        self.rotation_symmetry = "exact" if (exact and dim == 3) else ("approximate" if dim == 3 else "none")
-        self.stats = {"structures": 0, "degenerate": 0, "sign_ambiguous": 0}
-        self._warned = False
-
-    @property
-    def out_channels(self) -> int:
-        return self.backbone.out_channels
-
-    def reset_parameters(self) -> None:
-        self.backbone.reset_parameters()
-
-    def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v!r}" for k, v in self.hparams.items())
-
-    def frame_set(self, batch) -> FrameSet:
-        """The frames this module uses for ``batch`` now (depends on train/eval mode for SFA)."""
-        vec = edge_vectors(batch)
-        if self.frames == "stochastic" and (self.training or self.eval_frames != "all"):
-            n = 1 if self.training else int(self.eval_frames)
-            return self.builder(batch, vec, "sample", n)
-        return self.builder(batch, vec, "det" if self.frames == "det" else "all")
-
-    def forward(self, batch) -> dict[str, torch.Tensor]:
-        self.backbone.check_atomic_numbers(batch[K.Z])
-        fs = self.frame_set(batch)
-        self._count(fs)
-        atom_graph = graph_index(batch)
-        n_atoms = batch[K.Z].shape[0]
-        features, vectors, weights, index = [], [], [], []
-        for rot, w in zip(fs.rotations, fs.weights):  # one pass over the whole batch per frame
-            atom_rot = rot[atom_graph]  # [N, 3, 3]
-            out = self.backbone(_rotated(batch, atom_rot, rot))
-            features.append(out[K.NODE_FEATURES])
-            if K.NODE_VECTORS in out:  # predicted in frame coordinates: rotate back, v = v' Rᵀ
-                vectors.append(torch.einsum("nfe,nde->nfd", out[K.NODE_VECTORS], atom_rot))
-            weights.append(w[atom_graph])
-            index.append(torch.arange(n_atoms, device=atom_graph.device))
-        if fs.extra:  # the further frames of degenerate structures, as one batch of rotated copies
-            copies, atom_rots, copy_weights, copy_index = [], [], [], []
-            starts = torch.cumsum(torch.bincount(atom_graph, minlength=num_graphs(batch)), 0).tolist()
-            for b, rots in fs.extra.items():
-                # differentiable slices of pos and cell (a lone Data is its own example)
-                example = batch.get_example(b) if hasattr(batch, "get_example") else batch
-                lo = starts[b] - example[K.Z].shape[0]
-                for rot in rots:
-                    atom_rot = rot.expand(example[K.Z].shape[0], 3, 3)
-                    copies.append(_rotated(example, atom_rot, rot.unsqueeze(0)))
-                    atom_rots.append(atom_rot)
-                    copy_weights.append(torch.full((example[K.Z].shape[0],), fs.extra_weight[b],
-                                                   dtype=rots.dtype, device=rots.device))
-                    copy_index.append(torch.arange(lo, starts[b], device=atom_graph.device))
-            out = self.backbone(collate(copies))
-            features.append(out[K.NODE_FEATURES])
-            if K.NODE_VECTORS in out:
-                vectors.append(torch.einsum("nfe,nde->nfd", out[K.NODE_VECTORS], torch.cat(atom_rots)))
-            weights.append(torch.cat(copy_weights))
-            index.append(torch.cat(copy_index))
-        features, weights, index = torch.cat(features), torch.cat(weights), torch.cat(index)  # [M, F], [M], [M]
-        result = {K.NODE_FEATURES: scatter_sum(features * weights.unsqueeze(-1), index, n_atoms),
-                  FRAME_NODE_FEATURES: features, FRAME_WEIGHTS: weights, FRAME_NODE_INDEX: index}
-        if vectors:
-            weighted = torch.cat(vectors) * weights[:, None, None]
-            result[K.NODE_VECTORS] = scatter_sum(weighted.flatten(1), index, n_atoms).view(n_atoms, *weighted.shape[1:])
-        return result
-
-    def _count(self, fs: FrameSet) -> None:
-        n_deg = int(fs.degenerate.sum())
-        self.stats["structures"] += int(fs.degenerate.numel())
-        self.stats["degenerate"] += n_deg
-        self.stats["sign_ambiguous"] += int(fs.sign_ambiguous.sum())
-        if n_deg and not self._warned:
-            self._warned = True
-            warnings.warn(f"{n_deg} structure(s) with (nearly) degenerate edge covariance (relative eigen-gap "
-                          f"< {self.builder.tol}); averaged over frames built from their shortest edges "
-                          "instead (exact, but more backbone passes). Counts: FrameAveraging.stats",
-                          DegenerateFrameWarning, stacklevel=2)
-
-
-def frame_averaging_options(spec: str | dict | None) -> dict[str, Any] | None:
-    """Normalise ``Model(frame_averaging=...)``: None, a mode name or a dict of FrameAveraging keywords."""
-    if spec is None:
-        return None
-    if isinstance(spec, str):
-        if spec not in FRAME_MODES:
-            raise ValueError(f"frame_averaging must be None, one of {', '.join(FRAME_MODES)} or a dict of "
-                             f"FrameAveraging options; got {spec!r}")
-        return {"frames": spec}
-    if isinstance(spec, dict):
-        allowed = {"frames", "dim", "group", "eval_frames", "degenerate_tol"}
-        unknown = sorted(set(spec) - allowed)
-        if unknown:
-            raise ValueError(f"unknown frame_averaging option(s) {unknown}; valid: {sorted(allowed)}")
-        return dict(spec)
-    raise ValueError(f"frame_averaging must be None, a mode name ({', '.join(FRAME_MODES)}) or a dict; "
-                     f"got {type(spec).__name__}")
+        return getattr(import_module("..backbones.frame_averaging", __package__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
