@@ -1,9 +1,10 @@
-"""Symmetry tools: frames and frame averaging (frames.py), grids on the sphere (sphere.py) and
-measured symmetry errors of any model (report.py)."""
+"""Symmetry tools, geometry only: frames for frame averaging (frames.py; the wrapper that runs a
+backbone is ``geognn.backbones.frame_averaging.FrameAveraging``), grids on the sphere
+(sphere.py). Measured symmetry errors of a model (``symmetry_report``) run models, so they live
+in ``geognn.testing``."""
 
-from .frames import DegenerateFrameWarning, FrameAveraging
-from .report import SymmetryReport, symmetry_report
+from .frames import DegenerateFrameWarning, FrameBuilder
 from .sphere import fibonacci_grid, orientation_grid, random_rotation, repulsion_grid
 
-__all__ = ["DegenerateFrameWarning", "FrameAveraging", "SymmetryReport", "fibonacci_grid", "orientation_grid",
-           "random_rotation", "repulsion_grid", "symmetry_report"]
+__all__ = ["DegenerateFrameWarning", "FrameBuilder", "fibonacci_grid", "orientation_grid",
+           "random_rotation", "repulsion_grid"]

@@ -1,5 +1,8 @@
 """Measured rotation/reflection symmetry errors of any model: ``symmetry_report``.
 
+It runs models, so it lives in geognn.testing (above geognn.model on the import ladder), not in
+geognn.symmetry (geometry only).
+
 For each structure X and each of ``n_rotations`` random orthogonal matrices Q (proper rotations,
 and with ``reflections=True`` as many improper ones, -Q), the model is run on X and on X Qᵀ
 (positions and cell rows transformed, graph rebuilt as a user would). Errors per (structure, Q):
@@ -20,6 +23,8 @@ from typing import Sequence
 
 import numpy as np
 from ase import Atoms
+
+from .checks import predict, random_rotation, transformed
 
 #: histogram bin edges, log10 of the error
 LOG10_BINS = np.arange(-16.0, 2.0, 2.0)
@@ -61,8 +66,6 @@ def symmetry_report(model, structures: Sequence[Atoms], n_rotations: int = 8, *,
     Returns a ``SymmetryReport``: per-transform errors, ``summary`` (mean/max), ``histogram()``;
     ``print(report)`` shows a table.
     """
-    from ..testing.checks import predict, random_rotation, transformed  # geognn.testing imports this module
-
     if int(n_rotations) != n_rotations or n_rotations < 1:
         raise ValueError(f"n_rotations must be a positive integer, got {n_rotations}")
     structures = list(structures)
