@@ -5,8 +5,8 @@ training on molecules and on periodic crystals.
 test_model.py runs the conformance suite (translations, permutations, periodic wrapping, cell
 changes, supercells, batching, finite differences, cutoff smoothness) on both; PNITA's rotation
 and reflection checks run there to float precision. PΘNITA is equivariant only up to its grid on
-the sphere, so its rotation error is measured here: it must fall as num_ori grows, and stay below
-ROTATION_TOLERANCE at the default num_ori.
+the sphere, so its rotation error is measured here, in meV/atom (energies) and meV/Å (forces): it
+must fall as num_ori grows, and stay below ROTATION_TOLERANCE_* at the default num_ori.
 """
 
 from __future__ import annotations
@@ -32,13 +32,19 @@ from geognn.symmetry.sphere import (covering_radius, fibonacci_grid, orientation
 pytestmark = pytest.mark.filterwarnings("ignore::geognn.graph.build.IsolatedAtomWarning")
 
 CUTOFF = 4.0
-#: Largest scaled rotation error (check_rotation's max|a-b| / (1 + max|b|) over energy, forces and
-#: stress) accepted at the default num_ori = 20, for random-weight models as below. Measured over
-#: the 3 molecules and 3 crystals: 0.07-0.26 (rotation), 0.07-0.19 (reflection), set by the forces
-#: (benchmarks/bench_ponita.py has the full table). It was ~1e-2 with monomial attribute features,
-#: whose near-linear kernels the grid integrated almost exactly but which could not learn (see the
-#: ponita module docstring).
-ROTATION_TOLERANCE = 0.3
+#: Largest rotation/reflection error accepted at the default num_ori = 20, for the random-weight
+#: ERROR_MODEL below (per-atom scale 0.5 eV), from geognn.testing.check_rotation/check_reflection on
+#: the learned energy: energy |E(Rx) - E(x)| / n_atoms in meV/atom, forces max_i |F_i(Rx) - F_i(x)Rᵀ|
+#: in meV/Å. Measured over the 3 molecules and 3 crystals below (seed 4): energy 0.07-25 meV/atom
+#: (rotation 0.5-25, reflection 0.07-11), forces 58-300 meV/Å, against learned energies of
+#: 0.05-0.3 eV/atom and largest forces of 0.3-0.7 eV/Å: at num_ori = 20 a random-weight PΘNITA's
+#: force error is a large fraction (up to ~40 %) of its forces. That is the price of the grid, not
+#: a tolerance that makes it acceptable: it falls as num_ori grows (test below; at 64: 0.3-6 meV/atom,
+#: 28-79 meV/Å), and benchmarks/bench_ponita.py gives the table per num_ori (eval_num_ori evaluates
+#: a trained model on a finer grid). The bounds are 2x the largest measured value, so that a
+#: regression of the grid or of the kernels (e.g. an error growing 2x) fails.
+ROTATION_TOLERANCE_MEV_PER_ATOM = 50.0
+ROTATION_TOLERANCE_MEV_PER_A = 600.0
 DEFAULT_NUM_ORI = 20
 #: Model for the error measurements: small, but 3 layers so the sphere convolution compounds.
 ERROR_MODEL = dict(hidden_channels=16, num_layers=3, basis_dim=16, degree=3, widening_factor=2)
@@ -250,17 +256,16 @@ def test_node_vectors_are_the_sphere_sum_of_orientations():
 
 
 # --------------------------------------------------------------------------- measured symmetry error
-def rotation_error(model, structures, rotations):
-    """Median over structures x rotations of check_rotation's scaled error (energy, forces, stress)."""
-    errors = []
+def rotation_error(model, structures, rotations) -> dict:
+    """Medians over structures x rotations of the learned-energy error (meV/atom) and of the largest
+    force error (meV/Å), as geognn.testing.check_rotation measures them."""
+    energy, forces = [], []
     for atoms in structures:
         for rot in rotations:
-            ref, got = T.predict(model, [atoms, T.transformed(atoms, rot)])
-            pairs = [(got["energy"], ref["energy"]), (got["forces"], ref["forces"] @ rot.T)]
-            if ref["stress"] is not None:
-                pairs.append((got["stress"], rot @ ref["stress"] @ rot.T))
-            errors.append(max(float(np.abs(a - b).max()) / (1 + float(np.abs(b).max())) for a, b in pairs))
-    return float(np.median(errors))
+            ref, got = T.predict(model, [atoms, T.transformed(atoms, rot)], stress=False, reference=False)
+            energy.append(1e3 * abs(got["energy"] - ref["energy"]) / len(atoms))
+            forces.append(1e3 * float(np.linalg.norm(got["forces"] - ref["forces"] @ rot.T, axis=-1).max()))
+    return {"meV/atom": float(np.median(energy)), "meV/Å": float(np.median(forces))}
 
 
 @pytest.mark.parametrize("kind", ["molecules", "crystals"])
@@ -271,9 +276,12 @@ def test_symmetry_error_shrinks_as_num_ori_grows(kind, parity, molecules, crysta
     mats = [parity * T.random_rotation(rng) for _ in range(2)]
     base = model_with(num_ori=4, **ERROR_MODEL)
     errors = {n: rotation_error(same_weights(base, n), structures, mats) for n in (4, 16, 64)}
-    assert errors[4] > 1e-4, f"error at num_ori=4 is {errors[4]:.1e}: the measurement would be empty"
-    assert errors[64] < errors[16] < errors[4], errors
-    assert errors[64] < errors[4] / 5, errors
+    e, f = ({n: errors[n][unit] for n in errors} for unit in ("meV/atom", "meV/Å"))
+    assert e[4] > 1.0 and f[4] > 100.0, f"errors at num_ori=4 {errors[4]}: the measurement would be empty"
+    # forces fall monotonically (measured 5-12x from 4 to 64); energies, medians of only 4 numbers,
+    # overall (measured 3.5x on the crystals, where 16 was above 4)
+    assert f[64] < f[16] < f[4] and f[64] < f[4] / 5, errors
+    assert e[64] < e[4] / 2, errors
 
 
 @pytest.mark.parametrize("parity", [1, -1], ids=["rotation", "reflection"])
@@ -284,7 +292,8 @@ def test_rotation_error_at_default_num_ori_is_below_tolerance(parity, molecules,
     check = T.check_rotation if parity == 1 else T.check_reflection
     for atoms in molecules + crystals:
         result = check(model, atoms, rng)
-        assert result.error < ROTATION_TOLERANCE, str(result)
+        assert 1e3 * result.errors["energy"] < ROTATION_TOLERANCE_MEV_PER_ATOM, str(result)
+        assert 1e3 * result.errors["forces"] < ROTATION_TOLERANCE_MEV_PER_A, str(result)
     (out,) = T.predict(model, [crystals[0]])
     assert np.abs(out["forces"]).max() > 1e-3  # errors are compared with non-trivial forces
 
@@ -460,7 +469,8 @@ def test_eval_num_ori_evaluates_the_same_weights_on_the_finer_grid(molecules):
     rng = np.random.default_rng(3)
     rotations = [T.random_rotation(rng) for _ in range(2)]
     errors = {n: rotation_error(m, molecules, rotations) for n, m in (("eval32", model), ("train4", coarse.eval()))}
-    assert errors["eval32"] < errors["train4"] / 3, errors
+    for unit in ("meV/atom", "meV/Å"):
+        assert errors["eval32"][unit] < errors["train4"][unit] / 3, errors
 
 
 def test_eval_num_ori_must_be_positive():
