@@ -18,7 +18,7 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 
 from . import conventions as K
 from .graph.build import build_graph, collate
-from .model import Model, load_model
+from .model import Ensemble, Model, load_model
 
 #: (ASE property, geognn output key): geognn and ASE share units, so no factors are needed.
 RESULTS_MAP = (("energy", K.ENERGY), ("free_energy", K.ENERGY), ("forces", K.FORCES), ("stress", K.STRESS))
@@ -28,7 +28,8 @@ class GeoGNNCalculator(Calculator):
     """ASE calculator for a ``geognn.Model`` or a checkpoint path.
 
     Args:
-        model_or_checkpoint: a ``Model`` or the path of a checkpoint (``Model.save``).
+        model_or_checkpoint: a ``Model`` or ``Ensemble`` with an extensive energy target, or the
+            path of a checkpoint (``Model.save``); an ensemble gives the members' mean.
         device: torch device to run on (default: "cpu").
         dtype: floating dtype for the graph and the model (default: torch.float64, so that
             finite-difference checks and tight relaxations behave; float32 is faster).
@@ -36,10 +37,14 @@ class GeoGNNCalculator(Calculator):
 
     implemented_properties = ["energy", "free_energy", "forces", "stress"]
 
-    def __init__(self, model_or_checkpoint: Model | str | os.PathLike, device: str = "cpu",
+    def __init__(self, model_or_checkpoint: Model | Ensemble | str | os.PathLike, device: str = "cpu",
                  dtype: torch.dtype = torch.float64, **kwargs):
         super().__init__(**kwargs)
-        model = model_or_checkpoint if isinstance(model_or_checkpoint, Model) else load_model(model_or_checkpoint)
+        model = model_or_checkpoint if isinstance(model_or_checkpoint, (Model, Ensemble)) \
+            else load_model(model_or_checkpoint)
+        if model.energy_target is None:
+            raise ValueError(f"the calculator needs a model with an extensive energy target (eV, readout sum); "
+                             f"this one predicts {model.target_names}")
         self.model = model.to(device=device, dtype=dtype).eval()
         self.device, self.dtype = torch.device(device), dtype
 

@@ -1,18 +1,25 @@
-"""``Model``: a backbone plus the heads every user needs (energy, forces, stress).
+"""``Model``: a backbone plus one head per target; forces and stress from an extensive energy.
 
-The forward pass reads like a recipe::
+A model learns one or more ``geognn.targets.Target`` (name, unit, readout). The forward pass
+reads like a recipe::
 
     strain (if stress)  ->  backbone(batch) -> node_features [N, F]
-    -> per-atom head [N]  -> * scale + shift  -> + reference energy of the element [N]
-    -> sum per structure = energy [B] eV
-    -> forces = -dE/dpos [N, 3] eV/Å ;  stress = (1/V) dE/d(strain) [B, 3, 3] eV/Å³
+    for each target t:  per-atom head_t [N] -> * scale_t + shift_t -> + reference_t[z] [N]
+                        -> sum (extensive) or mean (intensive) per structure = out[t.name] [B]
+    energy target (extensive, eV):  forces = -dE/dpos [N, 3] eV/Å ;  stress = (1/V) dE/d(strain) [B, 3, 3] eV/Å³
 
-Forces and stress come from autograd for every backbone, because backbones read geometry only
-through ``edge_vectors(batch)``. Stress uses a symmetric strain applied to positions and cell
-(ASE's sign convention); it is NaN for structures with no periodic direction, where it is undefined.
+The default model has the single target ``energy`` (eV, sum), so ``out["energy"]`` is the
+total energy as before. Forces and stress come from autograd for every backbone, because
+backbones read geometry only through ``edge_vectors(batch)``. Stress uses a symmetric strain
+applied to positions and cell (ASE's sign convention); it is NaN for structures with no
+periodic direction, where it is undefined.
+
+``Ensemble`` holds several models with the same targets; it returns their mean per target
+and the spread ``<target>_std``.
 
 Checkpoints hold a format version, the constructor configuration and the ``state_dict`` (never a
-pickled module), so they load with ``torch.load(weights_only=True)``.
+pickled module), so they load with ``torch.load(weights_only=True)``. Version 1 checkpoints
+(one energy head, before targets) are upgraded on load (``upgrade_checkpoint``).
 """
 
 from __future__ import annotations
@@ -31,19 +38,26 @@ from .backbones import get_backbone_class
 from .graph.build import graph_index, num_graphs
 from .nn.blocks import MLP
 from .nn.scatter import scatter_sum
-from .symmetry.frames import (FRAME_NODE_FEATURES, FRAME_NODE_INDEX, FRAME_WEIGHTS, FrameAveraging,
-                              frame_averaging_options)
+from .targets import ENERGY_TARGET, Target, energy_target
+from .backbones.frame_averaging import (FRAME_NODE_FEATURES, FRAME_NODE_INDEX, FRAME_WEIGHTS, FrameAveraging,
+                                        frame_averaging_options)
 
 #: Version of the checkpoint layout written by Model.save; bump when it changes incompatibly.
-CHECKPOINT_FORMAT_VERSION = 1
+#: 1: one energy head (``energy_head``, ``reference``, ``scale``, ``shift``); 2: one head per target.
+CHECKPOINT_FORMAT_VERSION = 2
+#: Versions ``load_checkpoint`` reads (older ones are upgraded by ``upgrade_checkpoint``).
+READABLE_FORMAT_VERSIONS = (1, 2)
 MAX_Z = 118
 
 
 class ReferenceEnergies(nn.Module):
-    """Per-element reference energies ``E_ref[z]`` (eV), added to each atom's energy.
+    """Per-element reference values ``ref[z]`` in the target's unit (eV for energies), added to
+    each atom's value before the readout.
 
-    With ``fit`` these are the least-squares solution of ``E(structure) ~ sum_atoms E_ref[z]``,
-    i.e. a linear model on composition; on its own it is the standard baseline for total energies.
+    With ``fit`` these are the least-squares solution of a linear model on composition: on
+    element counts for a ``sum`` readout (``E ~ sum_e n_e ref_e``, the standard baseline for total
+    energies), on element fractions for a ``mean`` readout (``y ~ sum_e (n_e / N) ref_e``, the
+    composition baseline of an intensive property).
     """
 
     def __init__(self, max_z: int = MAX_Z):
@@ -55,59 +69,114 @@ class ReferenceEnergies(nn.Module):
         return self.energies[z]
 
     @torch.no_grad()
-    def fit(self, z_per_structure: Sequence[torch.Tensor], energies: torch.Tensor) -> None:
-        """Least-squares fit on composition. Elements absent from the data keep energy 0.
+    def fit(self, z_per_structure: Sequence[torch.Tensor], energies: torch.Tensor, readout: str = "sum") -> None:
+        """Least-squares fit on composition. Elements absent from the data keep the value 0.
 
         Args:
             z_per_structure: B tensors of atomic numbers.
-            energies: [B] eV.
+            energies: [B] labels in the target's unit (eV for energies).
+            readout: "sum" fits on element counts, "mean" on element fractions (default: "sum").
         """
         if len(z_per_structure) != len(energies):
             raise ValueError(f"{len(z_per_structure)} structures but {len(energies)} energies")
+        if readout not in ("sum", "mean"):
+            raise ValueError(f"readout {readout!r}; choose one of ['sum', 'mean']")
         counts = torch.stack([torch.bincount(z, minlength=self.energies.numel()) for z in z_per_structure])
         present = counts.sum(0) > 0
         a = counts[:, present].double()  # [B, n_elements]
+        if readout == "mean":
+            a = a / a.sum(1, keepdim=True)  # element fractions
         solution = torch.linalg.lstsq(a, energies.double().unsqueeze(-1), driver="gelsd").solution
         self.energies.zero_()
         self.energies[present] = solution.squeeze(-1).to(self.energies.dtype)
 
     def extra_repr(self) -> str:
         nz = torch.nonzero(self.energies).flatten().tolist()
-        return "{" + ", ".join(f"{z}: {float(self.energies[z]):.4f}" for z in nz) + "} eV"
+        return "{" + ", ".join(f"{z}: {float(self.energies[z]):.4f}" for z in nz) + "}"
+
+
+class TargetHead(nn.Module):
+    """One target's readout: per-atom MLP -> ``* scale + shift + reference[z]`` -> sum or mean.
+
+    ``scale`` and ``shift`` (buffers, in the target's unit per atom for ``sum``, per structure
+    for ``mean``) and the per-element ``reference`` are fitted on training data
+    (``fit_output`` in geognn.train.loop); the MLP learns the normalised residual.
+    """
+
+    def __init__(self, target: Target, width: int):
+        super().__init__()
+        self.target = target
+        self.mlp = MLP([width, max(width // 2, 1), 1])
+        self.reference = ReferenceEnergies()
+        self.register_buffer("scale", torch.tensor(1.0))  # target unit, output scale
+        self.register_buffer("shift", torch.tensor(0.0))  # target unit, output shift
+        self.mlp.reset_parameters()
+
+    def node_values(self, raw: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """[N] raw head outputs and atomic numbers -> [N] per-atom values in the target's unit."""
+        return raw * self.scale + self.shift + self.reference(z)
+
+    def readout(self, node_values: torch.Tensor, atom_graph: torch.Tensor, n_graphs: int) -> torch.Tensor:
+        """[N] per-atom values -> [B] per structure: their sum (extensive) or mean (intensive)."""
+        total = scatter_sum(node_values, atom_graph, n_graphs)  # [B]
+        if self.target.readout == "sum":
+            return total
+        natoms = torch.bincount(atom_graph, minlength=n_graphs).clamp(min=1).to(total.dtype)  # [B]
+        return total / natoms
+
+    def extra_repr(self) -> str:
+        t = self.target
+        return f"name={t.name!r}, unit={t.unit!r}, readout={t.readout!r}"
 
 
 class Model(nn.Module):
-    """Backbone + per-atom energy head, scale/shift, reference energies; forces/stress by autograd.
+    """Backbone + one head per target (scale/shift, reference values); forces/stress by autograd.
 
     Args:
         backbone: a name in ``geognn.BACKBONES``.
         cutoff: graph radius in Å, used both to build graphs and by the backbone.
         max_neighbors: cap used when this model builds graphs (calculator, predict); None = no cap.
-        forces: compute ``forces`` by default in ``forward``.
-        stress: compute ``stress`` by default in ``forward``.
+        forces: compute ``forces`` by default in ``forward`` (only if the model has an energy target).
+        stress: compute ``stress`` by default in ``forward`` (only if the model has an energy target).
         backbone_kwargs: keyword arguments of the backbone (see its docstring).
         metadata: free-form, JSON-like facts saved with the checkpoint (what it was trained on, ...).
         frame_averaging: None (the plain backbone), "all", "stochastic", "det" or a dict of
             ``geognn.FrameAveraging`` options (frames, dim, group, eval_frames, degenerate_tol):
-            wraps the backbone in frame averaging; the per-atom energy is then averaged over frames.
+            wraps the backbone in frame averaging; per-atom values are then averaged over frames.
+        targets: what the model learns: ``geognn.targets.Target`` objects (or their dicts, or
+            names); None (default) = the single target ``energy`` (eV, readout sum).
 
-    ``forward(batch, forces=None, stress=None)`` returns ``energy`` [B] eV, and ``forces`` [N,3]
-    eV/Å, ``stress`` [B,3,3] eV/Å³ when asked (None means the constructor's default), plus
-    ``node_energy`` [N] eV and the backbone's ``node_features``.
+    ``forward(batch, forces=None, stress=None)`` returns, for each target, ``out[name]`` [B] in
+    its unit and ``out["node_" + name]`` [N] (the per-atom values before the readout), plus the
+    backbone's ``node_features``. With an extensive energy target (``energy_target``) also
+    ``energy`` [B] eV (that target's value, under both names), ``node_energy`` [N] eV, and when
+    asked ``forces`` [N,3] eV/Å and ``stress`` [B,3,3] eV/Å³ (None means the constructor's default).
     """
 
     def __init__(self, backbone: str = "schnet", cutoff: float = 5.0, max_neighbors: int | None = None,
                  forces: bool = True, stress: bool = False, backbone_kwargs: dict | None = None,
-                 metadata: dict | None = None, frame_averaging: str | dict | None = None):
+                 metadata: dict | None = None, frame_averaging: str | dict | None = None,
+                 targets: Sequence[Target | dict | str] | None = None):
         super().__init__()
         backbone_kwargs = dict(backbone_kwargs or {})
         if "cutoff" in backbone_kwargs:
             raise ValueError("give cutoff to the Model, not in backbone_kwargs: it sets both")
+        self.targets = tuple(Target.coerce(t) for t in (targets if targets is not None else [ENERGY_TARGET]))
+        if not self.targets:
+            raise ValueError("a model needs at least one target")
+        names = [t.name for t in self.targets]
+        if len(set(names)) != len(names):
+            raise ValueError(f"target names must be unique, got {names}")
+        self.energy_target = energy_target(self.targets)
+        if "energy" in names and (self.energy_target is None or self.energy_target.name != "energy") \
+                and any(t.is_energy for t in self.targets):
+            raise ValueError("a target named 'energy' that is not the extensive energy would clash with the "
+                             f"energy output of {self.energy_target.name!r}; rename one")
         self.backbone_name = backbone
         self.cutoff = float(cutoff)
         self.max_neighbors = max_neighbors
-        self.compute_forces = bool(forces)
-        self.compute_stress = bool(stress)
+        self.compute_forces = bool(forces) and self.energy_target is not None
+        self.compute_stress = bool(stress) and self.energy_target is not None
         self.backbone_kwargs = backbone_kwargs
         self.metadata = dict(metadata or {})
         self.backbone = get_backbone_class(backbone)(cutoff=cutoff, **backbone_kwargs)
@@ -115,11 +184,7 @@ class Model(nn.Module):
         if self.frame_averaging is not None:
             self.backbone = FrameAveraging(self.backbone, **self.frame_averaging)
         width = self.backbone.out_channels
-        self.energy_head = MLP([width, max(width // 2, 1), 1])
-        self.reference = ReferenceEnergies()
-        self.register_buffer("scale", torch.tensor(1.0))  # eV, per-atom output scale
-        self.register_buffer("shift", torch.tensor(0.0))  # eV, per-atom output shift
-        self.energy_head.reset_parameters()
+        self.heads = nn.ModuleDict({t.name: TargetHead(t, width) for t in self.targets})
 
     # ----------------------------------------------------------------------------- config
     @property
@@ -128,22 +193,60 @@ class Model(nn.Module):
         return dict(backbone=self.backbone_name, cutoff=self.cutoff, max_neighbors=self.max_neighbors,
                     forces=self.compute_forces, stress=self.compute_stress,
                     backbone_kwargs=dict(self.backbone_kwargs), metadata=copy.deepcopy(self.metadata),
-                    frame_averaging=copy.deepcopy(self.frame_averaging))
+                    frame_averaging=copy.deepcopy(self.frame_averaging),
+                    targets=[t.to_dict() for t in self.targets])
+
+    @property
+    def target_names(self) -> list[str]:
+        return [t.name for t in self.targets]
+
+    def head(self, target: str | None = None) -> TargetHead:
+        """The head of ``target``; None: the energy target's, or the only target's."""
+        if target is None:
+            if self.energy_target is not None:
+                target = self.energy_target.name
+            elif len(self.targets) == 1:
+                target = self.targets[0].name
+            else:
+                raise ValueError(f"this model has several targets {self.target_names}: name one")
+        if target not in self.heads:
+            raise ValueError(f"no target {target!r} in this model; it has {self.target_names}")
+        return self.heads[target]
+
+    @property
+    def reference(self) -> ReferenceEnergies:
+        """Reference values of the energy target (or of the only target)."""
+        return self.head().reference
+
+    @property
+    def scale(self) -> torch.Tensor:
+        """Output scale of the energy target (or of the only target)."""
+        return self.head().scale
+
+    @property
+    def shift(self) -> torch.Tensor:
+        """Output shift of the energy target (or of the only target)."""
+        return self.head().shift
 
     def reset_parameters(self) -> None:
-        """Re-initialise the backbone and the head (reference energies and scale/shift are kept)."""
+        """Re-initialise the backbone and the heads (reference values and scale/shift are kept)."""
         self.backbone.reset_parameters()
-        self.energy_head.reset_parameters()
+        for head in self.heads.values():
+            head.mlp.reset_parameters()
 
-    def set_scale_shift(self, scale: float, shift: float) -> None:
-        """Per-atom energy = scale * head + shift + reference (eV)."""
-        self.scale.fill_(float(scale))
-        self.shift.fill_(float(shift))
+    def set_scale_shift(self, scale: float, shift: float, target: str | None = None) -> None:
+        """Per-atom value = scale * head + shift + reference, for ``target`` (None: see ``head``)."""
+        head = self.head(target)
+        head.scale.fill_(float(scale))
+        head.shift.fill_(float(shift))
 
     # ----------------------------------------------------------------------------- forward
     def forward(self, batch, forces: bool | None = None, stress: bool | None = None) -> dict[str, torch.Tensor]:
         want_forces = self.compute_forces if forces is None else forces
         want_stress = self.compute_stress if stress is None else stress
+        if (want_forces or want_stress) and self.energy_target is None:
+            raise ValueError(f"forces and stress need an extensive energy target (eV, readout sum); this "
+                             f"model's targets are {[t.to_dict() for t in self.targets]}")
         with torch.set_grad_enabled(torch.is_grad_enabled() or want_forces or want_stress):
             return self._forward(batch, want_forces, want_stress)
 
@@ -164,18 +267,27 @@ class Model(nn.Module):
         view[K.POS], view[K.CELL] = pos, cell
 
         features = self.backbone(view)
-        if FRAME_NODE_FEATURES in features:  # frame averaging: average energies (not features) over frames
-            per_frame = self.energy_head(features.pop(FRAME_NODE_FEATURES)).squeeze(-1)  # [M] (frame, atom)
-            per_frame = per_frame * features.pop(FRAME_WEIGHTS)
-            node_energy = scatter_sum(per_frame, features.pop(FRAME_NODE_INDEX), len(batch[K.Z]))  # [N]
-        else:
-            node_energy = self.energy_head(features[K.NODE_FEATURES]).squeeze(-1)  # [N]
-        node_energy = node_energy * self.scale + self.shift + self.reference(batch[K.Z])
-        energy = scatter_sum(node_energy, atom_graph, n_graphs)  # [B] eV
-        out = {K.ENERGY: energy, "node_energy": node_energy, **features}
+        frames = None
+        if FRAME_NODE_FEATURES in features:  # frame averaging: average values (not features) over frames
+            frames = (features.pop(FRAME_NODE_FEATURES), features.pop(FRAME_WEIGHTS), features.pop(FRAME_NODE_INDEX))
+        out = {}
+        for name, head in self.heads.items():
+            if frames is not None:
+                per_frame = head.mlp(frames[0]).squeeze(-1) * frames[1]  # [M] (frame, atom)
+                raw = scatter_sum(per_frame, frames[2], len(batch[K.Z]))  # [N]
+            else:
+                raw = head.mlp(features[K.NODE_FEATURES]).squeeze(-1)  # [N]
+            node_values = head.node_values(raw, batch[K.Z])  # [N] target unit
+            out[name] = head.readout(node_values, atom_graph, n_graphs)  # [B] target unit
+            out["node_" + name] = node_values
+        if self.energy_target is not None:
+            out[K.ENERGY] = out[self.energy_target.name]  # [B] eV
+            out["node_energy"] = out["node_" + self.energy_target.name]  # [N] eV
+        out.update(features)
 
         inputs = ([pos] if want_forces else []) + ([strain] if want_stress else [])
         if inputs:
+            energy = out[K.ENERGY]
             grads = torch.autograd.grad(energy.sum(), inputs, create_graph=self.training,
                                         allow_unused=True)
             grads = [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads)]
@@ -189,10 +301,83 @@ class Model(nn.Module):
         return out
 
     # ----------------------------------------------------------------------------- persistence
+    @property
+    def max_z(self) -> int:
+        """Largest atomic number the backbone can embed."""
+        return int(self.backbone.max_z)
+
     def save(self, path: str | os.PathLike, extra: dict | None = None) -> None:
         """Write a checkpoint atomically (temp file + rename): format version, config, weights."""
         payload = {"format_version": CHECKPOINT_FORMAT_VERSION, "config": self.config,
                    "state_dict": self.state_dict()}
+        if extra:
+            payload.update(extra)
+        atomic_torch_save(payload, path)
+
+
+class Ensemble(nn.Module):
+    """Several ``Model`` s with the same targets and graph settings: mean and spread per target.
+
+    Members differ in their weights (trained from different seeds: ``geognn train --ensemble N``)
+    and may differ in backbone, but share ``targets``, ``cutoff`` and ``max_neighbors`` so that one
+    graph serves all of them.
+
+    ``forward(batch, forces=None, stress=None)`` returns for each target ``out[name]`` [B], the
+    mean over members, and ``out[name + "_std"]`` [B], their standard deviation (``ddof=1``, the
+    unbiased variance over the members; zero when all members agree), in the target's unit; with
+    an energy target also ``energy`` (and ``energy_std``), and ``forces`` [N,3] / ``stress``
+    [B,3,3] averaged over members.
+
+    Args:
+        members: at least two models.
+        metadata: facts saved with the checkpoint (default: the first member's, plus ``ensemble``).
+    """
+
+    def __init__(self, members: Sequence[Model], metadata: dict | None = None):
+        super().__init__()
+        members = list(members)
+        if len(members) < 2:
+            raise ValueError(f"an ensemble needs at least 2 members, got {len(members)}")
+        first = members[0]
+        for k, m in enumerate(members[1:], start=1):
+            if m.targets != first.targets:
+                raise ValueError(f"ensemble member {k} has targets {[t.to_dict() for t in m.targets]}, member 0 "
+                                 f"has {[t.to_dict() for t in first.targets]}: members must learn the same targets")
+            if (m.cutoff, m.max_neighbors) != (first.cutoff, first.max_neighbors):
+                raise ValueError(f"ensemble member {k} uses cutoff {m.cutoff} Å / max_neighbors {m.max_neighbors}, "
+                                 f"member 0 {first.cutoff} Å / {first.max_neighbors}: they must build the same graphs")
+        self.members = nn.ModuleList(members)
+        self.metadata = dict(metadata if metadata is not None else {**first.metadata, "ensemble": len(members)})
+
+    # the attributes callers read from a Model
+    targets = property(lambda self: self.members[0].targets)
+    energy_target = property(lambda self: self.members[0].energy_target)
+    target_names = property(lambda self: self.members[0].target_names)
+    cutoff = property(lambda self: self.members[0].cutoff)
+    max_neighbors = property(lambda self: self.members[0].max_neighbors)
+    compute_forces = property(lambda self: self.members[0].compute_forces)
+    compute_stress = property(lambda self: self.members[0].compute_stress)
+    max_z = property(lambda self: min(m.max_z for m in self.members))
+
+    def forward(self, batch, forces: bool | None = None, stress: bool | None = None) -> dict[str, torch.Tensor]:
+        outs = [m(batch, forces=forces, stress=stress) for m in self.members]
+        out = {}
+        for name in self.target_names:
+            values = torch.stack([o[name] for o in outs])  # [M, B]
+            out[name] = values.mean(0)
+            out[name + "_std"] = values.std(0, unbiased=True)
+        if self.energy_target is not None:
+            out[K.ENERGY] = out[self.energy_target.name]
+            out[K.ENERGY + "_std"] = out[self.energy_target.name + "_std"]
+        for key in (K.FORCES, K.STRESS):
+            if key in outs[0]:
+                out[key] = torch.stack([o[key] for o in outs]).mean(0)
+        return out
+
+    def save(self, path: str | os.PathLike, extra: dict | None = None) -> None:
+        """One checkpoint with every member's config and weights (format version, ``ensemble``)."""
+        payload = {"format_version": CHECKPOINT_FORMAT_VERSION, "metadata": copy.deepcopy(self.metadata),
+                   "ensemble": [{"config": m.config, "state_dict": m.state_dict()} for m in self.members]}
         if extra:
             payload.update(extra)
         atomic_torch_save(payload, path)
@@ -218,22 +403,59 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
 
 def build_model(backbone: str = "schnet", cutoff: float = 5.0, forces: bool = True, stress: bool = False,
                 max_neighbors: int | None = None, metadata: dict | None = None,
-                frame_averaging: str | dict | None = None, **backbone_kwargs) -> Model:
+                frame_averaging: str | dict | None = None, targets: Sequence[Target | dict | str] | None = None,
+                **backbone_kwargs) -> Model:
     """A ``Model`` with the named backbone; extra keywords go to the backbone's constructor.
 
     ``frame_averaging`` (None, "all", "stochastic", "det" or a dict of options) wraps the backbone
-    in ``geognn.FrameAveraging``.
+    in ``geognn.FrameAveraging``. ``targets``: ``geognn.targets.Target`` s (default: the single
+    target ``energy``, eV, readout sum).
 
     >>> model = build_model("schnet", cutoff=5.0, hidden_channels=64, num_layers=3)
     >>> faenet = build_model("faenet", frame_averaging="stochastic")  # the FAENet paper's model
+    >>> crystal = build_model("schnet", targets=[Target("e_form", "eV/atom", "mean")])
     """
     return Model(backbone=backbone, cutoff=cutoff, max_neighbors=max_neighbors, forces=forces,
                  stress=stress, backbone_kwargs=backbone_kwargs, metadata=metadata,
-                 frame_averaging=frame_averaging)
+                 frame_averaging=frame_averaging, targets=targets)
+
+
+#: Version-1 state-dict names of the single energy head -> their names under ``heads.energy``.
+_V1_HEAD_KEYS = {"energy_head.": "heads.energy.mlp.", "reference.energies": "heads.energy.reference.energies",
+                 "scale": "heads.energy.scale", "shift": "heads.energy.shift"}
+
+
+def upgrade_state_dict(state_dict: dict) -> dict:
+    """A version-1 ``state_dict`` (one energy head) renamed to the per-target layout; others unchanged."""
+    if not any(k.startswith("energy_head.") for k in state_dict):
+        return state_dict
+    out = {}
+    for key, value in state_dict.items():
+        new = key
+        for old, replacement in _V1_HEAD_KEYS.items():
+            if key == old or (old.endswith(".") and key.startswith(old)):
+                new = replacement + key[len(old):]
+                break
+        out[new] = value
+    return out
+
+
+def upgrade_checkpoint(payload: dict) -> dict:
+    """A checkpoint dict of any readable version in the current layout (version 1 -> 2: its one
+    energy head becomes the target ``energy``, eV, readout sum, with the same weights)."""
+    if payload.get("format_version") == 1:
+        config = {**payload["config"], "targets": [ENERGY_TARGET.to_dict()]}
+        payload = {**payload, "format_version": 2, "config": config,
+                   "state_dict": upgrade_state_dict(payload["state_dict"])}
+    return payload
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """The raw checkpoint dict (weights-only load), with its format checked."""
+    """The raw checkpoint dict (weights-only load), format checked and upgraded to the current version.
+
+    A single model has keys ``config`` and ``state_dict``; an ensemble has ``ensemble`` (a list
+    of such dicts) and ``metadata``.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint file")
@@ -242,22 +464,53 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     except Exception as exc:
         raise ValueError(f"{path}: not a readable geognn checkpoint ({type(exc).__name__}: "
                          f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
-    if not isinstance(payload, dict) or "config" not in payload or "state_dict" not in payload:
-        raise ValueError(f"{path}: not a geognn checkpoint (expected keys 'config' and 'state_dict')")
+    single = isinstance(payload, dict) and "config" in payload and "state_dict" in payload
+    ensemble = isinstance(payload, dict) and isinstance(payload.get("ensemble"), list)
+    if not (single or ensemble):
+        raise ValueError(f"{path}: not a geognn checkpoint (expected keys 'config' and 'state_dict', "
+                         "or 'ensemble')")
     version = payload.get("format_version")
-    if version != CHECKPOINT_FORMAT_VERSION:
+    if version not in READABLE_FORMAT_VERSIONS:
         raise ValueError(f"{path}: checkpoint format version {version}, this geognn reads "
                          f"version {CHECKPOINT_FORMAT_VERSION}")
-    return payload
+    return upgrade_checkpoint(payload) if single else payload
 
 
-def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Model:
-    """Rebuild a ``Model`` from a checkpoint written by ``Model.save`` (eval mode)."""
-    payload = load_checkpoint(path, map_location)
-    model = Model(**payload["config"])
-    saved_dtype = next((t.dtype for t in payload["state_dict"].values() if t.is_floating_point()), None)
+def _model_from(entry: dict) -> Model:
+    model = Model(**entry["config"])
+    saved_dtype = next((t.dtype for t in entry["state_dict"].values() if t.is_floating_point()), None)
     if saved_dtype is not None:
         model.to(saved_dtype)  # load float64 weights without a float32 round trip
-    model.load_state_dict(payload["state_dict"])
+    model.load_state_dict(entry["state_dict"])
     return model.eval()
 
+
+def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Model | Ensemble:
+    """Rebuild a ``Model`` (or an ``Ensemble``) from a checkpoint written by its ``save`` (eval mode)."""
+    payload = load_checkpoint(path, map_location)
+    if "ensemble" in payload:
+        members = [_model_from(upgrade_checkpoint({"format_version": payload["format_version"], **m}))
+                   for m in payload["ensemble"]]
+        return Ensemble(members, payload.get("metadata")).eval()
+    return _model_from(payload)
+
+
+def load_models(paths: Sequence[str | os.PathLike], map_location: str | torch.device = "cpu") -> Model | Ensemble:
+    """One checkpoint: ``load_model``. Several: an ``Ensemble`` of all their models (ensembles
+    among them contribute each member); ValueError naming the file whose targets or graph
+    settings differ from the first's."""
+    paths = list(paths)
+    if len(paths) == 1:
+        return load_model(paths[0], map_location)
+    members: list[Model] = []
+    for path in paths:
+        loaded = load_model(path, map_location)
+        new = list(loaded.members) if isinstance(loaded, Ensemble) else [loaded]
+        if members:
+            try:
+                Ensemble([members[0], *new])
+            except ValueError as exc:
+                raise ValueError(f"{path}: cannot join an ensemble with {paths[0]}: {exc}") from None
+        members.extend(new)
+    meta = {**members[0].metadata, "ensemble": len(members), "checkpoints": [str(p) for p in paths]}
+    return Ensemble(members, meta).eval()
