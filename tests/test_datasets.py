@@ -273,6 +273,35 @@ def test_cif_folder_broken_file_and_missing_label(tmp_path):
         open_dataset("cif-folder", tmp_path)
 
 
+def test_cif_folder_header_several_labels_units_and_write_round_trip(tmp_path):
+    """write_cif_folder -> open_cif_folder: ids, positions and every label back; per-label units
+    (meV/atom -> eV/atom, Hartree -> eV, K kept); a header with unknown names is an error."""
+    from geognn.datasets import write_cif_folder
+    from geognn.datasets.folders import cif_folder_labels
+
+    src = shared_data_dir() / "cif" / "cgcnn_sample_cod"
+    ref = open_dataset("cif-folder", src, limit=4)
+    structures = [ref[i] for i in range(4)]
+    labels = {"e_form": [-120.0, 15.5, 0.0, -3.25], "etot": [-1.0, -2.0, -3.5, -0.25], "tc": [4.2, 0.0, 92.0, 1.5]}
+    write_cif_folder(tmp_path, structures, labels, ids=[f"s{k}" for k in range(4)])
+    assert cif_folder_labels(tmp_path) == ["e_form", "etot", "tc"]
+    ds = open_dataset("cif-folder", tmp_path, energy_unit={"e_form": "meV/atom", "etot": "Hartree", "tc": "K"})
+    assert ds.ids == ["s0", "s1", "s2", "s3"] and ds.labels == ["e_form", "etot", "tc"]
+    assert ds.targets == {"e_form": "eV/atom", "etot": "eV", "tc": "K"}
+    for k in range(4):
+        assert ds[k].info["e_form"] == pytest.approx(labels["e_form"][k] * 1e-3, rel=1e-12)
+        assert ds[k].info["etot"] == pytest.approx(labels["etot"][k] * HARTREE_2018, rel=1e-8)  # CODATA 2018, rounded
+        assert ds[k].info["tc"] == labels["tc"][k]
+        np.testing.assert_allclose(ds[k].get_scaled_positions() % 1.0, structures[k].get_scaled_positions() % 1.0,
+                                   atol=1e-6)  # CIF writes 6+ decimals
+    one = open_dataset("cif-folder", tmp_path, target="tc", energy_unit="K")
+    assert one.targets == {"energy": "K", "tc": "K"} and one[2].info["energy"] == 92.0  # single label: also energy
+    with pytest.raises(ValueError, match=r"has no label 'gap'; its labels are e_form, etot, tc"):
+        open_dataset("cif-folder", tmp_path, target=["tc", "gap"])
+    with pytest.raises(ValueError, match=r"units given for \['gap'\]"):
+        open_dataset("cif-folder", tmp_path, energy_unit={"gap": "eV"})
+
+
 # --------------------------------------------------------------------------- extxyz, ase-db
 def test_extxyz_md17_ethanol_kcal_per_mol():
     path = shared_data_dir() / "md" / "schnetpack_md17_ethanol_2000.xyz"
@@ -311,6 +340,25 @@ def test_extxyz_stress_units_and_missing_label(tmp_path):
     with pytest.warns(UserWarning, match="skipped 1"):
         ds = open_dataset("extxyz", path, on_error="skip")
     assert ds.ids == ["si.extxyz@0", "si.extxyz@2"]
+
+
+def test_extxyz_several_info_labels_with_their_units(tmp_path):
+    frames = []
+    for k in range(3):
+        a = Atoms("Si2", positions=[[0, 0, 0], [1.4, 1.4, 1.4]], cell=np.eye(3) * 5.43, pbc=True)
+        a.info.update(e_form=-100.0 * k, gap=0.5 + k)
+        a.calc = SinglePointCalculator(a, energy=-10.0 - k)
+        frames.append(a)
+    frames[1].info["gap"] = float("nan")
+    path = tmp_path / "x.extxyz"
+    ase.io.write(path, frames)
+    with pytest.warns(UserWarning, match="skipped 1 bad"):
+        ds = open_dataset("extxyz", path, target=["energy", "e_form", "gap"], on_error="skip",
+                          units={"energy": "eV", "e_form": "meV/atom", "gap": "eV"})
+    assert ds.labels == ["energy", "e_form", "gap"] and ds.ids == ["x.extxyz@0", "x.extxyz@2"]
+    assert ds.targets == {"energy": "eV", "e_form": "eV/atom", "gap": "eV"}
+    assert ds.skipped[0][0] == "x.extxyz@1" and "non-finite gap" in ds.skipped[0][1]
+    assert (ds[1].info["energy"], ds[1].info["e_form"], ds[1].info["gap"]) == pytest.approx((-12.0, -0.2, 2.5))
 
 
 def test_ase_db_oc20_frame_and_oxides():

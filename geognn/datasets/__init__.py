@@ -19,13 +19,13 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from .base import ON_ERROR, StructureDataset, check_on_error
-from .folders import open_ase_db, open_cif_folder, open_extxyz
+from .folders import cif_table_to_folder, open_ase_db, open_cif_folder, open_extxyz, write_cif_folder
 from .oc20 import OC20LmdbDataset, write_lmdb
 from .qm9 import QM9_TARGETS, QM9Dataset
-from .splits import qm9_standard_split, random_split, read_split, write_split
+from .splits import load_split_by_ids, qm9_standard_split, random_split, read_split, write_split
 
 #: Dataset kinds -> opener ``f(root, *, target, on_error, limit, **options)``.
 DATASETS: dict[str, Callable[..., StructureDataset]] = {
@@ -45,7 +45,7 @@ TARGETS: dict[str, tuple[str, ...]] = {
 }
 
 
-def open_dataset(kind: str, root: str | Path, *, target: str | None = None, on_error: str = "raise",
+def open_dataset(kind: str, root: str | Path, *, target: str | Sequence[str] | None = None, on_error: str = "raise",
                  limit: int | None = None, **options) -> StructureDataset:
     """Open the dataset of ``kind`` at ``root`` (see the module docstring and ``DATASETS``).
 
@@ -55,8 +55,15 @@ def open_dataset(kind: str, root: str | Path, *, target: str | None = None, on_e
     if kind not in DATASETS:
         raise ValueError(f"unknown dataset kind {kind!r}; choose one of {list(DATASETS)}")
     check_on_error(on_error)
-    if target is not None and kind in TARGETS and target not in TARGETS[kind]:
-        raise ValueError(f"unknown target {target!r} for {kind}; choose one of {list(TARGETS[kind])}")
+    names = [target] if isinstance(target, str) else list(target or [])
+    if kind in TARGETS:
+        unknown = [t for t in names if t not in TARGETS[kind]]
+        if unknown:
+            raise ValueError(f"unknown target {unknown[0]!r} for {kind}; choose one of {list(TARGETS[kind])}")
+        if len(names) > 1 and kind == "qm9":  # every QM9 item carries all 19 properties in info
+            target = names[0]
+        elif len(names) > 1:
+            raise ValueError(f"{kind} has one fixed label; several targets {names} are not available")
     if limit is not None and (int(limit) != limit or limit < 0):
         raise ValueError(f"limit must be a non-negative integer or None, got {limit!r}")
     opener = DATASETS[kind]
@@ -82,5 +89,5 @@ def _options(opener) -> set[str]:
 
 
 __all__ = ["DATASETS", "ON_ERROR", "OC20LmdbDataset", "QM9Dataset", "QM9_TARGETS", "StructureDataset",
-           "TARGETS", "open_dataset", "qm9_standard_split", "random_split", "read_split", "write_lmdb",
-           "write_split"]
+           "TARGETS", "cif_table_to_folder", "load_split_by_ids", "open_dataset", "qm9_standard_split",
+           "random_split", "read_split", "write_cif_folder", "write_lmdb", "write_split"]

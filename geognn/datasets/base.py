@@ -71,6 +71,7 @@ class StructureDataset(torch.utils.data.Dataset):
         ids: stable per-structure ids (``ids[i]`` belongs to item ``i``).
         targets: label name -> unit of what the items carry, e.g. ``{"energy": "eV", "forces": "eV/Å"}``.
         skipped: ``(id, reason)`` of the items left out at open time with ``on_error="skip"``.
+        labels: (folder kinds) the scalar labels read, in order: what a trainer learns by default.
 
     ``dataset[i]`` is a fresh ``ase.Atoms`` (change it freely) with ``info["id"] = ids[i]``,
     ``info["energy"]`` (float), other scalar labels in ``info[name]``, ``arrays["forces"]``

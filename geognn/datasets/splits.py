@@ -127,3 +127,60 @@ def read_split(path: str | Path, ids: Sequence[str] | None = None) -> dict[str, 
                     raise ValueError(f"{path}: split {name!r} index {i} was structure {sid!r} but the "
                                      f"dataset has {ids[i]!r} there: the dataset changed since the split was written")
     return split
+
+
+def load_split_by_ids(path: str | Path, ids: Sequence[str]) -> dict[str, list[int]]:
+    """The split in ``path`` as indices into a dataset whose ids are ``ids``, matched **by id**.
+
+    Reads ``write_split``'s files and a run's ``split.json`` (``{"train": [indices], ..., "ids":
+    {"train": [ids], ...}}``); the dataset may hold the structures
+    in another order or hold more of them. An id of the file that the dataset lacks is a
+    ValueError naming the first few; so is an id the dataset holds twice. A file without ids
+    (``write_split`` without ``ids``, or a plain ``{"train": [...], ...}`` of indices from an
+    older run) is taken by index, checked against ``len(ids)``.
+    """
+    path = Path(path)
+    try:
+        payload = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not a readable split file ({exc})") from exc
+    if isinstance(payload, dict) and payload.get("format") == _FORMAT:
+        by_index = {k: list(v) for k, v in payload.get("splits", {}).items()}
+        by_id = payload.get("ids")
+    elif isinstance(payload, dict) and set(SPLIT_NAMES) & set(payload):  # a run's split.json
+        by_index = {k: list(payload[k]) for k in SPLIT_NAMES if k in payload}
+        by_id = payload.get("ids")
+    else:
+        raise ValueError(f"{path}: not a geognn split file (write_split's format or a run's split.json)")
+    unknown = sorted(set(by_index) - set(SPLIT_NAMES))
+    if unknown:
+        raise ValueError(f"{path}: unknown split name(s) {unknown}; expected {list(SPLIT_NAMES)}")
+    if by_id is not None and (not isinstance(by_id, dict) or set(by_id) - set(SPLIT_NAMES)):
+        raise ValueError(f"{path}: 'ids' must map {list(SPLIT_NAMES)} to lists of ids")
+    if by_id is None:
+        try:
+            check_split(by_index, len(ids))
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc} (the file has no ids; this dataset has {len(ids)} structures)") from None
+        return {k: [int(i) for i in by_index.get(k, [])] for k in SPLIT_NAMES}
+    position: dict[str, int] = {}
+    repeated: set[str] = set()
+    for k, sid in enumerate(ids):
+        sid = str(sid)
+        if sid in position:
+            repeated.add(sid)
+        position[sid] = k
+    wanted = [str(s) for name in SPLIT_NAMES for s in by_id.get(name, [])]
+    missing = [s for s in wanted if s not in position]
+    if missing:
+        raise ValueError(f"{path}: {len(missing)} id(s) of the split are not in the data: "
+                         f"{', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else ""))
+    twice = [s for s in wanted if s in repeated]
+    if twice:
+        raise ValueError(f"{path}: id(s) {', '.join(twice[:5])} occur more than once in the data: cannot split by id")
+    split = {name: [position[str(s)] for s in by_id.get(name, [])] for name in SPLIT_NAMES}
+    try:
+        check_split(split, len(ids))
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    return split
