@@ -262,7 +262,7 @@ def test_ema_weights_are_validated_and_saved(tmp_path):
 
     config = TrainConfig.from_file(tmp_path / "run" / "config.json")
     val = json.loads((tmp_path / "run" / "split.json").read_text())["val"]
-    metrics = evaluate(saved, GraphDataset(data, config), val, config, Dist(), "eV")
+    metrics = evaluate(saved, GraphDataset(data, config), val, config, Dist())
     row = next(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
     assert float(row["val_energy_mae_meV"]) == pytest.approx(metrics.mae * 1000, rel=1e-4)
 
@@ -388,6 +388,7 @@ def test_separate_validation_source(tmp_path, capsys):
                  "--limit", "6", "--epochs", "1", "--time-limit", "0", "--cutoff", "3", "--out", str(out),
                  "--set", "backbone_kwargs={hidden_channels: 8, num_filters: 8, num_layers: 1, num_gaussians: 8}"]) == 0
     split = json.loads((out / "split.json").read_text())
-    assert split == {"train": list(range(6)), "val": list(range(6, 12)), "test": []}
+    assert {k: split[k] for k in ("train", "val", "test")} == {"train": list(range(6)), "val": list(range(6, 12)),
+                                                               "test": []}
     result = json.loads((out / "result.json").read_text())
     assert result["test_mae_eV"] == pytest.approx(result["val_mae_eV"], rel=1e-5)  # no test set: val reported

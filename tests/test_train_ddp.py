@@ -31,7 +31,8 @@ def run(cmd):
 def final_model(run_dir) -> Model:
     config = TrainConfig.from_file(run_dir / "config.json")
     state = torch.load(run_dir / "state.pt", weights_only=True)
-    model = Model("schnet", cutoff=config.cutoff, forces=False, backbone_kwargs=config.backbone_kwargs)
+    model = Model("schnet", cutoff=config.cutoff, forces=False, backbone_kwargs=config.backbone_kwargs,
+                  targets=[{"name": "U0", "unit": "eV", "readout": "sum"}])  # the run's target: heads are stored by name
     model.load_state_dict(state["model"])
     return model
 

@@ -35,21 +35,32 @@ CHOICES = {
 class TrainConfig:
     """Everything a run needs. Energies in eV, lengths in Å, time in seconds, steps = optimizer steps.
 
-    The model learns one scalar label (``target``) as a sum of per-atom contributions plus
-    per-element reference energies; with ``forces_weight``/``stress_weight`` > 0 also forces
-    (-dE/dpos) and stress from the same output.
+    The model learns one or more scalar labels (``target``), each a ``geognn.targets.Target``
+    (name, unit, readout): per-atom contributions plus per-element reference values, summed
+    (extensive, readout "sum") or averaged (intensive, "mean") over the structure. With
+    ``forces_weight``/``stress_weight`` > 0 also forces (-dE/dpos) and stress from the extensive
+    energy target. ``ensemble`` > 1 trains that many models (seeds seed, seed+1, ...) on the
+    same split into one checkpoint.
     """
 
     # --- data
     dataset: str = "qm9"  # one of DATASETS (geognn.datasets.open_dataset kinds)
     data_root: str | None = None  # None: the shipped QM9 subset (qm9 only)
-    target: str | None = None  # label to learn; None: U0 for qm9, "energy" otherwise
+    # label(s) to learn; None: U0 for qm9, else the data's labels (a CGCNN header's columns, "energy")
+    target: str | list[str] | None = None
+    # unit of each label in the data files (one for all, or one per target): energies are converted
+    # to eV, energies per atom to eV/atom; None: eV (qm9, oc20: the dataset's own units)
+    unit: str | list[str] | None = None
+    # "sum" or "mean" (one for all, or one per target); None: mean for per-atom units and non-energy
+    # quantities, sum for total energies (geognn.targets.default_readout)
+    readout: str | list[str] | None = None
     val_data_root: str | None = None  # validation data from another source (e.g. OC20's val LMDB); no test set
     limit: int | None = None  # read at most this many structures (per source)
     on_error: str = "raise"  # bad structure: "raise" (stop, naming it) or "skip" (log to skipped.csv)
     num_workers: int = 0  # DataLoader worker processes building graphs
     cache_graphs: bool | None = None  # build all graphs once; None: when <= 50,000 structures
     split: str = "random"  # "random" (val_fraction/test_fraction) or "qm9-standard" (110k/10k/rest)
+    split_file: str | None = None  # a split.json (a run's, or write_split's): train/val/test by ids
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     # --- model
@@ -88,14 +99,21 @@ class TrainConfig:
     out: str = "runs/default"
     threads: int = 0  # torch threads (0: torch's default)
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda"
+    ensemble: int = 1  # > 1: train this many members (seeds seed, seed+1, ...) into one checkpoint
 
     # ----------------------------------------------------------------------------- resolution
     @property
-    def target_name(self) -> str:
-        """The label learned: ``target``, or U0 (qm9) / energy (other datasets)."""
+    def target_names(self) -> list[str] | None:
+        """The labels asked for: ``target`` as a list, ["U0"] for qm9, None (the data's labels) otherwise."""
         if self.target:
-            return self.target
-        return "U0" if self.dataset == "qm9" else "energy"
+            return [self.target] if isinstance(self.target, str) else list(self.target)
+        return ["U0"] if self.dataset == "qm9" else None
+
+    @property
+    def target_name(self) -> str:
+        """The first label learned: ``target``, or U0 (qm9) / energy (other datasets)."""
+        names = self.target_names
+        return names[0] if names else "energy"
 
     @property
     def data_path(self) -> str:
@@ -133,7 +151,34 @@ class TrainConfig:
             raise ValueError("config val_fraction must be > 0 (validation picks the best model)")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"config device={self.device!r}: choose auto, cpu, cuda or cuda:N")
+        names = self.target_names
+        if names is not None and (not names or len(set(names)) != len(names)
+                                  or not all(isinstance(n, str) and n for n in names)):
+            raise ValueError(f"config target={self.target!r}: give one or more distinct label names")
+        for key in ("unit", "readout"):
+            values = self.per_target(key, len(names) if names else None)
+            if key == "readout":
+                bad = [v for v in values if v not in (None, "sum", "mean")]
+                if bad:
+                    raise ValueError(f"config readout={bad[0]!r}: choose one of ['sum', 'mean']")
+        if not (isinstance(self.ensemble, int) and self.ensemble >= 1):
+            raise ValueError(f"config ensemble={self.ensemble!r} must be an integer >= 1")
         return self
+
+    def per_target(self, key: str, n: int | None) -> list:
+        """``unit`` or ``readout`` as one value per target (``n`` targets; None: not known yet).
+
+        A single value (or a one-element list) applies to every target; a list must have one
+        value per target; None gives [None] * n.
+        """
+        value = getattr(self, key)
+        values = [value] if value is None or isinstance(value, str) else list(value)
+        if len(values) == 1:
+            return values * (n or 1)
+        if n is not None and len(values) != n:
+            raise ValueError(f"config {key}={value!r}: give one {key} for all targets or one per target "
+                             f"({n} target(s): {self.target_names})")
+        return values
 
     # ----------------------------------------------------------------------------- files
     def to_dict(self) -> dict[str, Any]:

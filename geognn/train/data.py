@@ -1,8 +1,10 @@
 """From a dataset of ``ase.Atoms`` to labelled graphs and batches.
 
 ``open_structures`` opens the configured dataset (``geognn.datasets.open_dataset``);
+``resolve_targets`` turns the config and the data's labels into ``geognn.targets.Target`` s;
 ``GraphDataset`` turns item i into a graph carrying exactly the labels the run learns
-(``energy`` [1] in the target's unit, ``forces`` [N,3] eV/Å, ``stress`` [1,3,3] eV/Å³, ``fixed`` [N]).
+(``graph[name]`` [1] in the target's unit for each target, ``forces`` [N,3] eV/Å, ``stress``
+[1,3,3] eV/Å³, ``fixed`` [N]).
 A bad structure becomes a ``Skipped`` marker when ``on_error="skip"``; ``collate_graphs``
 drops those and hands them to the loop, which logs them to ``skipped.csv``.
 """
@@ -19,6 +21,7 @@ import torch
 from .. import conventions as K
 from ..graph.build import build_graph, collate
 from ..io import StructureError
+from ..targets import Target, default_readout, is_per_atom_unit, is_total_energy_unit
 from .config import TrainConfig
 
 #: cache_graphs=None builds all graphs up front when a dataset has at most this many structures.
@@ -58,12 +61,35 @@ def _open(config: TrainConfig, root: str):
 
     if not Path(root).exists():
         raise FileNotFoundError(f"{root}: {config.dataset} data not found (pass --data-root)")
+    names = config.target_names
     if config.dataset == "qm9":
         from ..datasets import qm9
 
         known = getattr(qm9, "QM9_TARGETS", qm9.QM9_PROPERTIES)
-        if config.target_name not in known:
-            raise ValueError(f"unknown QM9 target '{config.target_name}'; choose one of {list(known)}")
+        for name in names:
+            if name not in known:
+                raise ValueError(f"unknown QM9 target '{name}'; choose one of {list(known)}")
+    options = {}
+    if config.unit is not None:
+        if config.dataset in ("qm9", "oc20-is2re", "oc20-s2ef"):
+            raise ValueError(f"{config.dataset} labels come in the dataset's own units; --unit (config unit) is "
+                             "for cif-folder, extxyz and ase-db")
+        units = config.per_target("unit", len(names) if names else None)
+        if config.dataset == "cif-folder":
+            from ..datasets.folders import cif_folder_labels
+
+            labels = names or cif_folder_labels(root)
+            if len(units) > 1 and len(units) != len(labels):
+                raise ValueError(f"{len(units)} units {units} for the {len(labels)} label(s) {labels} of {root}: "
+                                 "give one unit for all or one per label")
+            options["energy_unit"] = units[0] if len(set(units)) == 1 else dict(zip(labels, units))
+        elif len(set(units)) == 1 and is_total_energy_unit(units[0]):
+            options["energy_unit"] = units[0]  # energies and forces in that unit
+        else:
+            if names is None and len(units) > 1:
+                raise ValueError(f"{len(units)} units {units} but no --target: name the {config.dataset} labels "
+                                 "they belong to (one --target per --unit)")
+            options["units"] = dict(zip(names or ["energy"], units))
     try:
         from ..datasets import open_dataset
     except ImportError:  # datasets package without the common interface: QM9 only
@@ -73,8 +99,29 @@ def _open(config: TrainConfig, root: str):
 
         unit = QM9_PROPERTIES[config.target_name].unit
         return StructureList(load_qm9(root, config.limit), {config.target_name: unit})
-    target = config.target if config.dataset != "qm9" else config.target_name
-    return open_dataset(config.dataset, root, target=target, on_error=config.on_error, limit=config.limit)
+    target = names if config.dataset != "qm9" else names[0]
+    if config.dataset.startswith("oc20"):
+        target = config.target  # fixed by the task; open_dataset checks a given name
+    return open_dataset(config.dataset, root, target=target, on_error=config.on_error, limit=config.limit,
+                        **options)
+
+
+def resolve_targets(config: TrainConfig, dataset) -> list[Target]:
+    """The run's targets: names from the config (or the data's labels), units from the data, readouts
+    from the config or ``geognn.targets.default_readout``. Warns when a per-atom unit is summed."""
+    names = config.target_names or list(getattr(dataset, "labels", None) or ["energy"])
+    units = getattr(dataset, "targets", {}) or {}
+    readouts = config.per_target("readout", len(names))
+    out = []
+    for name, readout in zip(names, readouts):
+        unit = units.get(name, units.get("energy", "eV") if name == "energy" else "")
+        target = Target(name, unit, readout or default_readout(unit, name))
+        if target.readout == "sum" and is_per_atom_unit(unit):
+            warnings.warn(f"target {name!r} is in {unit} (a per-atom quantity) but its readout is 'sum': the "
+                          "prediction will grow with the number of atoms; use --readout mean for intensive labels",
+                          UserWarning, stacklevel=2)
+        out.append(target)
+    return out
 
 
 class Concatenated(torch.utils.data.Dataset):
@@ -85,6 +132,7 @@ class Concatenated(torch.utils.data.Dataset):
         self.offsets = np.cumsum([0] + [len(p) for p in self.parts]).tolist()
         self.ids = [i for p in self.parts for i in getattr(p, "ids", range(len(p)))]
         self.targets = dict(getattr(self.parts[0], "targets", {}))
+        self.labels = getattr(self.parts[0], "labels", None)
         self.skipped = [s for p in self.parts for s in getattr(p, "skipped", [])]
         n_train = self.offsets[1]
         self.split = {"train": list(range(n_train)), "val": list(range(n_train, self.offsets[-1])), "test": []}
@@ -115,30 +163,37 @@ def structure_id(atoms, index: int) -> str:
 
 
 def target_value(atoms, target: str):
-    """The label ``target`` of ``atoms``: info[target], else info['energy'] / the calculator's energy."""
+    """The label ``target`` of ``atoms``: ``info[target]`` (for "energy" also the calculator's energy), or None."""
     if target in atoms.info:
         return atoms.info[target]
-    if "energy" in atoms.info:
-        return atoms.info["energy"]
     results = getattr(atoms.calc, "results", {}) if atoms.calc is not None else {}
     return results.get("energy") if target == "energy" else None
 
 
-def labelled_graph(atoms, index: int, config: TrainConfig):
-    """Graph of ``atoms`` with the run's labels; StructureError (naming the structure) if one is missing."""
+def labelled_graph(atoms, index: int, config: TrainConfig, targets: Sequence[str] | None = None):
+    """Graph of ``atoms`` with the run's labels: ``graph[name]`` [1] for each of ``targets``
+    (default: the config's), forces/stress when their weights are > 0.
+
+    A missing or non-finite label raises StructureError naming the structure (a bad item).
+    """
     sid = structure_id(atoms, index)
-    target = config.target_name
+    targets = list(targets or config.target_names or ["energy"])
     with warnings.catch_warnings():  # isolated atoms etc.: the model copes, training stays quiet
         warnings.simplefilter("ignore")
         graph = build_graph(atoms, config.cutoff, config.max_neighbors)
     for key in (K.ENERGY, K.FORCES, K.STRESS, K.TAGS, K.FIXED):
         if key in graph:
             del graph[key]
-    value = target_value(atoms, target)
-    if value is None or not np.isfinite(float(value)):
-        raise StructureError(sid, f"no finite '{target}' label")
     dtype = graph[K.POS].dtype
-    graph[K.ENERGY] = torch.tensor([float(value)], dtype=dtype)
+    for name in targets:
+        value = target_value(atoms, name)
+        try:
+            value = None if value is None else float(value)
+        except (TypeError, ValueError):
+            raise StructureError(sid, f"label '{name}' is not a number ({value!r})") from None
+        if value is None or not np.isfinite(value):
+            raise StructureError(sid, f"no finite '{name}' label" + ("" if value is None else f" ({value})"))
+        graph[name] = torch.tensor([value], dtype=dtype)
     n = len(atoms)
     if config.forces_weight > 0:
         forces = atoms.arrays.get("forces")
@@ -169,9 +224,11 @@ def labelled_graph(atoms, index: int, config: TrainConfig):
 class GraphDataset(torch.utils.data.Dataset):
     """Item i of ``structures`` as a labelled graph (built on access, or all at once with ``cache``)."""
 
-    def __init__(self, structures, config: TrainConfig, cache: bool | None = None, progress: bool = False):
+    def __init__(self, structures, config: TrainConfig, cache: bool | None = None, progress: bool = False,
+                 targets: Sequence[str] | None = None):
         self.structures = structures
         self.config = config
+        self.targets = list(targets or config.target_names or ["energy"])  # label names
         self.cache = len(structures) <= CACHE_LIMIT if cache is None else bool(cache)
         self.graphs = None
         if self.cache:
@@ -183,7 +240,7 @@ class GraphDataset(torch.utils.data.Dataset):
     def _build(self, i: int):
         try:
             atoms = self.structures[i]
-            return labelled_graph(atoms, i, self.config)
+            return labelled_graph(atoms, i, self.config, self.targets)
         except StructureError as exc:  # the loop raises or logs it (workers cannot raise it intact)
             return Skipped(exc.source, exc.problem)
 

@@ -1,11 +1,14 @@
 """The training loop: ``train(config)`` trains (or resumes) one run and returns its test errors.
 
-A run folder holds ``config.json`` (resolved config), ``split.json`` (indices of train/val/test),
+A run folder holds ``config.json`` (resolved config), ``split.json`` (train/val/test indices and
+their ids; ``--split FILE`` takes it back, by ids),
 ``metrics.csv`` (one row per epoch; also TensorBoard events in ``tensorboard/`` when installed),
 ``state.pt`` (everything needed to resume, written atomically every ``checkpoint_every`` steps
 and every epoch, see checkpoint.py), ``model.pt`` (best-validation model, EMA weights if EMA
 is on; loadable by ``geognn.load_model`` / ``geognn predict``), ``result.json`` and, when
-structures were left out, ``skipped.csv``.
+structures were left out, ``skipped.csv``. With ``ensemble`` = N > 1 the folder holds one run
+folder per member (``member_0`` ... with seeds seed, seed+1, ..., all on member 0's split) and
+``model.pt`` is the ensemble of their best models (``geognn.model.Ensemble``).
 
 One optimizer step = ``accumulate`` batches of ``batch_size`` structures on each process;
 the loss of a step is normalised by the item counts of the whole step (all batches, all
@@ -29,15 +32,14 @@ from tqdm.auto import tqdm
 from .. import conventions as K
 from ..graph.build import graph_index
 from ..io import StructureError
-from ..model import Model, build_model, load_model
-from ..nn.scatter import scatter_sum
+from ..model import Ensemble, Model, build_model, load_model, upgrade_state_dict
 from . import distributed
 from .checkpoint import load_state, rng_states, save_state, set_rng_states
 from .config import TrainConfig
-from .data import EpochBatches, GraphDataset, Skipped, make_loader, open_structures, target_unit, target_value
+from .data import EpochBatches, GraphDataset, Skipped, make_loader, open_structures, resolve_targets, target_value
 from .logging import RunLog, log_skipped
 from .losses import LossSpec, combine, loss_counts, loss_sums
-from .metrics import Metrics, display
+from .metrics import Metrics
 from .optim import EMA, LRSchedule
 
 DATASET_LABELS = {"qm9": "QM9 molecules", "oc20-is2re": "OC20 IS2RE", "oc20-s2ef": "OC20 S2EF",
@@ -48,7 +50,11 @@ STATS_SAMPLE = 20_000
 
 @dataclass
 class TrainResult:
-    """Test-set errors of the trained model and of the composition-only baseline (target unit, eV for energies)."""
+    """Test-set errors of the trained model and of the composition-only baseline.
+
+    ``test_mae``/``baseline_test_mae``/``unit``: the first target's (its unit, eV for energies);
+    ``per_target``: name -> {"unit", "test_mae", "baseline_test_mae"} for every target.
+    """
 
     test_mae: float
     baseline_test_mae: float
@@ -57,13 +63,25 @@ class TrainResult:
     model_path: Path
     test_metrics: dict | None = None
     unit: str = "eV"
+    per_target: dict | None = None
 
-    def summary(self, target: str) -> str:
-        ratio = self.baseline_test_mae / self.test_mae if self.test_mae > 0 else math.inf
-        u, f = display(self.unit)
-        return (f"test MAE of {target}: model {self.test_mae * f:.1f} {u} | "
-                f"per-element reference energies only (linear fit on composition) "
-                f"{self.baseline_test_mae * f:.1f} {u} | model is {ratio:.1f}x better")
+    def summary(self, target: str | None = None) -> str:
+        """One line per target: model MAE, composition baseline MAE and their ratio."""
+        rows = self.per_target or {target or "target": {"unit": self.unit, "test_mae": self.test_mae,
+                                                        "baseline_test_mae": self.baseline_test_mae}}
+        lines = []
+        for name, r in rows.items():
+            mae, base = r["test_mae"], r["baseline_test_mae"]
+            ratio = base / mae if mae > 0 else math.inf
+            u, f = shown(r["unit"])
+            lines.append(f"test MAE of {name}: model {mae * f:.4g} {u} | per-element reference values only "
+                         f"(linear fit on composition) {base * f:.4g} {u} | model is {ratio:.2f}x better")
+        return "\n".join(lines)
+
+
+def shown(unit: str) -> tuple[str, float]:
+    """(unit as printed, factor): eV errors in meV, anything else as it is."""
+    return ("meV", K.MEV_PER_EV) if unit == "eV" else (unit or "(no unit)", 1.0)
 
 
 def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[int]]:
@@ -75,9 +93,48 @@ def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) 
     return {"val": perm[:n_val], "test": perm[n_val:n_val + n_test], "train": perm[n_val + n_test:]}
 
 
+def _ids(structures) -> list[str]:
+    ids = getattr(structures, "ids", None)
+    return [str(i) for i in ids] if ids is not None else [str(i) for i in range(len(structures))]
+
+
+def write_run_split(path: Path, split: dict, structures, seed: int) -> None:
+    """``split.json`` of a run: ``{"train": [indices], "val": ..., "test": ..., "ids": {"train": [ids], ...},
+    "seed": seed}``; ``--split`` reads it back by ids (``geognn.datasets.load_split_by_ids``)."""
+    ids = _ids(structures)
+    payload = {name: [int(i) for i in split.get(name, [])] for name in ("train", "val", "test")}
+    payload["ids"] = {name: [ids[i] for i in idx] for name, idx in payload.items()}
+    payload["seed"] = seed
+    Path(path).write_text(json.dumps(payload) + "\n")
+
+
+def read_run_split(path: str | Path, structures) -> dict[str, list[int]]:
+    """A split file as indices into ``structures``, matched by id (``--split FILE``)."""
+    from ..datasets.splits import load_split_by_ids
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no such split file")
+    return load_split_by_ids(path, _ids(structures))
+
+
+def _resume_split(path: Path, structures) -> dict[str, list[int]]:
+    """The split of the run being resumed, by index; its ids (when stored) must still match."""
+    payload = json.loads(path.read_text())
+    split = {name: list(payload.get(name, [])) for name in ("train", "val", "test")}
+    ids = _ids(structures)
+    for name, stored in (payload.get("ids") or {}).items():
+        for i, sid in zip(split[name], stored):
+            if i >= len(ids) or ids[i] != sid:
+                raise ValueError(f"{path}: split {name!r} index {i} was structure {sid!r}; the data changed since "
+                                 "the run started")
+    return split
+
+
 # --------------------------------------------------------------------------- statistics
-def training_statistics(structures, graphs: GraphDataset, train_idx, config: TrainConfig, seed: int):
-    """(atomic numbers, targets) of up to STATS_SAMPLE training structures, for reference energies."""
+def training_statistics(structures, graphs: GraphDataset, train_idx, config: TrainConfig, seed: int,
+                        targets: list[str] | None = None):
+    """(atomic numbers, labels [B, T]) of up to STATS_SAMPLE training structures, for reference values."""
+    targets = list(targets or graphs.targets)
     idx = list(train_idx)
     if len(idx) > STATS_SAMPLE:
         idx = np.random.default_rng(seed).choice(idx, STATS_SAMPLE, replace=False).tolist()
@@ -87,48 +144,79 @@ def training_statistics(structures, graphs: GraphDataset, train_idx, config: Tra
             g = graphs.graphs[i]
             if not isinstance(g, Skipped):
                 zs.append(g[K.Z])
-                ys.append(float(g[K.ENERGY]))
+                ys.append([float(g[name]) for name in targets])
             continue
-        try:  # lazy: only composition and label are needed, no graph
+        try:  # lazy: only composition and labels are needed, no graph
             atoms = structures[i]
-            y = target_value(atoms, config.target_name)
-        except StructureError:
+            y = [target_value(atoms, name) for name in targets]
+            y = [float(v) for v in y] if all(v is not None for v in y) else None
+        except (StructureError, TypeError, ValueError):
             continue  # reported when training reaches it
-        if y is not None and math.isfinite(float(y)):
+        if y is not None and all(math.isfinite(v) for v in y):
             zs.append(torch.as_tensor(atoms.numbers, dtype=torch.long))
-            ys.append(float(y))
+            ys.append(y)
     if not zs:
         raise ValueError("no usable training structures")
-    return zs, torch.tensor(ys, dtype=torch.float64)
+    return zs, torch.tensor(ys, dtype=torch.float64).reshape(len(zs), len(targets))
 
 
 def fit_output(model: Model, zs, ys, config: TrainConfig) -> None:
-    """Reference energies (linear fit on composition) and per-atom scale/shift of the residual."""
-    if config.fit_reference:
-        model.reference.fit(zs, ys)
+    """Per target: reference values (linear fit on composition: element counts for ``sum``,
+    fractions for ``mean``) and scale/shift of the residual (per atom for ``sum``, per structure
+    for ``mean``). ``ys``: [B, T] labels in the order of ``model.targets`` ([B] for one target)."""
+    ys = ys.reshape(len(zs), -1)
     natoms = torch.tensor([len(z) for z in zs], dtype=torch.float64)
-    ref = torch.stack([model.reference(z).double().sum() for z in zs])
-    residual = (ys - ref) / natoms
-    scale = float(residual.std()) if len(residual) > 1 else 1.0
-    model.set_scale_shift(scale if scale > 0 else 1.0, float(residual.mean()))
+    for k, target in enumerate(model.targets):
+        head, y = model.heads[target.name], ys[:, k]
+        if config.fit_reference:
+            head.reference.fit(zs, y, readout=target.readout)
+        ref = torch.stack([head.reference(z).double().sum() for z in zs])
+        per_structure = y / natoms if target.readout == "sum" else y  # what the head's output is compared with
+        residual = (y - ref) / natoms if target.readout == "sum" else y - ref / natoms
+        scale = float(residual.std()) if len(residual) > 1 else 1.0
+        # a composition fit that interpolates the training labels (as many elements as structures)
+        # leaves a residual at round-off level (~1e-15 of the labels): fall back to the labels' own
+        # spread. A good fit is far above the threshold (QM9 U0: residual/spread ~ 1e-3).
+        spread = float(per_structure.std()) if len(y) > 1 else 0.0
+        if not scale > 1e-9 * spread:
+            scale = spread
+        model.set_scale_shift(scale if scale > 0 else 1.0, float(residual.mean()), target=target.name)
 
 
 # --------------------------------------------------------------------------- evaluation
+def run_metrics(model, config: TrainConfig, baseline: bool = False) -> Metrics:
+    """Empty ``Metrics`` for ``model``'s targets (forces/stress as the config trains them)."""
+    forces, stress = config.forces_weight > 0, config.stress_weight > 0
+    energy = model.energy_target.name if model.energy_target is not None else None
+    members = model.members if isinstance(model, Ensemble) else [model]
+    scales = {name: float(members[0].heads[name].scale) for name in model.target_names}
+    return Metrics(model.targets, forces=forces and not baseline, stress=stress and not baseline,
+                   energy=energy, scales=scales)
+
+
+def baseline_outputs(model: Model, batch) -> dict[str, torch.Tensor]:
+    """Each target predicted by its per-element reference values alone (the composition baseline)."""
+    atom_graph, n = graph_index(batch), int(batch[K.CELL].shape[0])
+    return {name: head.readout(head.reference(batch[K.Z]), atom_graph, n) for name, head in model.heads.items()}
+
+
 @torch.no_grad()
-def evaluate(model: Model, graphs: GraphDataset, indices, config: TrainConfig, d: distributed.Dist,
-             unit: str, baseline: bool = False) -> Metrics:
-    """Metrics of ``model`` (or of its reference energies alone) on ``indices``, summed over ranks."""
+def evaluate(model: Model | Ensemble, graphs: GraphDataset, indices, config: TrainConfig, d: distributed.Dist,
+             unit: str | None = None, baseline: bool = False) -> Metrics:
+    """Metrics of ``model`` (or of its reference values alone) on ``indices``, summed over ranks.
+
+    The targets and their units come from ``model``; ``unit`` is accepted for older callers and unused.
+    """
     model.eval()
     forces, stress = config.forces_weight > 0, config.stress_weight > 0
-    metrics = Metrics(config.target_name, unit, forces=forces and not baseline, stress=stress and not baseline)
+    metrics = run_metrics(model, config, baseline)
     sampler = EpochBatches(indices, config.batch_size, config.seed, shuffle=False, rank=d.rank, world=d.world)
     for loaded in make_loader(graphs, sampler, config.num_workers):
         if loaded.batch is None:
             continue
         batch = loaded.batch.to(d.device)
         if baseline:
-            energy = scatter_sum(model.reference(batch[K.Z]), graph_index(batch), int(batch[K.CELL].shape[0]))
-            out = {K.ENERGY: energy}
+            out = baseline_outputs(model.members[0] if isinstance(model, Ensemble) else model, batch)
         else:
             with autocast(config, d.device):
                 out = model(batch, forces=forces, stress=stress)
@@ -154,13 +242,92 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, data
     config.validate()
     d = distributed.setup(config.device)
     try:
+        if config.ensemble > 1:
+            return _train_ensemble(config, d, resume, progress and d.main, dataset)
         return _Run(config, d, resume, progress and d.main, dataset).run()
     finally:
         distributed.cleanup(d)
 
 
+def _train_ensemble(config: TrainConfig, d: distributed.Dist, resume: bool, progress: bool, dataset) -> TrainResult:
+    """``config.ensemble`` members in ``<out>/member_k`` (seed + k, member 0's split), then one
+    ensemble checkpoint ``<out>/model.pt`` and its test errors, spread and calibration."""
+    import dataclasses
+
+    out = Path(config.out)
+    if d.main:
+        out.mkdir(parents=True, exist_ok=True)
+        config.to_json(out / "config.json")
+    structures = dataset if dataset is not None else open_structures(config)
+    split, run, member_results = None, None, []
+    for k in range(config.ensemble):
+        member = dataclasses.replace(config, seed=config.seed + k, out=str(out / f"member_{k}"), ensemble=1)
+        if progress:
+            print(f"ensemble member {k + 1}/{config.ensemble} (seed {member.seed}) -> {member.out}")
+        run = _Run(member, d, resume, progress, structures, split=split)
+        result = run.run()
+        split = split or run.split
+        member_results.append({"seed": member.seed, "test_mae": result.test_mae, "epochs": result.epochs})
+    members = [load_model(out / f"member_{k}" / "model.pt") for k in range(config.ensemble)]
+    meta = {**members[0].metadata, "ensemble": config.ensemble, "seeds": [r["seed"] for r in member_results]}
+    ensemble = Ensemble(members, meta).to(d.device).eval()
+    model_path = out / "model.pt"
+    if d.main:
+        ensemble.save(model_path)
+        write_run_split(out / "split.json", split, structures, config.seed)
+    test = split["test"] or split["val"]
+    val = evaluate(ensemble, run.graphs, split["val"], config, d).score
+    calibration = ensemble_calibration(ensemble, run.graphs, test, config, d)
+    result = finish_run(ensemble, run.graphs, test, config, d, out, model_path, val=val,
+                        epochs=max(r["epochs"] for r in member_results), steps=0,
+                        extra={"ensemble": config.ensemble, "members": member_results, "calibration": calibration})
+    if progress:
+        for name, c in calibration.items():
+            print(f"ensemble {name}: {100 * c['within_1sigma']:.0f}% of test errors within 1 sigma, "
+                  f"{100 * c['within_2sigma']:.0f}% within 2 sigma, rank correlation |error| vs sigma "
+                  f"{c['spearman_abs_error_sigma']:.2f}")
+    return result
+
+
+@torch.no_grad()
+def ensemble_calibration(ensemble: Ensemble, graphs: GraphDataset, indices, config: TrainConfig,
+                         d: distributed.Dist) -> dict[str, dict[str, float]]:
+    """Per target on ``indices``: the fraction of |error| within 1 and 2 sigma, the Spearman rank
+    correlation of |error| with sigma, and the mean sigma (target unit). This rank's share only."""
+    errors = {n: [] for n in ensemble.target_names}
+    sigmas = {n: [] for n in ensemble.target_names}
+    sampler = EpochBatches(indices, config.batch_size, config.seed, shuffle=False, rank=d.rank, world=d.world)
+    for loaded in make_loader(graphs, sampler, config.num_workers):
+        if loaded.batch is None:
+            continue
+        batch = loaded.batch.to(d.device)
+        out = ensemble(batch, forces=False, stress=False)
+        for n in errors:
+            errors[n].append((out[n] - batch[n]).abs().double().cpu())
+            sigmas[n].append(out[n + "_std"].double().cpu())
+    result = {}
+    for n in errors:
+        if not errors[n]:
+            continue
+        err, sig = torch.cat(errors[n]), torch.cat(sigmas[n])
+        result[n] = {"n": int(err.numel()), "within_1sigma": float((err <= sig).double().mean()),
+                     "within_2sigma": float((err <= 2 * sig).double().mean()),
+                     "spearman_abs_error_sigma": spearman(err, sig), "mean_sigma": float(sig.mean())}
+    return result
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman rank correlation (ties get their average rank; scipy comes with pymatgen)."""
+    from scipy.stats import spearmanr
+
+    if a.numel() < 2 or float(a.std()) == 0 or float(b.std()) == 0:
+        return math.nan
+    return float(spearmanr(a.numpy(), b.numpy()).statistic)
+
+
 class _Run:
-    def __init__(self, config: TrainConfig, d: distributed.Dist, resume: bool, progress: bool, dataset):
+    def __init__(self, config: TrainConfig, d: distributed.Dist, resume: bool, progress: bool, dataset,
+                 split: dict | None = None):
         self.config, self.d, self.progress = config, d, progress
         self.out = Path(config.out)
         self.state_path, self.model_path = self.out / "state.pt", self.out / "model.pt"
@@ -179,12 +346,24 @@ class _Run:
         self.structures = dataset if dataset is not None else open_structures(config)
         if d.main and not self.resume:
             log_skipped(self.out, getattr(self.structures, "skipped", []), "open")
-        self.unit = target_unit(self.structures, config.target_name) or "eV"
+        self.targets = resolve_targets(config, self.structures)
+        self.unit = self.targets[0].unit
+        if progress and not self.resume:
+            kinds = {"sum": "extensive", "mean": "intensive"}
+            print("targets: " + ", ".join(f"{t.name} ({t.unit or 'no unit'}, readout {t.readout}: {kinds[t.readout]})"
+                                          for t in self.targets))
+        if config.forces_weight + config.stress_weight > 0 and not any(t.is_energy for t in self.targets):
+            raise ValueError("forces_weight/stress_weight > 0 need an extensive energy target (eV, readout sum); "
+                             f"the targets are {[t.to_dict() for t in self.targets]}")
         split_path = self.out / "split.json"
         if self.resume and split_path.exists():
-            self.split = json.loads(split_path.read_text())
+            self.split = _resume_split(split_path, self.structures)
         else:
-            if getattr(self.structures, "split", None) is not None:  # val_data_root: fixed split
+            if split is not None:  # an ensemble member: the first member's split
+                self.split = {k: list(v) for k, v in split.items()}
+            elif config.split_file:
+                self.split = read_run_split(config.split_file, self.structures)
+            elif getattr(self.structures, "split", None) is not None:  # val_data_root: fixed split
                 self.split = self.structures.split
             elif config.split == "qm9-standard":
                 from ..datasets.splits import qm9_standard_split
@@ -194,8 +373,9 @@ class _Run:
                 self.split = split_indices(len(self.structures), config.val_fraction, config.test_fraction,
                                            config.seed)
             if d.main:
-                split_path.write_text(json.dumps(self.split))
-        self.graphs = GraphDataset(self.structures, config, config.cache_graphs, progress)
+                write_run_split(split_path, self.split, self.structures, config.seed)
+        self.graphs = GraphDataset(self.structures, config, config.cache_graphs, progress,
+                                   targets=[t.name for t in self.targets])
         if self.graphs.graphs is not None:
             bad = [g for g in self.graphs.graphs if isinstance(g, Skipped)]
             if bad and config.on_error == "raise":
@@ -206,7 +386,7 @@ class _Run:
             self.split = {k: [i for i in v if i not in drop] for k, v in self.split.items()}
 
         self.model = self._build_model()
-        self.loss_spec = LossSpec.from_config(config, float(self.model.scale))
+        self.loss_spec = LossSpec.from_config(config, self.model)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.sampler = EpochBatches(self.split["train"], config.batch_size, config.seed, rank=d.rank, world=d.world)
         self.steps_per_epoch = math.ceil(len(self.sampler) / config.accumulate)
@@ -229,14 +409,17 @@ class _Run:
     def _build_model(self) -> Model:
         c, train_idx = self.config, self.split["train"]
         extra = {"frame_averaging": c.frame_averaging} if c.frame_averaging is not None else {}
-        zs, ys = training_statistics(self.structures, self.graphs, train_idx, c, c.seed)
+        names = [t.name for t in self.targets]
+        zs, ys = training_statistics(self.structures, self.graphs, train_idx, c, c.seed, names)
         source = Path(c.data_root).name if c.data_root else ("shipped subset" if c.dataset == "qm9" else "in memory")
-        metadata = {"trained_on": f"{DATASET_LABELS.get(c.dataset, c.dataset)} ({source}), target "
-                                  f"{c.target_name}, {len(train_idx)} training structures",
+        metadata = {"trained_on": f"{DATASET_LABELS.get(c.dataset, c.dataset)} ({source}), target"
+                                  f"{'s' if len(names) > 1 else ''} {', '.join(names)}, {len(train_idx)} "
+                                  "training structures",
                     "periodic": self._periodic(train_idx), "elements": sorted({int(z) for zz in zs for z in zz}),
-                    "target": c.target_name, "units": self.unit}
+                    "target": names[0], "units": self.unit, "seed": c.seed}
         model = build_model(c.backbone, cutoff=c.cutoff, forces=c.forces_weight > 0, stress=c.stress_weight > 0,
-                            max_neighbors=c.max_neighbors, metadata=metadata, **extra, **c.resolved_backbone_kwargs())
+                            max_neighbors=c.max_neighbors, metadata=metadata, targets=self.targets, **extra,
+                            **c.resolved_backbone_kwargs())
         fit_output(model, zs, ys, c)
         return model.to(self.d.device)
 
@@ -269,29 +452,32 @@ class _Run:
         if s["world"] != self.d.world:
             raise ValueError(f"{self.state_path}: written by {s['world']} process(es), resumed with "
                              f"{self.d.world}: the sampler position would not match")
-        self.model.load_state_dict(s["model"])
+        self.model.load_state_dict(upgrade_state_dict(s["model"]))
         self.optimizer.load_state_dict(s["optimizer"])
         self.schedule.load_state_dict(s["schedule"])
         if self.ema is not None and s["ema"] is not None:
-            self.ema.model.load_state_dict(s["ema"])
+            self.ema.model.load_state_dict(upgrade_state_dict(s["ema"]))
         self.epoch, self.batch_in_epoch, self.step = s["epoch"], s["batch_in_epoch"], s["step"]
         self.best_val, self.since_best, self.elapsed = s["best_val"], s["since_best"], s["elapsed"]
         self.epoch_loss = list(s["epoch_loss"])
-        self.loss_spec = LossSpec.from_config(self.config, float(self.model.scale))
+        self.loss_spec = LossSpec.from_config(self.config, self.model)
         set_rng_states({k: v.cpu() for k, v in s["rng"].items()})
         if self.progress:
             print(f"resuming {self.out} at epoch {self.epoch + 1}, batch {self.batch_in_epoch} "
                   f"(step {self.step}, best val MAE {self._show(self.best_val)})")
 
     def _show(self, value: float) -> str:
-        u, factor = display(self.unit)
-        return f"{value * factor:.1f} {u}"
+        """The validation score as printed: the MAE in its unit, or the normalised score (several targets)."""
+        if len(self.targets) > 1:
+            return f"{value:.4f} (mean MAE/scale)"
+        u, factor = shown(self.unit)
+        return f"{value * factor:.4g} {u}"
 
     # ------------------------------------------------------------------ training
     def run(self) -> TrainResult:
         c, d = self.config, self.d
         self.forces, self.stress = c.forces_weight > 0, c.stress_weight > 0
-        val_cols = list(Metrics(c.target_name, self.unit, self.forces, self.stress).result())
+        val_cols = list(run_metrics(self.model, c).result())
         self.log = RunLog(self.out, ["epoch", "step", "train_loss", "lr", "elapsed_s"]
                           + [f"val_{k}" for k in val_cols], self.epoch if self.resume else None, d.main)
         try:
@@ -392,8 +578,8 @@ class _Run:
         self.epoch += 1
         self.batch_in_epoch = 0
         eval_model = self.ema.model if self.ema is not None else self.model
-        metrics = evaluate(eval_model, self.graphs, self.split["val"], c, self.d, self.unit)
-        val = metrics.mae
+        metrics = evaluate(eval_model, self.graphs, self.split["val"], c, self.d)
+        val = metrics.score
         self.schedule.epoch_end(val)
         if val < self.best_val:
             self.best_val, self.since_best = val, 0
@@ -421,20 +607,33 @@ class _Run:
         return False
 
     def _finish(self) -> TrainResult:
-        c = self.config
         best = load_model(self.model_path).to(self.d.device) if self.model_path.exists() else self.model
         test = self.split["test"] or self.split["val"]
         if not self.split["test"] and self.progress:
             print("note: no test set (val_data_root gives validation data only): test errors are validation errors")
-        metrics = evaluate(best, self.graphs, test, c, self.d, self.unit)
-        baseline = evaluate(best, self.graphs, test, c, self.d, self.unit, baseline=True)
-        result = TrainResult(test_mae=metrics.mae, baseline_test_mae=baseline.mae, val_mae=self.best_val,
-                             epochs=self.epoch, model_path=self.model_path, test_metrics=metrics.result(),
-                             unit=self.unit)
-        if self.d.main:
-            (self.out / "result.json").write_text(json.dumps({
-                "target": c.target_name, "unit": self.unit, "test_mae_eV" if self.unit == "eV" else "test_mae":
-                result.test_mae, "baseline_test_mae_eV" if self.unit == "eV" else "baseline_test_mae":
-                result.baseline_test_mae, "val_mae_eV" if self.unit == "eV" else "val_mae": result.val_mae,
-                "epochs": result.epochs, "steps": self.step, "test": result.test_metrics}, indent=2) + "\n")
-        return result
+        return finish_run(best, self.graphs, test, self.config, self.d, self.out, self.model_path,
+                          val=self.best_val, epochs=self.epoch, steps=self.step)
+
+
+def finish_run(best, graphs: GraphDataset, test, c: TrainConfig, d: distributed.Dist, out: Path, model_path: Path,
+               val: float, epochs: int, steps: int, extra: dict | None = None) -> TrainResult:
+    """Test errors of ``best`` (a model or an ensemble) and of the composition baseline; writes result.json."""
+    metrics = evaluate(best, graphs, test, c, d)
+    baseline = evaluate(best, graphs, test, c, d, baseline=True)
+    maes, base = metrics.maes(), baseline.maes()
+    units = {t.name: t.unit for t in best.targets}
+    per_target = {n: {"unit": units[n], "test_mae": maes[n], "baseline_test_mae": base[n]} for n in maes}
+    unit = best.targets[0].unit
+    result = TrainResult(test_mae=metrics.mae, baseline_test_mae=baseline.mae, val_mae=val, epochs=epochs,
+                         model_path=model_path, test_metrics=metrics.result(), unit=unit, per_target=per_target)
+    if d.main:
+        ev = unit == "eV"
+        payload = {"target": best.targets[0].name, "unit": unit,
+                   "test_mae_eV" if ev else "test_mae": result.test_mae,
+                   "baseline_test_mae_eV" if ev else "baseline_test_mae": result.baseline_test_mae,
+                   "val_mae_eV" if ev else "val_mae": val,
+                   "targets": [t.to_dict() for t in best.targets], "per_target": per_target,
+                   "epochs": epochs, "steps": steps, "test": result.test_metrics}
+        payload.update(extra or {})
+        (out / "result.json").write_text(json.dumps(payload, indent=2) + "\n")
+    return result

@@ -1,18 +1,20 @@
-"""The training loss: weighted energy, forces and stress terms.
+"""The training loss: one term per target, plus forces and stress of the energy target.
 
 Each term is a mean over its items of ``err**2`` (mse) or ``|err|`` (mae), where ``err`` is the
-error in natural units divided by ``scale`` (eV, the spread of per-atom training energies, so the
-loss is O(1) whatever the target's size):
+error in natural units divided by the target's ``scale`` (the spread of its training labels
+per atom for ``sum`` targets, per structure for ``mean`` targets; see ``fit_output``), so every
+term is O(1) whatever the target's size:
 
-    energy  err = (E_pred - E) / n_atoms / scale   (per_atom)  or  (E_pred - E) / scale   items: structures
-    forces  err = (F_pred - F) / scale             items: force components of atoms not fixed
-    stress  err = (S_pred - S) / scale             items: stress components of structures with a label
+    target t, readout sum   err = (y_pred - y) / n_atoms / scale_t   (per_atom)  or  (y_pred - y) / scale_t
+    target t, readout mean  err = (y_pred - y) / scale_t                          items: structures
+    forces                  err = (F_pred - F) / scale_E      items: force components of atoms not fixed
+    stress                  err = (S_pred - S) / scale_E      items: stress components of labelled structures
 
-    loss = energy_weight * energy + forces_weight * forces + stress_weight * stress
+    loss = energy_weight * sum_t term_t + forces_weight * forces + stress_weight * stress
 
-``loss_sums`` gives the per-term sums and ``loss_counts`` the number of items, so that gradient
-accumulation and data-parallel training divide by the count of the whole (global) batch and give
-exactly the gradient of one big batch.
+``scale_E`` is the energy target's scale. ``loss_sums`` gives the per-term sums and
+``loss_counts`` the number of items, so that gradient accumulation and data-parallel training
+divide by the count of the whole (global) batch and give exactly the gradient of one big batch.
 """
 
 from __future__ import annotations
@@ -23,25 +25,45 @@ import torch
 
 from .. import conventions as K
 
-TERMS = ("energy", "forces", "stress")
+
+@dataclass(frozen=True)
+class TargetTerm:
+    """The loss term of one target: its name (output and label key), readout and scale."""
+
+    name: str
+    readout: str = "sum"
+    scale: float = 1.0  # target unit
 
 
 @dataclass(frozen=True)
 class LossSpec:
-    energy_weight: float = 1.0
+    """Weights and normalisation of the loss. ``targets`` empty: the single target ``energy``
+    (readout sum, scale ``scale``); ``scale`` also normalises forces and stress (eV)."""
+
+    energy_weight: float = 1.0  # weight of each target's term
     forces_weight: float = 0.0
     stress_weight: float = 0.0
-    per_atom: bool = True
+    per_atom: bool = True  # divide the error of sum targets by the number of atoms
     kind: str = "mse"  # "mse" or "mae"
-    scale: float = 1.0  # eV
+    scale: float = 1.0  # eV, scale of the energy target (forces, stress)
+    targets: tuple[TargetTerm, ...] = ()
 
     @classmethod
-    def from_config(cls, config, scale: float) -> "LossSpec":
+    def from_config(cls, config, model) -> "LossSpec":
+        """The loss of a run: weights from ``config``, one term per head of ``model`` with its scale."""
+        terms = tuple(TargetTerm(name, head.target.readout, float(head.scale)) for name, head in model.heads.items())
+        energy = model.energy_target
+        scale = float(model.heads[energy.name].scale) if energy is not None else 1.0
         return cls(config.energy_weight, config.forces_weight, config.stress_weight,
-                   config.energy_normalisation == "per_atom", config.loss, float(scale))
+                   config.energy_normalisation == "per_atom", config.loss, scale, terms)
+
+    @property
+    def terms(self) -> tuple[TargetTerm, ...]:
+        return self.targets or (TargetTerm(K.ENERGY, "sum", self.scale),)
 
     def weights(self) -> dict[str, float]:
-        w = {"energy": self.energy_weight, "forces": self.forces_weight, "stress": self.stress_weight}
+        w = {t.name: self.energy_weight for t in self.terms}
+        w.update({K.FORCES: self.forces_weight, K.STRESS: self.stress_weight})
         return {k: v for k, v in w.items() if v > 0}
 
 
@@ -60,12 +82,13 @@ def loss_counts(batch, spec: LossSpec) -> dict[str, float]:
     weights = spec.weights()
     free, stress_ok = _masks(batch)
     counts = {}
-    if "energy" in weights:
-        counts["energy"] = float(batch[K.ENERGY].numel())
-    if "forces" in weights:
-        counts["forces"] = float(free.sum()) * 3
-    if "stress" in weights:
-        counts["stress"] = float(stress_ok.sum()) * 9
+    for t in spec.terms:
+        if t.name in weights:
+            counts[t.name] = float(batch[t.name].numel())
+    if K.FORCES in weights:
+        counts[K.FORCES] = float(free.sum()) * 3
+    if K.STRESS in weights:
+        counts[K.STRESS] = float(stress_ok.sum()) * 9
     return counts
 
 
@@ -74,17 +97,19 @@ def loss_sums(out: dict, batch, spec: LossSpec) -> dict[str, torch.Tensor]:
     weights = spec.weights()
     free, stress_ok = _masks(batch)
     sums = {}
-    if "energy" in weights:
-        err = out[K.ENERGY] - batch[K.ENERGY]
-        if spec.per_atom:
+    for t in spec.terms:
+        if t.name not in weights:
+            continue
+        err = out[t.name] - batch[t.name]
+        if spec.per_atom and t.readout == "sum":
             err = err / batch[K.NATOMS].to(err.dtype)
-        sums["energy"] = _penalty(err / spec.scale, spec.kind).sum()
-    if "forces" in weights:
+        sums[t.name] = _penalty(err / t.scale, spec.kind).sum()
+    if K.FORCES in weights:
         err = (out[K.FORCES] - batch[K.FORCES])[free]
-        sums["forces"] = _penalty(err / spec.scale, spec.kind).sum()
-    if "stress" in weights:
+        sums[K.FORCES] = _penalty(err / spec.scale, spec.kind).sum()
+    if K.STRESS in weights:
         err = (out[K.STRESS] - batch[K.STRESS])[stress_ok]
-        sums["stress"] = _penalty(err / spec.scale, spec.kind).sum()
+        sums[K.STRESS] = _penalty(err / spec.scale, spec.kind).sum()
     return sums
 
 
