@@ -442,9 +442,12 @@ def upgrade_state_dict(state_dict: dict) -> dict:
 
 def upgrade_checkpoint(payload: dict) -> dict:
     """A checkpoint dict of any readable version in the current layout (version 1 -> 2: its one
-    energy head becomes the target ``energy``, eV, readout sum, with the same weights)."""
+    energy head becomes the target ``energy``, eV, readout sum, with the same weights; an EGNN
+    gets ``update_coords=False``, the only EGNN there was before version 2)."""
     if payload.get("format_version") == 1:
         config = {**payload["config"], "targets": [ENERGY_TARGET.to_dict()]}
+        if config.get("backbone") == "egnn":  # version-1 EGNN never moved coordinates (now the default)
+            config["backbone_kwargs"] = {"update_coords": False, **(config.get("backbone_kwargs") or {})}
         payload = {**payload, "format_version": 2, "config": config,
                    "state_dict": upgrade_state_dict(payload["state_dict"])}
     return payload

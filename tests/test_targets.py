@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import load_mp20_crystals
+from conftest import load_mp20_crystals, load_qm9_molecules
 
 import geognn
 from geognn.model import CHECKPOINT_FORMAT_VERSION, Model, ReferenceEnergies, load_model
@@ -182,3 +182,23 @@ def test_version_1_checkpoint_loads_with_the_same_predictions(tmp_path):
     model.save(tmp_path / "v2.pt")
     again = load_model(tmp_path / "v2.pt")
     assert float(again(batch)["energy"]) == float(out["energy"])
+
+
+def test_version_1_egnn_checkpoint_keeps_fixed_coordinates(tmp_path):
+    """Version-1 EGNN checkpoints were written when EGNN never moved its coordinates; they must
+    load as update_coords=False (the default is now True) and predict what they predicted."""
+    import geognn
+    from geognn.model import load_model, upgrade_checkpoint
+
+    torch.manual_seed(0)
+    old = geognn.build_model("egnn", cutoff=4.0, hidden_channels=16, num_layers=2, update_coords=False)
+    state = {("energy_head." + k[len("heads.energy.mlp."):] if k.startswith("heads.energy.mlp.") else
+              k.replace("heads.energy.", "")): v for k, v in old.state_dict().items()}
+    config = {k: v for k, v in old.config.items() if k != "targets"}
+    config["backbone_kwargs"] = {k: v for k, v in config["backbone_kwargs"].items() if k != "update_coords"}
+    payload = {"format_version": 1, "config": config, "state_dict": state}
+    assert upgrade_checkpoint(payload)["config"]["backbone_kwargs"]["update_coords"] is False
+    torch.save(payload, tmp_path / "v1_egnn.pt")
+    loaded = load_model(tmp_path / "v1_egnn.pt")
+    batch = geognn.collate([geognn.build_graph(a, 4.0) for a in load_qm9_molecules(2)])
+    assert torch.allclose(loaded(batch)["energy"], old.eval()(batch)["energy"], atol=1e-5)
