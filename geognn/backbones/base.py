@@ -22,6 +22,10 @@ import torch
 from torch import nn
 
 
+#: The values of ``Backbone.geometry`` (see its comment for what each means and which test bounds it).
+GEOMETRIES = ("distances", "angles", "vectors", "spherical tensors", "orientation grid", "frame")
+
+
 class Backbone(nn.Module):
     """Base class: records the constructor keywords so a checkpoint can rebuild the backbone."""
 
@@ -35,6 +39,24 @@ class Backbone(nn.Module):
     rotation_symmetry: str = "exact"
     #: largest atomic number the backbone can embed (instances may lower it)
     max_z: int = 118
+    #: What geometry the backbone's features are built from. It places the backbone in the
+    #: hierarchy of Joshi et al. ("On the Expressive Power of Geometric GNNs", ICML 2023), i.e.
+    #: which test bounds what it can tell apart, and the expressivity report compares it with
+    #: that test. One of ``GEOMETRIES``:
+    #:
+    #: - "distances": invariant features from interatomic distances only (2-body): IGWL_(2).
+    #: - "angles": invariant features from distances and angles between the edges at an atom
+    #:   (3-body scalars): IGWL_(3), the paper's class for DimeNet.
+    #: - "vectors": equivariant Cartesian vectors (tensor order 1) passed between atoms: GWL.
+    #: - "spherical tensors": equivariant spherical tensors up to order ``tensor_order`` passed
+    #:   between atoms (e3nn): GWL.
+    #: - "orientation grid": features on a grid of directions (PΘNITA), read out as vectors: GWL.
+    #: - "frame": coordinates in a frame the structure defines; invariant only inside frame
+    #:   averaging, whose frame is global (not message passing), so no GWL bound applies.
+    #:
+    #: Instances may set their own when a hyperparameter changes it (EGNN with fixed coordinates
+    #: sees distances only).
+    geometry: str = ""
 
     def __init__(self, **hparams: Any):
         super().__init__()
@@ -45,6 +67,21 @@ class Backbone(nn.Module):
         """F, the width of ``node_features``: the ``hidden_channels`` keyword unless a backbone
         overrides it (every backbone takes ``hidden_channels``)."""
         return self.hparams["hidden_channels"]
+
+    @property
+    def tensor_order(self) -> int:
+        """Largest tensor order l of the equivariant features the backbone passes on and reads out:
+        0 for invariant backbones ("distances", "angles") and for "frame"; 1 for "vectors" and
+        "orientation grid" (vector readout); for "spherical tensors", the largest l of the last
+        layer's e3nn ``irreps_out``. ValueError for a backbone that declares no valid ``geometry``."""
+        if self.geometry not in GEOMETRIES:
+            raise ValueError(f"{type(self).__name__} declares geometry {self.geometry!r}; expected one of "
+                             f"{', '.join(GEOMETRIES)} (see geognn.backbones.base.Backbone.geometry)")
+        if self.geometry in ("vectors", "orientation grid"):
+            return 1
+        if self.geometry == "spherical tensors":
+            return max(ir.l for _, ir in self.layers[-1].irreps_out)
+        return 0
 
     def reset_parameters(self) -> None:  # pragma: no cover - every backbone overrides
         raise NotImplementedError

@@ -456,6 +456,7 @@ class DimeNetPlusPlus(Backbone):
     """
 
     name = "dimenetpp"
+    geometry = "angles"  # Backbone.geometry: distances and angles of triplets k-j-i
 
     def __init__(self, hidden_channels: int = 128, num_layers: int = 4, cutoff: float = 5.0,
                  out_emb_channels: int = 256, int_emb_size: int = 64, basis_emb_size: int = 8,

@@ -115,6 +115,7 @@ class MACE(ExactCouplingsMixin, Backbone):
     __doc__ = __doc__
 
     name = "mace"
+    geometry = "spherical tensors"  # Backbone.geometry: e3nn features up to hidden_max_ell
 
     def __init__(self, hidden_channels: int = 32, num_layers: int = 2, max_ell: int = 3, hidden_max_ell: int = 1,
                  correlation: int = 3, num_basis: int = 8, cutoff: float = 5.0,

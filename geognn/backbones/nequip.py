@@ -107,6 +107,7 @@ class NequIP(ExactCouplingsMixin, Backbone):
     __doc__ = __doc__
 
     name = "nequip"
+    geometry = "spherical tensors"  # Backbone.geometry: e3nn features up to max_ell
 
     def __init__(self, hidden_channels: int = 32, num_layers: int = 4, max_ell: int = 1, num_basis: int = 8,
                  cutoff: float = 5.0, radial_hidden: Sequence[int] = (64, 64), avg_num_neighbors: float = 10.0,

@@ -127,6 +127,7 @@ class PaiNN(Backbone):
     """
 
     name = "painn"
+    geometry = "vectors"  # Backbone.geometry: Cartesian vector features
 
     def __init__(self, hidden_channels: int = 128, num_layers: int = 3, num_rbf: int = 20,
                  cutoff: float = 5.0, max_z: int = 100):

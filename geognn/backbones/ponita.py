@@ -400,6 +400,7 @@ class PONITA(_PositionOrientationNetwork):
     """
 
     name = "ponita"
+    geometry = "orientation grid"  # Backbone.geometry: features on a grid of directions
     reflection_invariant = True  # up to the grid's discretisation, like rotations (see module docstring)
 
     def __init__(self, hidden_channels: int = 128, num_layers: int = 5, num_ori: int = 20, cutoff: float = 5.0,
@@ -421,6 +422,7 @@ class PNITA(_PositionOrientationNetwork):
     """
 
     name = "pnita"
+    geometry = "distances"  # Backbone.geometry: no orientations, invariants of d_ij only
     rotation_symmetry = "exact"
     reflection_invariant = True
 

@@ -77,6 +77,7 @@ class SchNet(Backbone):
     """
 
     name = "schnet"
+    geometry = "distances"  # Backbone.geometry: continuous filters of d_ij only
 
     def __init__(self, hidden_channels: int = 128, num_filters: int = 128, num_layers: int = 6,
                  num_gaussians: int = 50, cutoff: float = 5.0, max_z: int = 100):
