@@ -25,6 +25,15 @@ INVARIANT = {"schnet": dict(hidden_channels=8, num_filters=8, num_gaussians=8),
              "dimenetpp": {k: v for k, v in SMALL["dimenetpp"].items() if k != "num_layers"}}
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny graphs: torch's intra-op threads only contend on a loaded machine; restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _small(name):
     return {k: v for k, v in SMALL.get(name, {}).items() if k != "num_layers"}
 
@@ -47,11 +56,27 @@ def test_invariant_backbones_fail_the_k_chains(name, k):
         assert not distinguishes(name, pair.g1, pair.g2, num_layers=num_layers, seeds=2, **INVARIANT[name])
 
 
-def test_egnn_without_vector_feedback_behaves_like_an_invariant_model_on_k_chains():
-    # geognn's EGNN keeps coordinates fixed and never feeds its vectors back into h (see
-    # geognn/backbones/egnn.py), so orientation cannot travel: unlike the paper's EGNN, it fails.
-    pair = k_chain_pair(2)
-    assert layers_needed("egnn", pair, max_layers=3, seeds=2, hidden_channels=8) is None
+EGNN_PROBE = dict(hidden_channels=16, avg_num_neighbors=2.0, coords_weight=30.0)  # report.PROBE_SETTINGS
+
+
+def test_egnn_with_coordinate_updates_separates_the_4_chain_with_3_layers_not_2():
+    # the paper's EGNN moves coordinates, so orientation travels one hop per layer: GWL's depth
+    pair = k_chain_pair(4)
+    assert not distinguishes("egnn", pair.g1, pair.g2, num_layers=2, seeds=2, **EGNN_PROBE)
+    assert distinguishes("egnn", pair.g1, pair.g2, num_layers=3, seeds=2, **EGNN_PROBE)
+    # with the backbone's defaults (A = 10, w = 1) atoms move ~1e-3 Å per layer at random
+    # initialisation and the gap (second order in the displacements) is ~1e-9 of the embedding:
+    # under the probe's floor, which is why the probe settings raise coords_weight
+
+
+def test_egnn_with_fixed_coordinates_is_a_distance_only_model():
+    # update_coords=False (the paper's QM9 setting): h never sees a moved coordinate
+    assert BACKBONES["egnn"](update_coords=False).geometry == "distances"
+    pair = k_chain_pair(4)
+    assert not distinguishes("egnn", pair.g1, pair.g2, num_layers=4, seeds=2, update_coords=False, **EGNN_PROBE)
+    two_body = two_body_degenerate_pair()
+    assert not distinguishes("egnn", two_body.g1, two_body.g2, num_layers=2, seeds=2, update_coords=False,
+                             **EGNN_PROBE)
 
 
 def test_distance_only_schnet_fails_the_two_body_pair_but_angle_aware_dimenet_separates_it():
@@ -166,10 +191,41 @@ def test_report_writes_table_csv_and_heatmap(tmp_path):
 
 
 def test_report_flags_a_backbone_that_beats_gwl(tmp_path, monkeypatch):
-    monkeypatch.setattr(report_module, "layers_needed", lambda *args, **kwargs: 1)  # a broken "model"
+    monkeypatch.setattr(report_module, "layers_scan", lambda *args, **kwargs: (1, {1: 5.0}))  # a broken "model"
     result = report_module.write_report(tmp_path, ["schnet"], ["2-chain"], max_layers=2, seeds=1, progress=False)
     assert result["violations"] == [("2-chain", "schnet")]
     assert "1 (✗) ⚠" in result["markdown"].read_text()
+    assert "| 2-chain | 5 |" in result["markdown"].read_text()  # the margins table
+
+
+# --------------------------------------------------------------------------- declared geometry
+def test_every_backbone_declares_its_geometry_and_the_report_reads_it():
+    """Backbone.geometry decides the theory column; the declared tensor order agrees with what
+    the backbone actually returns (node_vectors -> 1, e3nn irreps -> their largest l)."""
+    from geognn.backbones.base import GEOMETRIES
+
+    declared = {name: cls.geometry for name, cls in BACKBONES.items()}
+    assert declared == {"schnet": "distances", "dimenetpp": "angles", "egnn": "vectors", "painn": "vectors",
+                        "nequip": "spherical tensors", "mace": "spherical tensors", "faenet": "frame",
+                        "ponita": "orientation grid", "pnita": "distances"}
+    assert set(declared.values()) <= set(GEOMETRIES)
+    for name in BACKBONES:
+        settings = report_module.PROBE_SETTINGS[name]
+        model = build_backbone(name, 1, 3.0, 0, settings)
+        inner = model.backbone if uses_global_frame(model) else model
+        if inner.geometry != "frame":  # FAENet's vectors exist only with force_head, from frame averaging
+            assert inner.tensor_order == readout_order(model), name
+        info = report_module.describe_backbone(name)
+        assert info.bound == report_module.BOUND_OF_GEOMETRY[declared[name]]
+    assert report_module.describe_backbone("pnita").bound == "IGWL_(2)"  # was compared with IGWL before
+    assert report_module.describe_backbone("egnn-fixed").bound == "IGWL_(2)"
+    assert report_module.describe_backbone("egnn").bound == "GWL"
+
+
+def test_a_backbone_without_a_declared_geometry_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(BACKBONES["schnet"], "geometry", "")
+    info = report_module.describe_backbone("schnet")
+    assert "SchNet declares geometry ''; expected one of distances, angles" in info.error
 
 
 def test_cli_expressivity(tmp_path, capsys):

@@ -71,6 +71,7 @@ import torch
 from torch_geometric.data import Data
 
 from .. import conventions as K
+from .inputs import as_graph
 
 #: Groups the colours are invariant under: "O3" (rotations and reflections) or "SO3" (rotations).
 GROUPS = ("O3", "SO3")
@@ -139,8 +140,11 @@ def graph_from_atoms(atoms, cutoff: float) -> Data:
     return build_graph(atoms, cutoff, dtype=torch.float64)
 
 
-def isometric_copy(data: Data, rotation=None, translation=None, permutation=None) -> Data:
+def isometric_copy(data, rotation=None, translation=None, permutation=None) -> Data:
     """The same structure moved by ``x -> rotation @ x + translation`` with its nodes reordered.
+
+    Computed in the dtype of ``data``'s positions (a float32 graph gives a float32 copy, with its
+    round-off). ``data``: any graph ``inputs.as_graph`` accepts; the copy is a geognn graph.
 
     Args:
         rotation: [3, 3] orthogonal matrix (det -1 for a reflection); default identity.
@@ -149,6 +153,7 @@ def isometric_copy(data: Data, rotation=None, translation=None, permutation=None
 
     The cell rotates with the positions (its rows are vectors); image shifts are unchanged.
     """
+    data = as_graph(data, "data")
     n = data[K.POS].shape[0]
     pos = data[K.POS].clone()
     rot = torch.eye(3, dtype=pos.dtype) if rotation is None else torch.as_tensor(rotation, dtype=pos.dtype)
@@ -166,14 +171,16 @@ def isometric_copy(data: Data, rotation=None, translation=None, permutation=None
 
 
 # --------------------------------------------------------------------------- the test
-def gwl_test(g1: Data, g2: Data, invariant: bool = False, body_order: int | None = None, max_iter: int = 10,
-             group: str = "O3", tol: float = DEFAULT_TOL) -> GWLResult:
+def gwl_test(g1, g2, invariant: bool = False, body_order: int | None = None, max_iter: int = 10,
+             group: str = "O3", tol: float = DEFAULT_TOL, graph_cutoff: float | None = None) -> GWLResult:
     """Run GWL (or IGWL, IGWL_(k)) on two geometric graphs side by side.
 
     Args:
-        g1, g2: ``Data`` with ``pos`` [N, 3] Å, ``z`` [N] node labels and ``edge_index`` [2, E]
-            (row 0 neighbour j, row 1 centre i, both directions); optionally ``cell`` [1,3,3],
-            ``edge_shift`` [E, 3] and ``pbc`` [1,3] for periodic graphs (``graph_from_atoms``).
+        g1, g2: anything ``geognn.expressivity.inputs.as_graph`` accepts: ``Data`` with ``pos``
+            [N, 3] Å, ``edge_index`` [2, E] (row 0 neighbour j, row 1 centre i, both directions)
+            and node labels (``z``, the dojo's ``atoms`` or one-hot ``x``); optionally ``cell``,
+            ``edge_shift`` and ``pbc`` for periodic graphs (``graph_from_atoms``); or an
+            ``ase.Atoms`` with ``graph_cutoff`` (Å).
         invariant: False for GWL; True for IGWL (or IGWL_(k) with ``body_order``).
         body_order: None (all invariant geometry of the 1-hop neighbourhood) or k in (2, 3, 4);
             only with ``invariant=True``.
@@ -182,6 +189,7 @@ def gwl_test(g1: Data, g2: Data, invariant: bool = False, body_order: int | None
             IGWL stops once the partition is stable (the classical WL argument).
         group: "O3" or "SO3" (SO(3) tells mirror images apart).
         tol: rounding step of the canonical forms (see the module docstring).
+        graph_cutoff: Å, radius of the graphs built from ``ase.Atoms`` inputs (ignored otherwise).
 
     Returns:
         :class:`GWLResult`.
@@ -197,7 +205,8 @@ def gwl_test(g1: Data, g2: Data, invariant: bool = False, body_order: int | None
         raise ValueError(f"max_iter must be a positive integer, got {max_iter}")
     if not tol > 0:
         raise ValueError(f"tol must be > 0, got {tol}")
-    first, second = _Geometry.from_data(g1, "g1"), _Geometry.from_data(g2, "g2")
+    first = _Geometry.from_data(as_graph(g1, "g1", graph_cutoff), "g1")
+    second = _Geometry.from_data(as_graph(g2, "g2", graph_cutoff), "g2")
     union = _Geometry.union(first, second)
     periodic = first.periodic or second.periodic
     split = first.num_nodes

@@ -16,11 +16,28 @@ isometric copies of both. The graph-level embedding is
   is whether the model can represent the orientation (Joshi et al., Sec. 5.2).
 
 Noise threshold: the gap ``|e(g1) - e(g2)|`` counts as a separation when it exceeds
-``NOISE_FACTOR`` times the largest ``|e(g) - e(copy of g)|`` over the isometric copies (random
+``NOISE_FACTOR`` (``APPROXIMATE_NOISE_FACTOR`` for backbones whose rotation symmetry is only
+approximate) times the largest ``|e(g) - e(copy of g)|`` over the isometric copies (random
 rotation, also reflection if the backbone is reflection-invariant; translation; permutation of
 atoms; the equivariant readout uses translation and permutation only), plus ``RELATIVE_FLOOR``
-times the embedding norm. Exact backbones have float64 noise ~1e-15; approximately equivariant
-ones (``rotation_symmetry`` "approximate"/"none") get a threshold from their measured noise.
+times the embedding norm. The copies carry the input's precision: they are made from the
+input's coordinates in float64 and then *rounded to the input's dtype*, as a user's own rotated
+copy of a float32 graph would be. So a float32 graph gets a float32 noise floor (~1e-7 relative
+round-off of the coordinates, amplified by the model), a float64 one a float64 floor; without
+the rounding a float32 graph was "separated" from its own rotated copy by most backbones. The
+models themselves always run in float64. Approximately equivariant backbones
+(``rotation_symmetry`` "approximate") get a threshold from their measured noise as well.
+
+Why two factors: for exact backbones the noise is round-off, random in size from copy to copy;
+float32 copies of a chain gave gaps of 0.1 to 0.9 times the measured noise (so 10 leaves a
+factor > 10 of headroom) while real separations of float32 dojo-layout pairs (PaiNN at ⌊k/2⌋+1
+layers on the 4-chain) were only ~35 times the noise, which 100 would have hidden. For an
+approximate symmetry (PΘNITA's grid) the noise is a systematic discretisation error that a few
+rotations under-sample, so the factor stays 100.
+
+The *margin* of a verdict is gap / threshold: above 1 the pair is separated (the best seed's
+margin is reported), below 1 it is not (the largest margin over seeds). A margin near 1 is a
+close call; the report prints every margin.
 
 A pair is reported as distinguished if any seed separates it: the question is whether the
 architecture *can* separate the pair; an impossible separation fails for every seed by
@@ -42,9 +59,12 @@ from ..backbones import Backbone, get_backbone_class
 from ..graph.build import collate, graph_index, num_graphs
 from ..nn.scatter import scatter_sum
 from .gwl import isometric_copy
+from .inputs import as_graph
 
 #: A gap must exceed this many times the isometric-copy noise to count as a separation.
-NOISE_FACTOR = 100.0
+NOISE_FACTOR = 10.0
+#: ... for backbones with ``rotation_symmetry == "approximate"`` (see module docstring).
+APPROXIMATE_NOISE_FACTOR = 100.0
 #: ... plus this fraction of the embedding norm (float64 round-off of different summation orders).
 RELATIVE_FLOOR = 1e-9
 #: Default backbone cutoff: this many times the pair's longest edge (the envelope must not cut edges).
@@ -56,7 +76,8 @@ READOUTS = ("invariant", "equivariant")
 
 @dataclass(frozen=True)
 class Separation:
-    """Per-seed outcome of a probe: gaps |e(g1) - e(g2)| and the thresholds they were compared to."""
+    """Per-seed outcome of a probe: gaps |e(g1) - e(g2)| and the thresholds they were compared to
+    (same units as the embeddings; module docstring)."""
 
     gaps: tuple[float, ...]
     thresholds: tuple[float, ...]
@@ -68,6 +89,16 @@ class Separation:
     @property
     def distinguished(self) -> bool:
         return any(self.separated)
+
+    @property
+    def margins(self) -> tuple[float, ...]:
+        """gap / threshold per seed (> 1: separated by that seed)."""
+        return tuple(g / t if t > 0 else float("inf") for g, t in zip(self.gaps, self.thresholds))
+
+    @property
+    def margin(self) -> float:
+        """The verdict's margin: the largest gap / threshold over seeds (> 1 iff distinguished)."""
+        return max(self.margins)
 
 
 def build_backbone(backbone, num_layers: int, cutoff: float, seed: int, backbone_kwargs: dict) -> Backbone:
@@ -104,7 +135,9 @@ def uses_global_frame(model: Backbone) -> bool:
 
 
 def readout_order(model: Backbone) -> int:
-    """Largest tensor order l in the equivariant readout of ``model`` (see module docstring).
+    """Largest tensor order l in the equivariant readout of ``model`` (see module docstring), as
+    *measured* from what it returns; the report uses the declared ``Backbone.tensor_order``, and
+    the tests check that the two agree.
 
     e3nn backbones: the largest l of their last layer's irreps; otherwise 1 if the backbone
     returns ``node_vectors`` (checked on a small triangle molecule), else 0.
@@ -162,23 +195,39 @@ def graph_embeddings(model: Backbone, batch, readout: str = "invariant") -> torc
 def _as_float64(data: Data) -> Data:
     data = data.clone()
     for key in (K.POS, K.CELL, K.EDGE_SHIFT):
-        if key in data:
-            data[key] = data[key].double()
+        data[key] = data[key].double()
     return data
 
 
-def _copies(data: Data, rng: np.random.Generator, rotate: bool, reflect: bool) -> tuple[list[Data], list[np.ndarray]]:
-    """Isometric copies for the noise measurement: rotated (and reflected), translated, permuted;
-    returned with the [3, 3] matrix each copy was rotated by."""
+def _rounded_to(data: Data, dtype: torch.dtype) -> Data:
+    """``data`` (float64) with positions and cell rounded to ``dtype`` and back: the input's precision."""
+    data = data.clone()
+    for key in (K.POS, K.CELL):
+        data[key] = data[key].to(dtype).double()
+    return data
+
+
+def _copies(data: Data, dtype: torch.dtype, rng: np.random.Generator, rotate: bool,
+            reflect: bool) -> tuple[list[Data], list[np.ndarray]]:
+    """Isometric copies for the noise measurement: rotated (and reflected), translated, permuted,
+    made in float64 from ``data`` and rounded to ``dtype`` (the input's); returned with the
+    [3, 3] matrix each copy was rotated by."""
     copies, rotations = [], []
     n = data[K.POS].shape[0]
+    extent = float(data[K.POS].abs().max()) if n else 1.0
     for k in range(NUM_COPIES):
         rotation = Rotation.random(random_state=rng.integers(2**31)).as_matrix() if rotate else np.eye(3)
         if rotate and reflect and k % 2 == 0:
             rotation = -rotation
-        copies.append(isometric_copy(data, rotation, rng.normal(size=3), rng.permutation(n)))
+        translation = rng.normal(size=3) * max(1.0, extent)  # as far as the structure is large
+        copies.append(_rounded_to(isometric_copy(data, rotation, translation, rng.permutation(n)), dtype))
         rotations.append(rotation)
     return copies, rotations
+
+
+def as_pair(g1, g2, graph_cutoff: float | None = None) -> tuple[Data, Data]:
+    """Both graphs of a pair through the one input path (``inputs.as_graph``)."""
+    return as_graph(g1, "g1", graph_cutoff), as_graph(g2, "g2", graph_cutoff)
 
 
 def _rotated_back(embedding: torch.Tensor, num_features: int, rotation: np.ndarray) -> torch.Tensor:
@@ -188,17 +237,22 @@ def _rotated_back(embedding: torch.Tensor, num_features: int, rotation: np.ndarr
     return torch.cat([embedding[:num_features], back.reshape(-1)])
 
 
-def separation(backbone, g1: Data, g2: Data, num_layers: int, seeds: int = 5, readout: str = "invariant",
-               **backbone_kwargs) -> Separation:
+def separation(backbone, g1, g2, num_layers: int, seeds: int = 5, readout: str = "invariant",
+               graph_cutoff: float | None = None, **backbone_kwargs) -> Separation:
     """Per-seed gaps and noise thresholds of a probe (module docstring); keywords go to the backbone.
 
-    ``cutoff`` defaults to CUTOFF_MARGIN x the longest edge of the two graphs; a given cutoff must
-    exceed that edge (the backbone's envelope would silently remove the edges beyond it).
+    ``g1``, ``g2``: anything ``geognn.expressivity.inputs.as_graph`` accepts (geognn or dojo-layout
+    ``Data``, float32 or float64; ``ase.Atoms`` with ``graph_cutoff`` in Å).
+    ``cutoff`` (the backbone's) defaults to CUTOFF_MARGIN x the longest edge of the two graphs; a
+    given cutoff must exceed that edge (the backbone's envelope would silently remove the edges
+    beyond it).
     """
     if int(seeds) != seeds or seeds < 1:
         raise ValueError(f"seeds must be a positive integer, got {seeds}")
     if readout not in READOUTS:
         raise ValueError(f"readout must be one of {', '.join(READOUTS)}, got {readout!r}")
+    g1, g2 = as_pair(g1, g2, graph_cutoff)
+    dtypes = g1[K.POS].dtype, g2[K.POS].dtype  # the inputs' precision: the copies are rounded to it
     g1, g2 = _as_float64(g1), _as_float64(g2)
     from ..graph.build import edge_vectors
 
@@ -221,8 +275,8 @@ def separation(backbone, g1: Data, g2: Data, num_layers: int, seeds: int = 5, re
                        and getattr(model, "rotation_symmetry", "exact") == "approximate")
         rotate = readout == "invariant" or rotate_back
         reflect = bool(getattr(model, "reflection_invariant", True))
-        copies1, rotations1 = _copies(g1, rng, rotate, reflect)
-        copies2, rotations2 = _copies(g2, rng, rotate, reflect)
+        copies1, rotations1 = _copies(g1, dtypes[0], rng, rotate, reflect)
+        copies2, rotations2 = _copies(g2, dtypes[1], rng, rotate, reflect)
         with torch.no_grad():
             emb = graph_embeddings(model, collate([g1, g2] + copies1 + copies2), readout)  # [2 + 2 * NUM_COPIES, D]
         if rotate_back:
@@ -234,23 +288,29 @@ def separation(backbone, g1: Data, g2: Data, num_layers: int, seeds: int = 5, re
                     + [float((emb[2 + NUM_COPIES + k] - e2).norm()) for k in range(NUM_COPIES)])
         scale = max(float(e1.norm()), float(e2.norm()))
         gaps.append(float((e1 - e2).norm()))
-        thresholds.append(NOISE_FACTOR * noise + RELATIVE_FLOOR * scale)
+        approximate = getattr(model, "rotation_symmetry", "exact") == "approximate"
+        factor = APPROXIMATE_NOISE_FACTOR if approximate else NOISE_FACTOR
+        thresholds.append(factor * noise + RELATIVE_FLOOR * scale)
     return Separation(tuple(gaps), tuple(thresholds))
 
 
-def distinguishes(backbone, g1: Data, g2: Data, num_layers: int, seeds: int = 5, **backbone_kwargs) -> bool:
+def distinguishes(backbone, g1, g2, num_layers: int, seeds: int = 5, graph_cutoff: float | None = None,
+                  **backbone_kwargs) -> bool:
     """Whether a randomly initialised ``backbone`` with ``num_layers`` layers separates g1 from g2.
 
     Builds the backbone (a name in ``geognn.BACKBONES`` or a class) for seeds 0..seeds-1, each a
     fresh initialisation, and reports whether the invariant graph-level embeddings differ beyond
     the noise threshold measured on isometric copies, for at least one seed (module docstring).
+    g1, g2 as in :func:`separation` (``graph_cutoff``: Å, for ``ase.Atoms`` inputs).
     ``backbone_kwargs`` go to the backbone's constructor (e.g. hidden_channels, max_ell, cutoff).
+    Use :func:`separation` for the gaps, thresholds and margins behind the verdict.
     """
-    return separation(backbone, g1, g2, num_layers, seeds, "invariant", **backbone_kwargs).distinguished
+    return separation(backbone, g1, g2, num_layers, seeds, "invariant", graph_cutoff,
+                      **backbone_kwargs).distinguished
 
 
-def identifies_orientation(backbone, g1: Data, g2: Data, num_layers: int = 1, seeds: int = 5,
-                           **backbone_kwargs) -> bool:
+def identifies_orientation(backbone, g1, g2, num_layers: int = 1, seeds: int = 5,
+                           graph_cutoff: float | None = None, **backbone_kwargs) -> bool:
     """Whether the *equivariant* readout of ``backbone`` differs between g1 and its rotated copy g2.
 
     For the rotationally symmetric pairs: theory says yes iff the readout has tensor order >= L.
@@ -258,19 +318,42 @@ def identifies_orientation(backbone, g1: Data, g2: Data, num_layers: int = 1, se
     noise reference includes rotated copies whose readout is rotated back, so the grid's
     discretisation error of a rotated input does not count as "identified".
     """
-    return separation(backbone, g1, g2, num_layers, seeds, "equivariant", **backbone_kwargs).distinguished
+    return separation(backbone, g1, g2, num_layers, seeds, "equivariant", graph_cutoff,
+                      **backbone_kwargs).distinguished
 
 
-def layers_needed(backbone, pair, max_layers: int = 8, seeds: int = 5, **backbone_kwargs) -> int | None:
+def layers_needed(backbone, pair, max_layers: int = 8, seeds: int = 5, graph_cutoff: float | None = None,
+                  **backbone_kwargs) -> int | None:
     """Smallest number of layers (1..max_layers) with which ``backbone`` tells ``pair`` apart, or None.
 
-    ``pair`` is a ``HardPair``; for rotationally symmetric pairs (``pair.is_orientation_pair``) the
-    equivariant readout is used (orientation identified), otherwise ``distinguishes``.
+    ``pair`` is a ``HardPair`` or a tuple (g1, g2) of inputs as in :func:`separation`; for
+    rotationally symmetric pairs (``pair.is_orientation_pair``) the equivariant readout is used
+    (orientation identified), otherwise ``distinguishes``. :func:`layers_scan` also returns the
+    margin of every layer count tried.
     """
+    return layers_scan(backbone, pair, max_layers, seeds, graph_cutoff, **backbone_kwargs)[0]
+
+
+def layers_scan(backbone, pair, max_layers: int = 8, seeds: int = 5, graph_cutoff: float | None = None,
+                **backbone_kwargs) -> tuple[int | None, dict[int, float]]:
+    """(:func:`layers_needed`, {num_layers: margin}) for the layer counts tried (stops at the first
+    that separates)."""
     if int(max_layers) != max_layers or max_layers < 1:
         raise ValueError(f"max_layers must be a positive integer, got {max_layers}")
-    readout = "equivariant" if pair.is_orientation_pair else "invariant"
+    if isinstance(pair, (tuple, list)):
+        if len(pair) != 2:
+            raise ValueError(f"pair must be a HardPair or a tuple (g1, g2), got a {type(pair).__name__} of {len(pair)}")
+        g1, g2, orientation = pair[0], pair[1], False
+    elif hasattr(pair, "g1") and hasattr(pair, "g2"):
+        g1, g2, orientation = pair.g1, pair.g2, bool(getattr(pair, "is_orientation_pair", False))
+    else:
+        raise ValueError(f"pair must be a HardPair or a tuple (g1, g2), got {type(pair).__name__}")
+    g1, g2 = as_pair(g1, g2, graph_cutoff)
+    readout = "equivariant" if orientation else "invariant"
+    margins = {}
     for num_layers in range(1, int(max_layers) + 1):
-        if separation(backbone, pair.g1, pair.g2, num_layers, seeds, readout, **backbone_kwargs).distinguished:
-            return num_layers
-    return None
+        result = separation(backbone, g1, g2, num_layers, seeds, readout, **backbone_kwargs)
+        margins[num_layers] = result.margin
+        if result.distinguished:
+            return num_layers, margins
+    return None, margins

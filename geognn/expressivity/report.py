@@ -5,15 +5,18 @@ For each pair (``pairs.load_pairs``):
 
 - the tests GWL, IGWL, IGWL_(2..4) (``gwl.gwl_test``, group O(3)): the first iteration that
   separates the pair, or ✗; expected value from ``HardPair.expected``.
-- each backbone (``models.layers_needed`` with ``PROBE_SETTINGS``): the fewest layers that
-  separate the pair at random initialisation, or ✗ within ``max_layers``. Its expectation is the
-  test that bounds its class: GWL for backbones with an equivariant readout (tensor order >= 1),
-  IGWL for invariant ones, IGWL_(2) for distance-only ones (``DISTANCE_ONLY``); evaluated in
-  SO(3) for backbones that are not reflection-invariant. A backbone separating a pair with fewer
-  layers than GWL needs iterations (or one that GWL never separates) violates the theorem that
+- each column of ``COLUMNS`` (a backbone with its ``PROBE_SETTINGS``, or a variant such as EGNN
+  with fixed coordinates; ``models.layers_scan``): the fewest layers that separate the pair at
+  random initialisation, or ✗ within ``max_layers``, with the margin (gap / noise threshold) of
+  every layer count tried. Its expectation is the test that bounds the geometry the backbone
+  *declares* (``Backbone.geometry``, ``BOUND_OF_GEOMETRY``): IGWL_(2) for "distances", IGWL_(3)
+  for "angles", GWL for equivariant features; evaluated in SO(3) for backbones that are not
+  reflection-invariant. "frame" backbones (inside frame averaging, whose frame is global) are
+  expected to separate at 1 layer whatever GWL separates at all. A backbone separating a pair
+  with fewer layers than GWL needs (or one that GWL never separates) violates the theorem that
   geometric GNNs are bounded by GWL: the report flags it ("⚠") as a bug.
 - rotationally symmetric pairs: whether a 1-layer model's equivariant readout identifies the
-  orientation (✓/✗); expected ✓ iff the backbone's tensor order >= the fold.
+  orientation (✓/✗); expected ✓ iff the declared tensor order (``Backbone.tensor_order``) >= the fold.
 
 Outputs: report.md (the table and a legend), report.csv (one line per pair and column) and
 heatmap.png (needs matplotlib: ``pip install geognn[report]``).
@@ -30,7 +33,7 @@ from pathlib import Path
 
 from ..backbones import BACKBONES
 from .gwl import gwl_test
-from .models import build_backbone, layers_needed, readout_order, uses_global_frame
+from .models import build_backbone, layers_scan, separation, uses_global_frame
 from .pairs import TESTS, HardPair, load_pairs
 
 #: Small, CPU-friendly settings per backbone (num_layers and cutoff are set by the probe).
@@ -39,7 +42,10 @@ PROBE_SETTINGS = {
     "schnet": dict(hidden_channels=16, num_filters=16, num_gaussians=12),
     "dimenetpp": dict(hidden_channels=16, out_emb_channels=16, int_emb_size=8, basis_emb_size=4,
                       num_spherical=3, num_radial=4, num_output_layers=2),
-    "egnn": dict(hidden_channels=16),
+    # coords_weight 30: phi_x is ~0.02 at its plain init, so atoms would move ~1e-3 Å per layer and
+    # the k-chain signal (second order in the displacements) would sit under a float32 input's
+    # noise floor; with w = 30 they move ~0.3 Å per layer, the regime of the dojo's EGNN
+    "egnn": dict(hidden_channels=16, avg_num_neighbors=2.0, coords_weight=30.0),
     "painn": dict(hidden_channels=16),
     "nequip": dict(hidden_channels=8, max_ell=2, radial_hidden=(16,)),
     "mace": dict(hidden_channels=8, max_ell=2, hidden_max_ell=2, correlation=2, radial_hidden=(16,)),
@@ -49,8 +55,14 @@ PROBE_SETTINGS = {
 }
 #: Settings for a backbone not listed above.
 DEFAULT_PROBE_SETTINGS = dict(hidden_channels=16)
-#: Invariant backbones that see distances only: bounded by IGWL_(2).
-DISTANCE_ONLY = {"schnet"}
+#: Report columns: name -> (backbone in BACKBONES, settings on top of PROBE_SETTINGS). Every
+#: backbone has its own column; variants whose theory class differs get one more.
+VARIANTS = {"egnn": {"egnn-fixed": dict(update_coords=False)}}  # the paper's QM9 setting, distance-only
+COLUMNS = {column: (name, settings) for name in BACKBONES
+           for column, settings in [(name, {})] + list(VARIANTS.get(name, {}).items())}
+#: The test that bounds each declared ``Backbone.geometry`` ("frame": see module docstring).
+BOUND_OF_GEOMETRY = {"distances": "IGWL_(2)", "angles": "IGWL_(3)", "vectors": "GWL", "spherical tensors": "GWL",
+                     "orientation grid": "GWL", "frame": "GWL"}
 TEST_LABELS = {"GWL": "GWL", "IGWL": "IGWL", "IGWL_(2)": "IGWL₂", "IGWL_(3)": "IGWL₃", "IGWL_(4)": "IGWL₄"}
 _TEST_OPTIONS = {"GWL": (False, None), "IGWL": (True, None), "IGWL_(2)": (True, 2), "IGWL_(3)": (True, 3),
                  "IGWL_(4)": (True, 4)}
@@ -59,20 +71,43 @@ _TEST_OPTIONS = {"GWL": (False, None), "IGWL": (True, None), "IGWL_(2)": (True, 
 @dataclass
 class Cell:
     """One result: ``measured`` and ``expected`` are iterations/layers (None = never) or, for
-    orientation pairs, True/False; ``status`` is "ok", "differs", "violates GWL" or "error"."""
+    orientation pairs, True/False; ``status`` is "ok", "differs", "above body-order test",
+    "violates GWL", "violates tensor-order bound", "beyond GWL (global frame)" or "error";
+    ``margins`` {num_layers: gap / threshold} of the probes behind the verdict (backbones only)."""
 
     measured: object
     expected: object
     status: str = "ok"
     note: str = ""
+    margins: dict = field(default_factory=dict)
 
     def text(self) -> str:
         """"3 (3)", "✗ (✗)", "✓ (✓)", with † when it differs from theory and ⚠ for a GWL violation."""
         if self.status == "error":
             return "error"
-        mark = {"ok": "", "differs": " †", "violates GWL": " ⚠", "violates tensor-order bound": " ⚠",
-                "beyond GWL (global frame)": " ‡"}[self.status]
-        return f"{_symbol(self.measured)} ({_symbol(self.expected)}){mark}"
+        return f"{_symbol(self.measured)} ({_symbol(self.expected)}){MARKS[self.status]}"
+
+    def margin_text(self) -> str:
+        """The verdict's margins: "54 / 0.01" = gap/threshold at the reported layer count / one
+        fewer; "<0.3" = the largest over all counts tried when none separated."""
+        if not self.margins:
+            return ""
+        if self.measured is None or self.measured is False:
+            largest = max(self.margins.values())
+            return "0" if largest == 0 else "<" + _number(largest)
+        if self.measured is True:
+            return _number(max(self.margins.values()))
+        below = self.margins.get(self.measured - 1)
+        return _number(self.margins[self.measured]) + ("" if below is None else " / " + _number(below))
+
+
+#: Mark appended to a cell for each status.
+MARKS = {"ok": "", "differs": " †", "above body-order test": " °", "violates GWL": " ⚠",
+         "violates tensor-order bound": " ⚠", "beyond GWL (global frame)": " ‡"}
+
+
+def _number(x: float) -> str:
+    return "inf" if x == float("inf") else f"{x:.2g}"
 
 
 def _symbol(value) -> str:
@@ -85,7 +120,7 @@ def _symbol(value) -> str:
 
 @dataclass
 class ReportRow:
-    """Results for one pair: ``tests`` by test name (O(3)), ``backbones`` by backbone name."""
+    """Results for one pair: ``tests`` by test name (O(3)), ``backbones`` by column name."""
 
     pair: HardPair
     tests: dict = field(default_factory=dict)
@@ -95,10 +130,12 @@ class ReportRow:
 
 @dataclass
 class BackboneInfo:
-    """What the report needs to know about one backbone: its settings and theory class."""
+    """What the report needs to know about one column: backbone, settings and declared theory class."""
 
     name: str
     settings: dict
+    backbone: str = ""
+    geometry: str = ""
     order: int | None = None
     bound: str = "GWL"
     group: str = "O3"
@@ -108,38 +145,47 @@ class BackboneInfo:
     warnings: set = field(default_factory=set)
 
 
-def describe_backbone(name: str) -> BackboneInfo:
-    """Settings, tensor order, bounding test and group of a backbone (error message if it fails to build)."""
-    settings = dict(PROBE_SETTINGS.get(name, DEFAULT_PROBE_SETTINGS))
-    info = BackboneInfo(name, settings)
+def describe_backbone(column: str) -> BackboneInfo:
+    """Settings, declared geometry, tensor order, bounding test and group of a report column
+    (a name in ``COLUMNS``; an error message instead if it fails to build)."""
+    backbone, extra = COLUMNS.get(column, (column, {}))
+    settings = {**PROBE_SETTINGS.get(backbone, DEFAULT_PROBE_SETTINGS), **extra}
+    info = BackboneInfo(column, settings, backbone)
     try:
-        model = build_backbone(name, 1, 3.0, 0, settings)
-        info.order = readout_order(model)
+        model = build_backbone(backbone, 1, 3.0, 0, settings)
+        info.global_frame = uses_global_frame(model)
+        inner = model.backbone if info.global_frame else model
+        info.geometry = inner.geometry
+        info.order = inner.tensor_order  # ValueError if the backbone declares no valid geometry
     except Exception as exc:  # a backbone that cannot be probed is reported, not fatal
         info.error = f"{type(exc).__name__}: {exc}"
         return info
-    info.bound = "IGWL_(2)" if name in DISTANCE_ONLY else ("GWL" if info.order >= 1 else "IGWL")
+    info.bound = BOUND_OF_GEOMETRY[info.geometry]
     info.group = "O3" if getattr(model, "reflection_invariant", True) else "SO3"
     info.rotation_symmetry = getattr(model, "rotation_symmetry", "exact")
-    info.global_frame = uses_global_frame(model)
     if info.global_frame:
         info.rotation_symmetry += " (frame-averaged)"
     return info
 
 
 def run_expressivity(backbones=None, pair_names=None, max_layers: int = 6, seeds: int = 3,
-                     progress: bool = True) -> tuple[list[ReportRow], list[BackboneInfo]]:
-    """Run every test and backbone on every pair. ``backbones``: names (default: all of BACKBONES);
-    ``pair_names``: names from ``load_pairs`` (default: all). Returns (rows, backbone infos)."""
+                     progress: bool = True, pairs=None, dtype=None) -> tuple[list[ReportRow], list[BackboneInfo]]:
+    """Run every test and backbone on every pair. ``backbones``: column names (``COLUMNS``: every
+    backbone of BACKBONES and variants such as "egnn-fixed"; default: all); ``pair_names``: names
+    from ``load_pairs`` (default: all); ``pairs``: HardPair objects instead (e.g. a user's pair);
+    ``dtype``: round the pairs' positions and cells to it first (``torch.float32``: the dojo's
+    precision; the noise floor follows). Returns (rows, column infos)."""
     from tqdm import tqdm
 
-    names = list(BACKBONES) if backbones is None else list(backbones)
-    unknown = [n for n in names if n not in BACKBONES]
+    names = list(COLUMNS) if backbones is None else list(backbones)
+    unknown = [n for n in names if n not in COLUMNS]
     if unknown:
-        raise ValueError(f"unknown backbone(s) {', '.join(unknown)}; choose from: {', '.join(BACKBONES)}")
+        raise ValueError(f"unknown backbone(s) {', '.join(unknown)}; choose from: {', '.join(COLUMNS)}")
     if int(max_layers) != max_layers or max_layers < 1:
         raise ValueError(f"max_layers must be a positive integer, got {max_layers}")
-    pairs = load_pairs(pair_names)
+    pairs = load_pairs(pair_names) if pairs is None else list(pairs)
+    if dtype is not None:
+        pairs = [_rounded_pair(pair, dtype) for pair in pairs]
     infos = [describe_backbone(n) for n in names]
     rows = []
     bar = tqdm(total=len(pairs) * (1 + len(infos)), desc="expressivity", unit="probe", disable=not progress,
@@ -168,26 +214,85 @@ def run_expressivity(backbones=None, pair_names=None, max_layers: int = 6, seeds
     return rows, infos
 
 
+def _rounded_pair(pair: HardPair, dtype) -> HardPair:
+    """``pair`` with positions and cell stored in ``dtype`` (shifts stay integers)."""
+    from dataclasses import replace
+
+    graphs = []
+    for g in (pair.g1, pair.g2):
+        g = g.clone()
+        g.pos, g.cell, g.edge_shift = g.pos.to(dtype), g.cell.to(dtype), g.edge_shift.to(dtype)
+        graphs.append(g)
+    return replace(pair, g1=graphs[0], g2=graphs[1])
+
+
 def _probe(info: BackboneInfo, pair: HardPair, gwl: dict, max_layers: int, seeds: int) -> Cell:
-    """One backbone on one pair, with its expectation and status."""
+    """One column on one pair, with its expectation, status and margins."""
     if info.error:
         return Cell(None, None, "error", info.error)
     try:
         if pair.is_orientation_pair:
-            measured = layers_needed(info.name, pair, max_layers=1, seeds=seeds, **info.settings) is not None
+            result = separation(info.backbone, pair.g1, pair.g2, 1, seeds, "equivariant", **info.settings)
+            measured = result.distinguished
             expected = info.order >= pair.orientation_order
             status = "ok" if measured == expected else ("violates tensor-order bound" if measured else "differs")
-            return Cell(measured, expected, status)
-        measured = layers_needed(info.name, pair, max_layers=max_layers, seeds=seeds, **info.settings)
+            return Cell(measured, expected, status, margins={1: result.margin})
+        measured, margins = layers_scan(info.backbone, pair, max_layers=max_layers, seeds=seeds, **info.settings)
     except Exception as exc:
         return Cell(None, None, "error", f"{type(exc).__name__}: {exc}")
-    expected = gwl[(info.group, info.bound)]
     bound = gwl[(info.group, "GWL")]
+    if info.global_frame:  # global frame: everything GWL tells apart, at once
+        expected = None if bound is None else 1
+    else:
+        expected = gwl[(info.group, info.bound)]
     if measured is not None and (bound is None or measured < bound):
         status = "beyond GWL (global frame)" if info.global_frame else "violates GWL"
+    elif measured == expected:
+        status = "ok"
+    elif (measured is not None and info.bound.startswith("IGWL_(") and gwl[(info.group, "IGWL")] is not None
+          and (expected is None or measured < expected)):
+        status = "above body-order test"  # more than the k-body test, within IGWL (nested aggregation)
     else:
-        status = "ok" if measured == expected else "differs"
-    return Cell(measured, expected, status)
+        status = "differs"
+    return Cell(measured, expected, status, margins=margins)
+
+
+# --------------------------------------------------------------------------- a user's pair
+def load_user_pair(path1, path2, graph_cutoff: float | None = None) -> HardPair:
+    """A user's two graphs as a pair for the report (``geognn expressivity --pair``).
+
+    Each file is either a ``torch.save``d graph (``.pt``/``.pth``: a PyG ``Data`` in any layout
+    ``inputs.as_graph`` accepts; loaded with ``weights_only=False``, so only for trusted files) or
+    a structure file ``geognn.io.read_structures`` reads (its first structure, radius graph with
+    ``graph_cutoff`` Å). There is no published theory for a user's pair: the expected value of
+    each test is the one measured here, and backbones are compared with their bounding test.
+    ValueError naming the file on any problem.
+    """
+    import torch
+
+    from ..io import read_structures
+    from .inputs import as_graph
+    from .pairs import _expected
+
+    graphs = []
+    for path in (Path(path1), Path(path2)):
+        if not path.is_file():
+            raise ValueError(f"{path}: no such file")
+        if path.suffix in (".pt", ".pth"):
+            try:
+                obj = torch.load(path, weights_only=False)
+            except Exception as exc:
+                raise ValueError(f"{path}: not a torch.save file ({type(exc).__name__})") from exc
+        else:
+            if graph_cutoff is None:
+                raise ValueError(f"{path}: a structure file needs --graph-cutoff (Å) to build its graph")
+            obj = read_structures(path)[0]
+        graphs.append(as_graph(obj, path.name, graph_cutoff))
+    measured = {group: [gwl_test(*graphs, *_TEST_OPTIONS[t], group=group).iterations for t in TESTS]
+                for group in ("O3", "SO3")}
+    expected = _expected(*measured["O3"], so3=dict(zip(TESTS, measured["SO3"])))
+    return HardPair(f"{Path(path1).name} vs {Path(path2).name}", "user", graphs[0], graphs[1], expected,
+                    description="a user's pair (expected values: the tests as measured)")
 
 
 # --------------------------------------------------------------------------- outputs
@@ -199,45 +304,56 @@ def format_markdown(rows: list[ReportRow], infos: list[BackboneInfo], max_layers
         cells = ([row.pair.name] + [row.tests[t].text() for t in TESTS]
                  + [row.backbones[i.name].text() for i in infos] + [row.note])
         lines.append("| " + " | ".join(cells) + " |")
+    margins = ["", "Margins (gap / noise threshold; > 1 = separated) behind each backbone verdict: at the reported "
+               "layer count / at one layer fewer; \"<m\" = the largest over every count tried when none separated.",
+               "", "| pair | " + " | ".join(i.name for i in infos) + " |", "|" + "---|" * (1 + len(infos))]
+    for row in rows:
+        margins.append("| " + " | ".join([row.pair.name] + [row.backbones[i.name].margin_text() for i in infos]) + " |")
     legend = [
         "",
         "Each cell: measured (theory). Tests: first GWL iteration that separates the pair; backbones: fewest "
         f"layers (1..{max_layers}) that separate it at random initialisation (any of {seeds} seeds, "
-        "float64, threshold 100x the isometric-copy noise). ✗ = never. Rotationally symmetric pairs "
-        "(L-fold): ✓ if a 1-layer model's equivariant readout tells the structure from its rotated copy, "
-        "expected iff tensor order ≥ L. † differs from theory; ⚠ separates beyond GWL (a bug); ‡ beyond GWL "
-        "by a frame-averaged model, whose frame is global (not message passing: the bound does not apply).",
+        "models in float64, threshold 10x the noise of isometric copies rounded to the input's dtype, 100x for "
+        "approximately equivariant backbones, plus 1e-9 of the embedding's norm). ✗ = never. "
+        "Rotationally symmetric pairs (L-fold): ✓ if a 1-layer model's equivariant readout tells the structure "
+        "from its rotated copy, expected iff tensor order ≥ L. Theory for a backbone: the test bounding the "
+        "geometry it declares (Backbone.geometry). † differs from theory; ° separates where its k-body test "
+        "does not but IGWL does (nested aggregation reads more than the flat k-body multiset); ⚠ separates "
+        "beyond GWL (a bug); ‡ beyond GWL by a frame-averaged model, whose frame is global (not message "
+        "passing: the bound does not apply; expected: 1 layer wherever GWL separates).",
         "",
-        "Backbones (theory class, tensor order of the readout, symmetry):",
+        "Backbones (declared geometry and theory class, tensor order of the readout, symmetry):",
     ]
     for info in infos:
         if info.error:
             legend.append(f"- {info.name}: could not be built: {info.error}")
             continue
         seen = f"; warnings while probing: {', '.join(sorted(info.warnings))}" if info.warnings else ""
-        legend.append(f"- {info.name}: bounded by {TEST_LABELS[info.bound]} ({info.group}), order {info.order}, "
+        bound = "global frame" if info.global_frame else f"bounded by {TEST_LABELS[info.bound]} ({info.group})"
+        legend.append(f"- {info.name}: {info.backbone}, geometry \"{info.geometry}\", {bound}, order {info.order}, "
                       f"rotation symmetry {info.rotation_symmetry}; settings {info.settings}{seen}")
     errors = [(row.pair.name, name, cell.note) for row in rows for name, cell in row.backbones.items()
               if cell.status == "error" and cell.note and not any(i.error for i in infos if i.name == name)]
     legend += [f"- error {b} on {p}: {note}" for p, b, note in errors]
-    return "\n".join(lines + legend) + "\n"
+    return "\n".join(lines + margins + legend) + "\n"
 
 
 def write_csv(rows: list[ReportRow], infos: list[BackboneInfo], path: Path) -> None:
-    """One line per pair and column: pair, family, column, kind, measured, expected, status."""
+    """One line per pair and column: pair, family, column, kind, measured, expected, status and,
+    for backbones, ``margins`` ("layers:gap/threshold" for each layer count tried, ";"-separated)."""
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["pair", "family", "column", "kind", "measured", "expected", "status"])
+        writer.writerow(["pair", "family", "column", "kind", "measured", "expected", "status", "margins"])
         for row in rows:
             for test in TESTS:
                 c = row.tests[test]
                 writer.writerow([row.pair.name, row.pair.family, test, "test", _csv(c.measured), _csv(c.expected),
-                                 c.status])
+                                 c.status, ""])
             for info in infos:
                 c = row.backbones[info.name]
                 kind = "orientation" if row.pair.is_orientation_pair else "layers"
                 writer.writerow([row.pair.name, row.pair.family, info.name, kind, _csv(c.measured),
-                                 _csv(c.expected), c.status])
+                                 _csv(c.expected), c.status, ";".join(f"{k}:{v:.4g}" for k, v in c.margins.items())])
 
 
 def _csv(value) -> str:
@@ -285,14 +401,15 @@ def write_heatmap(rows: list[ReportRow], infos: list[BackboneInfo], path: Path) 
 
 
 def write_report(out_dir, backbones=None, pair_names=None, max_layers: int = 6, seeds: int = 3,
-                 progress: bool = True) -> dict:
-    """Run the report and write report.md, report.csv and heatmap.png into ``out_dir``.
+                 progress: bool = True, pairs=None, dtype=None) -> dict:
+    """Run the report (``run_expressivity``; ``pairs``: HardPairs instead of library names;
+    ``dtype``: the pairs' precision) and write report.md, report.csv and heatmap.png into ``out_dir``.
 
     Returns {"markdown": path, "csv": path, "heatmap": path or None, "seconds": wall time,
     "violations": [(pair, backbone)], "rows": rows}.
     """
     start = time.perf_counter()
-    rows, infos = run_expressivity(backbones, pair_names, max_layers, seeds, progress)
+    rows, infos = run_expressivity(backbones, pair_names, max_layers, seeds, progress, pairs, dtype)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     seconds = time.perf_counter() - start
