@@ -21,9 +21,9 @@ from . import conventions as K
 #: Checkpoint used by ``geognn predict`` when --checkpoint is not given (shipped in the package).
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "qm9_schnet_u0.pt"
 
-PREDICT_COLUMNS = ("file", "formula", "natoms", "energy_eV", "energy_per_atom_eV", "max_force_eV_A",
-                   "stress_GPa")
 VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))  # xx yy zz yz xz xy, ASE's order
+VOIGT_NAMES = ("xx", "yy", "zz", "yz", "xz", "xy")
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
 
 
 def _error(message: str) -> None:
@@ -31,12 +31,34 @@ def _error(message: str) -> None:
 
 
 # --------------------------------------------------------------------------- predict
+def predict_columns(model) -> list[tuple[str, str]]:
+    """``(column, unit)`` of ``geognn predict``'s rows for ``model`` (a Model or an Ensemble).
+
+    ``file``, ``formula``, ``natoms``; then one column per target, named exactly as the target,
+    in its unit (``<name>_std`` after it for an ensemble: the members' spread); then, only when
+    the model has an extensive energy target E: ``<E>_per_atom`` (eV/atom), ``max_force``
+    (eV/Å) and ``stress`` (GPa, 6 Voigt components, None for non-periodic structures).
+    """
+    from .model import Ensemble
+
+    cols = [("file", ""), ("formula", ""), ("natoms", "")]
+    for t in model.targets:
+        cols.append((t.name, t.unit))
+        if isinstance(model, Ensemble):
+            cols.append((t.name + "_std", t.unit))
+    energy = model.energy_target
+    if energy is not None:
+        cols += [(energy.name + "_per_atom", "eV/atom"), ("max_force", "eV/Å"), ("stress", "GPa")]
+    return cols
+
+
 def predict_structures(model, paths, batch_size: int = 16, device: str = "cpu",
                        allow_partial_occupancy: bool = False):
     """Predict every structure in ``paths``; returns (rows, failures, notes).
 
-    ``rows``: dicts with PREDICT_COLUMNS (stress as 6 Voigt components in GPa, or None for
-    non-periodic structures); ``failures``: one-line messages; ``notes``: warnings for the user.
+    ``rows``: dicts keyed by ``predict_columns(model)`` (stress as 6 Voigt components in GPa, or
+    None for non-periodic structures); ``failures``: one-line messages; ``notes``: warnings for
+    the user.
     """
     import torch
 
@@ -57,9 +79,9 @@ def predict_structures(model, paths, batch_size: int = 16, device: str = "cpu",
                 failures.append(str(exc))
                 continue
             for atoms in structures:
-                if int(atoms.numbers.max()) > model.backbone.max_z:
+                if int(atoms.numbers.max()) > model.max_z:
                     failures.append(f"{source_of(atoms)}: element Z={int(atoms.numbers.max())} is beyond "
-                                    f"what this model can embed (max_z={model.backbone.max_z})")
+                                    f"what this model can embed (max_z={model.max_z})")
                     continue
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
@@ -86,60 +108,92 @@ def predict_structures(model, paths, batch_size: int = 16, device: str = "cpu",
             from ase.data import chemical_symbols
 
             notes.append("elements never seen in training: " + ", ".join(chemical_symbols[z] for z in unseen)
-                         + " (their energies are not meaningful)")
+                         + " (their predictions are not meaningful)")
 
     model = model.to(device).eval()
+    scalars = [t.name for t in model.targets] + [t.name + "_std" for t in model.targets]
+    energy = model.energy_target
     rows = []
     for k in range(0, len(items), batch_size):
         chunk = items[k:k + batch_size]
         batch = collate([g for _, g in chunk]).to(device)
-        out = model(batch, forces=True, stress=any(a.pbc.any() for a, _ in chunk))
-        forces = torch.split(out[K.FORCES].detach().cpu(), [len(a) for a, _ in chunk])
+        with torch.set_grad_enabled(energy is not None):
+            out = model(batch, forces=energy is not None,
+                        stress=energy is not None and any(a.pbc.any() for a, _ in chunk))
+        forces = torch.split(out[K.FORCES].detach().cpu(), [len(a) for a, _ in chunk]) if energy else None
         for b, (atoms, _) in enumerate(chunk):
-            energy = float(out[K.ENERGY][b].detach())
-            stress = None
-            if atoms.pbc.any():
-                s = out[K.STRESS][b].detach().cpu().double().numpy() * K.EV_PER_A3_TO_GPA
-                stress = [float(s[i, j]) for i, j in VOIGT]
-            rows.append({"file": atoms.info.get("source", ""), "formula": atoms.get_chemical_formula(),
-                         "natoms": len(atoms), "energy_eV": energy, "energy_per_atom_eV": energy / len(atoms),
-                         "max_force_eV_A": float(forces[b].norm(dim=-1).max()), "stress_GPa": stress})
+            row = {"file": atoms.info.get("source", ""), "formula": atoms.get_chemical_formula(),
+                   "natoms": len(atoms)}
+            for name in scalars:
+                if name in out:
+                    row[name] = float(out[name][b].detach())
+            if energy is not None:
+                row[energy.name + "_per_atom"] = row[energy.name] / len(atoms)
+                row["max_force"] = float(forces[b].norm(dim=-1).max())
+                stress = None
+                if atoms.pbc.any():
+                    s = out[K.STRESS][b].detach().cpu().double().numpy() * K.EV_PER_A3_TO_GPA
+                    stress = [float(s[i, j]) for i, j in VOIGT]
+                row["stress"] = stress
+            rows.append(row)
     return rows, failures, notes
 
 
-def format_rows(rows, fmt: str) -> str:
-    """Rows as an aligned table, CSV (stress as six columns) or JSON."""
+def format_rows(rows, fmt: str, columns: list[tuple[str, str]], about: dict | None = None) -> str:
+    """Rows as an aligned table (units in the header), CSV (header = column names exactly; stress
+    as six columns ``stress_xx`` ... in GPa) or JSON (``{"model": about, "units": {...},
+    "predictions": rows}``)."""
+    names = [c for c, _ in columns]
     if fmt == "json":
-        return json.dumps(rows, indent=2) + "\n"
+        units = {c: u for c, u in columns if u}
+        return json.dumps({"model": about or {}, "units": units, "predictions": rows}, indent=2) + "\n"
     if fmt == "csv":
         buf = io.StringIO()
-        stress_cols = [f"stress_{a}_GPa" for a in ("xx", "yy", "zz", "yz", "xz", "xy")]
+        flat = [c for c in names if c != "stress"]
         writer = csv.writer(buf)
-        writer.writerow(list(PREDICT_COLUMNS[:-1]) + stress_cols)
+        writer.writerow(flat + ([f"stress_{v}" for v in VOIGT_NAMES] if "stress" in names else []))
         for r in rows:
-            writer.writerow([r[c] for c in PREDICT_COLUMNS[:-1]] + (r["stress_GPa"] or [""] * 6))
+            stress = ((r["stress"] or [""] * 6) if "stress" in names else [])
+            writer.writerow([r.get(c, "") for c in flat] + stress)
         return buf.getvalue()
-    header = ["file", "formula", "natoms", "energy (eV)", "eV/atom", "max|F| (eV/Å)",
-              "stress (GPa) xx yy zz yz xz xy"]
-    body = [[r["file"], r["formula"], str(r["natoms"]), f"{r['energy_eV']:.4f}",
-             f"{r['energy_per_atom_eV']:.4f}", f"{r['max_force_eV_A']:.4f}",
-             " ".join(f"{v:.3f}" for v in r["stress_GPa"]) if r["stress_GPa"] else "-"] for r in rows]
+    header, body = [], [[] for _ in rows]
+    for name, unit in columns:
+        if name == "stress":
+            header.append("stress (GPa) xx yy zz yz xz xy")
+        else:
+            header.append(f"{name} ({unit})" if unit else name)
+        for line, r in zip(body, rows):
+            value = r.get(name)
+            if name == "stress":
+                line.append(" ".join(f"{v:.3f}" for v in value) if value else "-")
+            elif isinstance(value, float):
+                line.append(f"{value:.4f}")
+            else:
+                line.append(str(value))
     widths = [max(len(x) for x in col) for col in zip(header, *body)]
     lines = ["  ".join(x.ljust(w) for x, w in zip(line, widths)).rstrip() for line in [header, *body]]
     return "\n".join(lines) + "\n"
 
 
 def cmd_predict(args) -> int:
-    from .model import load_model
+    from .model import Ensemble, load_models
 
-    checkpoint = Path(args.checkpoint) if args.checkpoint else DEFAULT_CHECKPOINT
+    if args.checkpoint:  # --checkpoint a.pt b.pt FILE...: argparse gives FILE to --checkpoint too
+        n = 1
+        while n < len(args.checkpoint) and args.checkpoint[n].lower().endswith(CHECKPOINT_SUFFIXES):
+            n += 1
+        args.checkpoint, args.paths = args.checkpoint[:n], args.checkpoint[n:] + list(args.paths)
+    if not args.paths:
+        _error("no input files: geognn predict [--checkpoint MODEL.pt ...] FILE_OR_DIR ...")
+        return 2
+    paths = [Path(p) for p in args.checkpoint] if args.checkpoint else [DEFAULT_CHECKPOINT]
     try:
-        model = load_model(checkpoint)
+        model = load_models(paths)
     except (FileNotFoundError, ValueError) as exc:
         _error(str(exc))
         return 2
     if not args.checkpoint:
-        print(f"note: using the shipped default checkpoint {checkpoint.name}: "
+        print(f"note: using the shipped default checkpoint {paths[0].name}: "
               f"{model.metadata.get('trained_on', 'unknown training data')}", file=sys.stderr)
     with warnings.catch_warnings(record=True) as caught:  # e.g. partial occupancies replaced
         warnings.simplefilter("always")
@@ -148,7 +202,10 @@ def cmd_predict(args) -> int:
     notes = [str(w.message) for w in caught] + notes
     for note in notes:
         print(f"warning: {note}", file=sys.stderr)
-    text = format_rows(rows, args.format)
+    about = {"checkpoints": [str(p) for p in paths], "trained_on": model.metadata.get("trained_on"),
+             "targets": [t.to_dict() for t in model.targets],
+             "ensemble": len(model.members) if isinstance(model, Ensemble) else 1}
+    text = format_rows(rows, args.format, predict_columns(model), about)
     if args.output:
         Path(args.output).write_text(text)
         print(f"wrote {len(rows)} prediction(s) to {args.output}", file=sys.stderr)
@@ -182,6 +239,11 @@ def cmd_train(args) -> int:
         else:
             config = TrainConfig.from_file(args.config) if args.config else TrainConfig()
         overrides = {key: getattr(args, key) for key in TRAIN_OPTIONS if getattr(args, key) is not None}
+        for key in ("target", "unit", "readout"):  # repeatable: one value stays a plain string
+            if key in overrides and len(overrides[key]) == 1:
+                overrides[key] = overrides[key][0]
+        if args.split is not None:
+            overrides["split" if args.split in ("random", "qm9-standard") else "split_file"] = args.split
         overrides.update(parse_assignment(text) for text in args.set or [])
         config = config.updated(overrides, "command line").validate()
     except (ValueError, FileNotFoundError) as exc:
@@ -189,35 +251,47 @@ def cmd_train(args) -> int:
         return 2
     from .train.loop import train
 
+    def show(message, category, *_args, **_kwargs):  # warnings as one line each, while the run goes on
+        print(f"warning: {message}", file=sys.stderr)
+
     try:
-        result = train(config, resume=bool(args.resume))
+        with warnings.catch_warnings():
+            warnings.showwarning = show
+            result = train(config, resume=bool(args.resume))
     except (ValueError, FileNotFoundError, StructureError) as exc:
         _error(str(exc))
         return 2
     if os.environ.get("RANK", "0") != "0":
         return 0  # under torchrun, rank 0 reports
-    print(result.summary(config.target_name))
+    print(result.summary())
     print(f"checkpoint: {result.model_path}  (predict with: geognn predict --checkpoint "
           f"{result.model_path} FILE...)")
     return 0
 
 
 #: ``geognn train`` options that set the config key of the same name.
-TRAIN_OPTIONS = ("dataset", "data_root", "val_data_root", "target", "backbone", "cutoff", "epochs", "time_limit", "batch_size",
-                 "lr", "seed", "out", "limit", "threads", "forces_weight", "stress_weight", "accumulate",
-                 "scheduler", "warmup_steps", "ema_decay", "early_stopping", "checkpoint_every", "num_workers",
-                 "on_error", "device")
+TRAIN_OPTIONS = ("dataset", "data_root", "val_data_root", "target", "unit", "readout", "backbone", "cutoff", "epochs",
+                 "time_limit", "batch_size", "lr", "seed", "out", "limit", "threads", "forces_weight", "stress_weight",
+                 "accumulate", "scheduler", "warmup_steps", "ema_decay", "early_stopping", "checkpoint_every",
+                 "num_workers", "on_error", "device", "ensemble")
 
 
 # --------------------------------------------------------------------------- expressivity
 def cmd_expressivity(args) -> int:
-    from .expressivity.report import write_report
+    import torch
+
+    from .expressivity.report import load_user_pair, write_report
 
     split = lambda text: [x.strip() for x in text.split(",") if x.strip()]  # noqa: E731
     backbones = None if args.backbones == "all" else split(args.backbones)
     pairs = None if args.pairs == "all" else split(args.pairs)
+    if args.train:
+        return _train_expressivity(args, backbones)
     try:
-        result = write_report(args.out, backbones, pairs, args.max_layers, args.seeds)
+        user = [load_user_pair(*args.pair, graph_cutoff=args.graph_cutoff)] if args.pair else None
+        dtype = {"float32": torch.float32, "float64": None}[args.dtype]
+        result = write_report(args.out, backbones, pairs, args.max_layers, 3 if args.seeds is None else args.seeds,
+                              pairs=user, dtype=dtype)
     except ValueError as exc:
         _error(str(exc))
         return 2
@@ -229,6 +303,29 @@ def cmd_expressivity(args) -> int:
     for pair, backbone in result["violations"]:
         _error(f"{backbone} separates '{pair}' beyond what GWL allows: a bug in the backbone or the probe")
     return 1 if result["violations"] else 0
+
+
+def _train_expressivity(args, backbones) -> int:
+    """``geognn expressivity --train``: the dojo's trained k-chain experiment (results.json, table.md)."""
+    import json
+    from pathlib import Path
+
+    from .expressivity.training import format_table, k_chain_experiment, results_json
+
+    seeds = 10 if args.seeds is None else args.seeds
+    try:
+        results = k_chain_experiment(backbones, k=args.k, seeds=seeds, epochs=args.epochs)
+    except ValueError as exc:
+        _error(str(exc))
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = format_table(results, args.k)
+    (out / "trained.md").write_text(table)
+    (out / "trained.json").write_text(json.dumps(results_json(results, args.k, seeds, args.epochs), indent=1))
+    print(table, end="")
+    print(f"wrote {out / 'trained.md'} and {out / 'trained.json'}")
+    return 0
 
 
 # --------------------------------------------------------------------------- entry point
@@ -246,7 +343,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", help="dataset path (default: the shipped QM9 subset)")
     p.add_argument("--val-data-root", help="validation data of the same kind (e.g. OC20's val LMDB) instead of "
                                            "a random split")
-    p.add_argument("--target", help="label to learn (default: U0 for qm9, energy otherwise)")
+    p.add_argument("--target", action="append", metavar="NAME",
+                   help="label to learn, repeatable for several (default: U0 for qm9; the columns of a CGCNN "
+                        "id_prop.csv header, else energy)")
+    p.add_argument("--unit", action="append", metavar="UNIT",
+                   help="unit of the labels in the files, one for all or one per --target (default: eV; energies "
+                        "are converted to eV, eV/atom and meV/atom to eV/atom)")
+    p.add_argument("--readout", action="append", choices=["sum", "mean"],
+                   help="sum (extensive: total energies) or mean (intensive: per-atom energies, band gaps, ...), "
+                        "one for all or one per --target (default: mean for per-atom units and non-energies, "
+                        "sum for total energies)")
+    p.add_argument("--split", metavar="FILE",
+                   help="train/val/test by ids from a split.json (a run's, or geognn.datasets.write_split's); "
+                        "or 'random' (default) / 'qm9-standard'")
+    p.add_argument("--ensemble", type=int, metavar="N",
+                   help="train N models (seeds seed..seed+N-1, same split) into one ensemble checkpoint")
     p.add_argument("--backbone", help="backbone name (default: schnet)")
     p.add_argument("--cutoff", type=float, help="graph cutoff in Å (default: 5.0)")
     p.add_argument("--epochs", type=int, help="maximum number of epochs")
@@ -271,10 +382,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("predict", help="energies, forces and stress of structures in files")
-    p.add_argument("paths", nargs="+", metavar="FILE_OR_DIR",
+    p = sub.add_parser("predict", help="each target of the model (energies, forces, stress, ...) for the "
+                                       "structures in files")
+    p.add_argument("paths", nargs="*", metavar="FILE_OR_DIR",
                    help="CIF, POSCAR/CONTCAR/.vasp, .xyz/.extxyz, ASE .db/.traj/.json; folders are read recursively")
-    p.add_argument("--checkpoint", help="model checkpoint (default: the shipped QM9 SchNet model)")
+    p.add_argument("--checkpoint", nargs="+", metavar="PT",
+                   help="model checkpoint; several (a.pt b.pt ...) make an ensemble: mean and <target>_std "
+                        "(default: the shipped QM9 SchNet model). Names after the first that do not end in "
+                        ".pt/.pth/.ckpt are taken as inputs")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
     p.add_argument("--output", help="write the predictions to this file instead of stdout")
     p.add_argument("--batch-size", type=int, default=16)
@@ -287,7 +402,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbones", default="all", help="comma-separated backbone names, or all (default)")
     p.add_argument("--pairs", default="all", help="comma-separated pair names (see geognn.expressivity.load_pairs), or all")
     p.add_argument("--max-layers", type=int, default=6, help="deepest model tried per pair (default: 6)")
-    p.add_argument("--seeds", type=int, default=3, help="random initialisations per probe (default: 3)")
+    p.add_argument("--seeds", type=int, default=None,
+                   help="random initialisations per probe (default: 3) or trained runs per cell with --train (default: 10)")
+    p.add_argument("--pair", nargs=2, metavar=("G1", "G2"),
+                   help="your own pair instead of the library: two torch.save'd graphs (.pt, PyG Data: pos, edge_index, "
+                        "z/atoms/one-hot x; trusted files only) or structure files (with --graph-cutoff)")
+    p.add_argument("--graph-cutoff", type=float, help="Å, radius graph of structure files given to --pair")
+    p.add_argument("--dtype", choices=["float64", "float32"], default="float64",
+                   help="precision of the pairs' coordinates (float32: as the dojo builds them; default: float64)")
+    p.add_argument("--train", action="store_true",
+                   help="instead: the dojo's trained k-chain experiment (layers k//2..k+2; accuracy mean ± std)")
+    p.add_argument("--k", type=int, default=4, help="chain length for --train (default: 4)")
+    p.add_argument("--epochs", type=int, default=100, help="epochs per run for --train (default: 100)")
     p.add_argument("--out", default="expressivity_report", help="output folder (default: expressivity_report)")
     p.set_defaults(func=cmd_expressivity)
     return parser

@@ -62,10 +62,10 @@ def test_mixed_folder_predicts_good_files_and_reports_broken_ones(checkpoint, mi
                      "nested/deeper/frames.extxyz@1", "nested/deeper/si.traj", "nested/water.xyz"]
     nacl = next(r for r in rows if r["file"].endswith("NaCl.cif"))
     assert nacl["formula"] == "Cl4Na4" and nacl["natoms"] == "8"  # symmetry-expanded conventional cell
-    assert nacl["stress_xx_GPa"] != ""
+    assert nacl["stress_xx"] != ""
     water = next(r for r in rows if r["file"].endswith("water.xyz"))
-    assert water["stress_xx_GPa"] == ""  # no stress for molecules
-    assert float(water["energy_per_atom_eV"]) == pytest.approx(float(water["energy_eV"]) / 3)
+    assert water["stress_xx"] == ""  # no stress for molecules
+    assert float(water["energy_per_atom"]) == pytest.approx(float(water["energy"]) / 3)
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 3
     assert any("broken.cif" in e and "CIF" in e for e in errors)
@@ -84,14 +84,16 @@ def test_values_match_the_python_api(checkpoint, tmp_path, capsys):
     write(tmp_path / "si.vasp", atoms, format="vasp")
     code, out, err = run(capsys, "--checkpoint", checkpoint, "--format", "json", tmp_path / "si.vasp")
     assert code == 0
-    (row,) = json.loads(out)
+    payload = json.loads(out)
+    (row,) = payload["predictions"]
+    assert payload["units"] == {"energy": "eV", "energy_per_atom": "eV/atom", "max_force": "eV/Å", "stress": "GPa"}
     model = geognn.load_model(checkpoint)
     batch = geognn.collate([geognn.build_graph(geognn.read_structures(tmp_path / "si.vasp")[0], 4.0)])
     expected = model(batch, stress=True)
-    assert row["energy_eV"] == pytest.approx(float(expected["energy"][0].detach()), rel=1e-6)
-    assert row["max_force_eV_A"] == pytest.approx(float(expected["forces"].norm(dim=1).max()), rel=1e-5)
+    assert row["energy"] == pytest.approx(float(expected["energy"][0].detach()), rel=1e-6)
+    assert row["max_force"] == pytest.approx(float(expected["forces"].norm(dim=1).max()), rel=1e-5)
     s = expected["stress"][0].detach().numpy() * 160.2176634
-    np.testing.assert_allclose(row["stress_GPa"], [s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]],
+    np.testing.assert_allclose(row["stress"], [s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]],
                                rtol=1e-5, atol=1e-6)
 
 
@@ -102,7 +104,8 @@ def test_table_and_output_file(checkpoint, tmp_path, capsys):
     code, out, err = run(capsys, "--checkpoint", checkpoint, "--output", tmp_path / "p.csv", "--format", "csv",
                          tmp_path / "w.xyz")
     assert code == 0 and out == "" and "wrote 1 prediction(s)" in err
-    assert (tmp_path / "p.csv").read_text().startswith("file,formula,natoms,energy_eV")
+    assert (tmp_path / "p.csv").read_text().startswith("file,formula,natoms,energy,energy_per_atom,max_force,"
+                                                       "stress_xx,stress_yy,stress_zz,stress_yz,stress_xz,stress_xy\n")
 
 
 def test_missing_inputs_and_bad_checkpoint(checkpoint, tmp_path, capsys):
