@@ -105,7 +105,7 @@ def build_backbone(backbone, num_layers: int, cutoff: float, seed: int, backbone
     """A freshly initialised float64 backbone (name or class), built under ``seed``, in eval mode.
 
     Backbones without rotation symmetry of their own (``rotation_symmetry == "none"``, e.g. FAENet)
-    are wrapped in ``geognn.symmetry.frames.FrameAveraging(frames="all")``, as ``geognn.Model``
+    are wrapped in ``geognn.FrameAveraging(frames="all")``, as ``geognn.Model``
     runs them; otherwise their isometric-copy noise would hide every difference. The global torch
     RNG is left as it was. Unknown keywords give a ValueError listing the valid ones.
     """
@@ -120,7 +120,7 @@ def build_backbone(backbone, num_layers: int, cutoff: float, seed: int, backbone
         torch.manual_seed(int(seed))
         model = cls(num_layers=int(num_layers), cutoff=float(cutoff), **backbone_kwargs)
     if getattr(model, "rotation_symmetry", "exact") == "none":
-        from ..symmetry.frames import FrameAveraging
+        from ..backbones.frame_averaging import FrameAveraging
 
         model = FrameAveraging(model, frames="all")  # as geognn.Model uses it; not message passing
     return model.double().eval()
@@ -129,7 +129,7 @@ def build_backbone(backbone, num_layers: int, cutoff: float, seed: int, backbone
 def uses_global_frame(model: Backbone) -> bool:
     """True for frame-averaged models: their frame is computed from the whole structure, so they
     are not local message passing and the GWL bound does not apply to them."""
-    from ..symmetry.frames import FrameAveraging
+    from ..backbones.frame_averaging import FrameAveraging
 
     return isinstance(model, FrameAveraging)
 

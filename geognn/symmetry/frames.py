@@ -475,16 +475,3 @@ class FrameBuilder:
             weights.append(w)
         return FrameSet(torch.stack(rotations, 1), torch.stack(weights, 1), degenerate, ambiguous,
                         extra, extra_weight)
-
-
-#: names that moved to geognn.backbones.frame_averaging (the wrapper runs a backbone, so it sits
-#: above symmetry/ on the import ladder); still importable from here for existing code
-_MOVED = ("FrameAveraging", "frame_averaging_options", "FRAME_NODE_FEATURES", "FRAME_WEIGHTS", "FRAME_NODE_INDEX")
-
-
-def __getattr__(name):
-    if name in _MOVED:  # imported on first use only: this module itself never imports a backbone
-        from importlib import import_module
-
-        return getattr(import_module("..backbones.frame_averaging", __package__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
