@@ -163,3 +163,16 @@ def exit_code_in_child(fn, *args, timeout: float = 60.0) -> int | None:
         proc.kill()
         proc.join()
     return proc.exitcode
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny graphs: torch's intra-op threads only contend (measured 30x slower with 2 threads on a
+    loaded 2-core machine). Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``;
+    the thread count is restored afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

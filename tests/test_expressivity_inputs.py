@@ -32,14 +32,7 @@ from geognn.expressivity import models as models_module
 from geognn.expressivity.pairs import k_chain_pair, rotational_symmetry_pair, two_body_degenerate_pair
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny graphs: torch's intra-op threads only contend (measured 30x slower with 2 threads on a
-    loaded 2-core machine); restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def dojo_layout(graph, labels: str = "atoms", dtype=torch.float32) -> Data:

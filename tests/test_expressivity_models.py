@@ -25,13 +25,7 @@ INVARIANT = {"schnet": dict(hidden_channels=8, num_filters=8, num_gaussians=8),
              "dimenetpp": {k: v for k, v in SMALL["dimenetpp"].items() if k != "num_layers"}}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny graphs: torch's intra-op threads only contend on a loaded machine; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _small(name):

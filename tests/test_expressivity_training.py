@@ -22,14 +22,7 @@ from geognn.expressivity.training import TRAIN_SETTINGS, dojo_k_chain_pair, trai
 EPOCHS = 25
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny graphs: torch's intra-op threads only contend (measured 30x slower with 2 threads on a
-    loaded 2-core machine); restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_dojo_k_chain_pair_geometry():
