@@ -18,8 +18,11 @@ from pathlib import Path
 
 from . import conventions as K
 
-#: Checkpoint used by ``geognn predict`` when --checkpoint is not given (shipped in the package).
+#: Checkpoints used by ``geognn predict`` when --checkpoint is not given (shipped in the package):
+#: molecules get the QM9 model (energy, eV), periodic structures the MP-20 crystal ensemble
+#: (formation energy per atom, eV/atom; scripts/train_crystal_model.py).
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "qm9_schnet_u0.pt"
+CRYSTAL_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "mp20_schnet_eform_ensemble.pt"
 
 VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))  # xx yy zz yz xz xy, ASE's order
 VOIGT_NAMES = ("xx", "yy", "zz", "yz", "xz", "xy")
@@ -175,6 +178,30 @@ def format_rows(rows, fmt: str, columns: list[tuple[str, str]], about: dict | No
     return "\n".join(lines) + "\n"
 
 
+def default_checkpoint(paths, allow_partial_occupancy: bool = False) -> Path:
+    """The shipped checkpoint for ``paths``: CRYSTAL_CHECKPOINT when every readable structure is
+    periodic, DEFAULT_CHECKPOINT (QM9) when none is; ValueError when they mix. Unreadable inputs
+    are skipped here (``predict_structures`` reports them)."""
+    from .io import StructureError, expand_paths, read_file
+
+    periodic = set()
+    for path in paths:
+        try:
+            files = expand_paths(path)
+        except StructureError:
+            continue
+        for f in files:
+            try:
+                periodic.update(bool(a.pbc.any()) for a in read_file(f, allow_partial_occupancy=allow_partial_occupancy))
+            except StructureError:
+                continue
+    if periodic == {True, False}:
+        raise ValueError("the inputs mix molecules and periodic structures, which the shipped models answer "
+                         "differently (molecules: QM9 energy in eV; crystals: MP-20 formation energy per atom "
+                         "in eV/atom): predict them in two calls, or name a model with --checkpoint")
+    return CRYSTAL_CHECKPOINT if periodic == {True} else DEFAULT_CHECKPOINT
+
+
 def cmd_predict(args) -> int:
     from .model import Ensemble, load_models
 
@@ -186,15 +213,20 @@ def cmd_predict(args) -> int:
     if not args.paths:
         _error("no input files: geognn predict [--checkpoint MODEL.pt ...] FILE_OR_DIR ...")
         return 2
-    paths = [Path(p) for p in args.checkpoint] if args.checkpoint else [DEFAULT_CHECKPOINT]
     try:
+        paths = ([Path(p) for p in args.checkpoint] if args.checkpoint
+                 else [default_checkpoint(args.paths, args.allow_partial_occupancy)])
         model = load_models(paths)
     except (FileNotFoundError, ValueError) as exc:
         _error(str(exc))
         return 2
     if not args.checkpoint:
-        print(f"note: using the shipped default checkpoint {paths[0].name}: "
-              f"{model.metadata.get('trained_on', 'unknown training data')}", file=sys.stderr)
+        meta = model.metadata
+        kind = "crystal" if paths[0] == CRYSTAL_CHECKPOINT else "molecule"
+        mae = (f"; test MAE {meta['test_mae']:.3g} {meta.get('test_mae_unit', '')} on {meta.get('test_set', 'held-out data')}"
+               if isinstance(meta.get("test_mae"), (int, float)) else "")
+        print(f"note: no --checkpoint: answered by the shipped {kind} model {paths[0].name} "
+              f"({meta.get('trained_on', 'unknown training data')}{mae})", file=sys.stderr)
     with warnings.catch_warnings(record=True) as caught:  # e.g. partial occupancies replaced
         warnings.simplefilter("always")
         rows, failures, notes = predict_structures(model, args.paths, args.batch_size, args.device,
@@ -388,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CIF, POSCAR/CONTCAR/.vasp, .xyz/.extxyz, ASE .db/.traj/.json; folders are read recursively")
     p.add_argument("--checkpoint", nargs="+", metavar="PT",
                    help="model checkpoint; several (a.pt b.pt ...) make an ensemble: mean and <target>_std "
-                        "(default: the shipped QM9 SchNet model). Names after the first that do not end in "
+                        "(default: the shipped models: QM9 SchNet for molecules, the MP-20 crystal ensemble for periodic structures). Names after the first that do not end in "
                         ".pt/.pth/.ckpt are taken as inputs")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
     p.add_argument("--output", help="write the predictions to this file instead of stdout")

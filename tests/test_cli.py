@@ -15,7 +15,7 @@ from ase.io import write
 from conftest import shared_data_dir
 
 import geognn
-from geognn.cli import DEFAULT_CHECKPOINT, main
+from geognn.cli import CRYSTAL_CHECKPOINT, DEFAULT_CHECKPOINT, main
 
 
 @pytest.fixture(scope="module")
@@ -116,14 +116,19 @@ def test_missing_inputs_and_bad_checkpoint(checkpoint, tmp_path, capsys):
     assert code == 2 and err.startswith("error: ") and "bad.pt" in err and "Traceback" not in err
 
 
-def test_shipped_default_checkpoint_predicts_a_cif(capsys):
-    assert DEFAULT_CHECKPOINT.is_file()
+def test_shipped_default_checkpoints_pick_by_input(tmp_path, capsys):
+    """No --checkpoint: crystals are answered by the shipped MP-20 crystal model (which names
+    itself and its test MAE), molecules by the QM9 model; a mix is an error asking for two calls."""
+    assert DEFAULT_CHECKPOINT.is_file() and CRYSTAL_CHECKPOINT.is_file()
     cif = shared_data_dir() / "cif" / "mp_computed_examples" / "BaTiO3_mp-2998_computed.cif"
     code, out, err = run(capsys, cif)
-    assert code == 0
-    assert "shipped default checkpoint" in err and "QM9" in err  # says what it was trained on
-    assert "trained on molecules" in err
-    assert "BaO3Ti" in out
+    assert code == 0 and "shipped crystal model" in err and "MP-20" in err and "test MAE" in err
+    assert "formation_energy_per_atom" in out and "BaO3Ti" in out and "trained on molecules" not in err
+    write(tmp_path / "w.xyz", molecule("H2O"))
+    code, out, err = run(capsys, tmp_path / "w.xyz")
+    assert code == 0 and "shipped molecule model" in err and "QM9" in err and "energy (eV)" in out
+    code, out, err = run(capsys, cif, tmp_path / "w.xyz")
+    assert code == 2 and "mix molecules and periodic structures" in err
 
 
 def test_element_beyond_the_embedding_is_reported_not_raised(checkpoint, tmp_path, capsys):
