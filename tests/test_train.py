@@ -22,7 +22,7 @@ from geognn.train.config import DEFAULT_QM9, TrainConfig
 from geognn.train.data import StructureList
 from geognn.train.losses import LossSpec, combine, compute_loss, loss_counts, loss_sums
 from geognn.train.loop import split_indices, train
-from geognn.train.optim import EMA, LRSchedule
+from geognn.train.optim import EMA, LRSchedule, auto_warmup
 
 
 def test_shipped_subset_is_present_and_attributed():
@@ -283,6 +283,95 @@ def test_cosine_schedule_is_applied_per_step(tmp_path):
     schedule = LRSchedule(1e-3, "cosine", warmup_steps=2, total_steps=6, min_lr_ratio=0.1)
     assert [int(r["step"]) for r in rows] == [3, 6]
     assert [float(r["lr"]) for r in rows] == pytest.approx([schedule.lr(2), schedule.lr(5)], rel=1e-5)
+
+
+def test_time_budget_cosine_values():
+    """Time budget T = 100 s, 10 warmup steps, 1000 steps in the epoch budget, lr 1e-3 -> 1e-4."""
+    s = LRSchedule(1e-3, "cosine", warmup_steps=10, total_steps=1010, min_lr_ratio=0.1, time_budget=100.0)
+    assert s.lr(0, 0.0) == pytest.approx(1e-4)  # warmup 1/10, no progress yet
+    assert s.lr(4, 0.0) == pytest.approx(5e-4)
+    assert s.lr(50, 50.0) == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5))  # half the time: cos(pi/2) = 0
+    # a quarter of the time: 0.1 + 0.9 * (1 + cos(pi/4)) / 2 = 0.1 + 0.9 * 0.853553 = 0.868198
+    assert s.lr(60, 25.0) == pytest.approx(0.868198e-3, rel=1e-6)
+    # the epochs run out faster than the time (505 steps = half of them): the epoch progress counts
+    assert s.lr(510, 25.0) == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5))
+    assert s.lr(60, 100.0) == pytest.approx(1e-4) and s.lr(60, 1e6) == pytest.approx(1e-4)  # budget spent
+    with pytest.raises(ValueError, match="elapsed"):
+        s.lr(60)
+    s.apply(torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=1.0), 60, 25.0)
+    assert s.state_dict()["progress"] == pytest.approx(0.25) and s.state_dict()["elapsed"] == 25.0
+    t = LRSchedule(1e-3, "cosine", time_budget=100.0)
+    t.load_state_dict(s.state_dict())
+    assert t.progress == pytest.approx(0.25)
+
+
+def test_automatic_warmup():
+    assert auto_warmup(None, 100_000) == 100 and auto_warmup(None, 60) == 3  # at most 1/20 of the epochs
+    assert auto_warmup(7, 60) == 7 and auto_warmup(0, 100_000) == 0
+    config = TrainConfig()
+    assert config.loss == "mae" and config.scheduler == "cosine" and config.warmup_steps is None
+    with pytest.raises(ValueError, match="warmup_steps=-1"):
+        TrainConfig(warmup_steps=-1).validate()
+
+
+class FakeClock:
+    """``time`` of the training loop: perf_counter() advances 0.25 s per call."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        self.now += 0.25
+        return self.now
+
+
+def _record_schedule(monkeypatch) -> list:
+    calls = []
+    apply = LRSchedule.apply
+
+    def spy(self, optimizer, step, elapsed=None):
+        lr = apply(self, optimizer, step, elapsed)
+        calls.append((step, elapsed, lr))
+        return lr
+
+    monkeypatch.setattr(LRSchedule, "apply", spy)
+    return calls
+
+
+def _cosine(lr, ratio, p):
+    return lr * (ratio + (1 - ratio) * 0.5 * (1 + np.cos(np.pi * min(p, 1.0))))
+
+
+def test_schedule_anneals_over_the_epochs_without_a_time_limit(tmp_path, monkeypatch):
+    calls = _record_schedule(monkeypatch)
+    data = emt_structures(10)  # 6 train structures, batch 2: 3 steps per epoch, 9 in all
+    train(tiny_config(tmp_path, epochs=3, batch_size=2, warmup_steps=0, min_lr_ratio=0.1, time_limit=0),
+          progress=False, dataset=data)
+    assert [c[0] for c in calls] == list(range(9)) and all(c[1] is None for c in calls)  # no clock read
+    assert [c[2] for c in calls] == pytest.approx([_cosine(1e-3, 0.1, s / 9) for s in range(9)], rel=1e-9)
+
+
+def test_schedule_anneals_over_the_time_limit_and_resumes_from_the_stored_time(tmp_path, monkeypatch):
+    from geognn.train import loop
+
+    calls = _record_schedule(monkeypatch)
+    monkeypatch.setattr(loop, "time", FakeClock())
+    data = emt_structures(10)  # 3 steps per epoch; 1000 epochs would be 3000 steps: the 6 s limit ends it
+    config = tiny_config(tmp_path, epochs=1000, batch_size=2, warmup_steps=0, min_lr_ratio=0.1, time_limit=6.0)
+    train(config, progress=False, dataset=data)
+    steps, elapsed, lrs = zip(*calls)
+    assert all(0 < a < b < 6.0 for a, b in zip(elapsed, elapsed[1:]))
+    assert lrs == pytest.approx([_cosine(1e-3, 0.1, t / 6.0) for t in elapsed], rel=1e-9)
+    assert elapsed[-1] > 5.0 and lrs[-1] < 0.12e-3  # annealed to ~min_lr_ratio when the time is up
+    state = torch.load(tmp_path / "run" / "state.pt", weights_only=True)
+    assert state["schedule"]["elapsed"] == pytest.approx(elapsed[-1])
+    assert state["schedule"]["progress"] == pytest.approx(elapsed[-1] / 6.0)
+    # resumed with a longer limit: the anneal goes on from the stored training time, not from 0
+    calls.clear()
+    longer = tiny_config(tmp_path, epochs=1000, batch_size=2, warmup_steps=0, min_lr_ratio=0.1, time_limit=9.0)
+    train(longer, resume=True, progress=False, dataset=data)
+    assert calls and calls[0][0] == steps[-1] + 1 and calls[0][1] > state["elapsed"] >= elapsed[-1]
+    assert [c[2] for c in calls] == pytest.approx([_cosine(1e-3, 0.1, c[1] / 9.0) for c in calls], rel=1e-9)
 
 
 class FlakyStructures(StructureList):

@@ -40,7 +40,7 @@ from .data import EpochBatches, GraphDataset, Skipped, make_loader, open_structu
 from .logging import RunLog, log_skipped
 from .losses import LossSpec, combine, loss_counts, loss_sums
 from .metrics import Metrics
-from .optim import EMA, LRSchedule
+from .optim import EMA, LRSchedule, auto_warmup
 
 DATASET_LABELS = {"qm9": "QM9 molecules", "oc20-is2re": "OC20 IS2RE", "oc20-s2ef": "OC20 S2EF",
                   "cif-folder": "CIF folder", "extxyz": "extxyz file", "ase-db": "ASE database"}
@@ -390,9 +390,13 @@ class _Run:
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.sampler = EpochBatches(self.split["train"], config.batch_size, config.seed, rank=d.rank, world=d.world)
         self.steps_per_epoch = math.ceil(len(self.sampler) / config.accumulate)
-        self.schedule = LRSchedule(config.lr, config.scheduler, config.warmup_steps,
-                                   config.epochs * self.steps_per_epoch, config.min_lr_ratio,
-                                   config.patience, config.plateau_factor)
+        total_steps = config.epochs * self.steps_per_epoch
+        self.schedule = LRSchedule(config.lr, config.scheduler, auto_warmup(config.warmup_steps, total_steps),
+                                   total_steps, config.min_lr_ratio, config.patience, config.plateau_factor,
+                                   time_budget=config.time_limit)
+        self._tic = time.perf_counter()  # start of the current timed stretch (self.elapsed counts the ones before)
+        if progress and not self.resume:
+            print(f"recipe: {'L1' if config.loss == 'mae' else 'MSE'} loss, {self.schedule.describe()}")
         self.ema = EMA(self.model, config.ema_decay) if config.ema_decay > 0 else None
         self.ddp = None
         if d.world > 1:
@@ -494,7 +498,7 @@ class _Run:
         c = self.config
         loader = make_loader(self.graphs, self.sampler, c.num_workers)
         while self.epoch < c.epochs:
-            tic = time.perf_counter()
+            tic = self._tic = time.perf_counter()
             if self._time_up(tic):
                 break
             self.sampler.set_epoch(self.epoch + 1, self.batch_in_epoch)
@@ -524,7 +528,7 @@ class _Run:
                 bar.set_postfix(loss=f"{loss:.3g}", lr=f"{self.optimizer.param_groups[0]['lr']:.2g}", refresh=False)
                 if c.checkpoint_every and self.step % c.checkpoint_every == 0 and self.batch_in_epoch < n_batches:
                     self.elapsed += time.perf_counter() - tic
-                    tic = time.perf_counter()
+                    tic = self._tic = time.perf_counter()
                     self._save()
             bar.close()
             if self.epoch_loss[1] == 0 and stopped:
@@ -563,7 +567,7 @@ class _Run:
             loss_value += loss.item() / d.world
         if c.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
-        self.schedule.apply(self.optimizer, self.step)
+        self.schedule.apply(self.optimizer, self.step, self._elapsed_now())
         self.optimizer.step()
         if self.ema is not None:
             self.ema.update(self.model)
@@ -571,6 +575,16 @@ class _Run:
         self.epoch_loss[0] += loss_value
         self.epoch_loss[1] += 1
         return loss_value
+
+    def _elapsed_now(self) -> float | None:
+        """Training seconds so far (the time limit's clock, the same on every rank), for a time-budget
+        schedule; None for an epoch budget (no clock read: the LR depends on the step alone)."""
+        if not (self.schedule.kind == "cosine" and self.schedule.time_budget > 0):
+            return None
+        elapsed = self.elapsed + time.perf_counter() - self._tic
+        if self.d.world > 1:
+            elapsed = float(distributed.all_reduce_sum(torch.tensor([elapsed]), self.d)[0]) / self.d.world
+        return elapsed
 
     def _end_epoch(self, tic: float) -> bool:
         """Validate, log, keep the best model, checkpoint; True when the run should stop early."""
