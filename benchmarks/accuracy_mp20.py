@@ -227,7 +227,7 @@ def run_pyg(args, folder: Path, split_path: Path, runs: Path) -> dict:
     from geognn.train.config import DEMO_BACKBONE_KWARGS
     from geognn.train.data import EpochBatches, GraphDataset, open_structures
     from geognn.train.loop import fit_output, read_run_split, training_statistics
-    from geognn.train.optim import LRSchedule
+    from geognn.train.optim import LRSchedule, auto_warmup
 
     kw = dict(DEMO_BACKBONE_KWARGS)
     config = base_config(args, folder, split_path, runs / "pyg_schnet", "schnet", kw)
@@ -253,17 +253,11 @@ def run_pyg(args, folder: Path, split_path: Path, runs: Path) -> dict:
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     sampler = EpochBatches(split["train"], config.batch_size, config.seed)
     total_steps = config.epochs * _math.ceil(len(sampler) / config.accumulate)
-    try:  # the trainer's schedule: warmup and, for cosine, an anneal over the time budget
-        from geognn.train.optim import auto_warmup
-
-        schedule = LRSchedule(config.lr, config.scheduler, auto_warmup(config.warmup_steps, total_steps),
-                              total_steps, config.min_lr_ratio, config.patience, config.plateau_factor,
-                              time_budget=config.time_limit)
-        timed = config.scheduler == "cosine" and config.time_limit > 0
-    except ImportError:  # a geognn whose schedule knows only steps
-        schedule = LRSchedule(config.lr, config.scheduler, config.warmup_steps or 0, total_steps,
-                              config.min_lr_ratio, config.patience, config.plateau_factor)
-        timed = False
+    # the trainer's schedule: warmup and, for cosine, an anneal over the time budget
+    schedule = LRSchedule(config.lr, config.scheduler, auto_warmup(config.warmup_steps, total_steps),
+                          total_steps, config.min_lr_ratio, config.patience, config.plateau_factor,
+                          time_budget=config.time_limit)
+    timed = config.scheduler == "cosine" and config.time_limit > 0
     best, best_state, elapsed, epoch, step = math.inf, None, 0.0, 0, 0
     while epoch < config.epochs and not (config.time_limit and elapsed >= config.time_limit):
         sampler.set_epoch(epoch + 1)
