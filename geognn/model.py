@@ -16,6 +16,8 @@ periodic direction, where it is undefined.
 
 ``Ensemble`` holds several models with the same targets; it returns their mean per target
 and the spread ``<target>_std``.
+``FrameSpread`` (``predict_with_spread``) gives one frame-averaged or PΘNITA model's spread
+over its frames or over rotations of its orientation grid, ``<target>_std``, at no extra training.
 
 Checkpoints hold a format version, the constructor configuration and the ``state_dict`` (never a
 pickled module), so they load with ``torch.load(weights_only=True)``. Version 1 checkpoints
@@ -38,6 +40,7 @@ from .backbones import get_backbone_class
 from .graph.build import graph_index, num_graphs
 from .nn.blocks import MLP
 from .nn.scatter import scatter_sum
+from .symmetry.sphere import random_rotation
 from .targets import ENERGY_TARGET, Target, energy_target
 from .backbones.frame_averaging import (FRAME_NODE_FEATURES, FRAME_NODE_INDEX, FRAME_WEIGHTS, FrameAveraging,
                                         frame_averaging_options)
@@ -517,3 +520,125 @@ def load_models(paths: Sequence[str | os.PathLike], map_location: str | torch.de
         members.extend(new)
     meta = {**members[0].metadata, "ensemble": len(members), "checkpoints": [str(p) for p in paths]}
     return Ensemble(members, meta).eval()
+
+
+def spread_kind(model) -> str:
+    """Which spread ``--uncertainty frames`` gives for ``model``: "frames" (frame-averaged),
+    "grid" (PΘNITA: rotations of its orientation grid); ValueError for any other model."""
+    if isinstance(model, Model) and isinstance(model.backbone, FrameAveraging):
+        return "frames"
+    if isinstance(model, Model) and getattr(model.backbone, "grid", None) is not None:  # PONITA (PNITA has none)
+        return "grid"
+    name = "an ensemble" if isinstance(model, Ensemble) else \
+        f"a {getattr(model, 'backbone_name', type(model).__name__)} model without frame averaging"
+    raise ValueError(f"--uncertainty frames needs a frame-averaged (frame_averaging=...) or ponita model; "
+                     f"this is {name}")
+
+
+def frame_values(model: Model, batch) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """Each target's structure-level value in every frame of a frame-averaged ``model``.
+
+    Returns ``(values, weights, graph)``: ``values[name]`` [G] (target unit), ``weights`` [G] and
+    ``graph`` [G] (the structure of each of the G (frame, structure) pairs). A structure's weights
+    sum to 1 and ``sum_g weights * values`` over its frames is ``model(batch)[name]``. Degenerate
+    structures have extra frames with their own weights. Frames are read from the wrapper's
+    ``frame_node_index`` [M]: each frame of a structure is one ascending run of its atoms.
+    """
+    fa = model.backbone
+    if not isinstance(fa, FrameAveraging):
+        raise ValueError("frame_values needs a frame-averaged model (frame_averaging=...)")
+    n_graphs, atom_graph = num_graphs(batch), graph_index(batch)
+    out = fa(batch)
+    feats, weights, index = out[FRAME_NODE_FEATURES], out[FRAME_WEIGHTS], out[FRAME_NODE_INDEX]  # [M, F], [M], [M]
+    start = torch.ones_like(index, dtype=torch.bool)
+    start[1:] = index[1:] != index[:-1] + 1  # a new run (frame pass or extra copy) begins
+    key = (torch.cumsum(start.long(), 0) - 1) * n_graphs + atom_graph[index]  # one per (run, structure)
+    _, row_group = torch.unique(key, return_inverse=True)  # [M] -> G groups
+    n_groups = int(row_group.max()) + 1
+    graph = torch.zeros(n_groups, dtype=torch.long, device=index.device).scatter_(0, row_group, atom_graph[index])
+    group_w = torch.zeros(n_groups, dtype=weights.dtype, device=index.device).scatter_(0, row_group, weights)
+    natoms = torch.bincount(row_group, minlength=n_groups).to(weights.dtype)
+    values = {}
+    for name, head in model.heads.items():
+        node = head.node_values(head.mlp(feats).squeeze(-1), batch[K.Z][index])  # [M] per frame and atom
+        total = scatter_sum(node, row_group, n_groups)  # [G]
+        values[name] = total if head.target.readout == "sum" else total / natoms
+    return values, group_w, graph
+
+
+class FrameSpread(nn.Module):
+    """A model's prediction with the spread over frames or orientation grids, at no extra training.
+
+    ``kind="frames"`` (frame-averaged models): ``out[name]`` is the model's usual prediction, the
+    frame-weighted mean ``ȳ = Σ_f w_f y_f``, and ``out[name + "_std"]`` [B] is the frame-weighted
+    standard deviation ``sqrt(Σ_f w_f (y_f - ȳ)²)`` (the weights of a structure sum to 1; extra
+    frames of degenerate structures count with their weights), in the target's unit.
+    The frames are the model's eval frames: all of them unless ``eval_frames`` is an integer, in
+    which case the spread is taken over a second random draw of that many frames.
+    ``kind="grid"`` (PΘNITA): the structure is rotated by ``num_rotations`` uniformly random
+    rotations (seeded by ``seed``), the same as rotating the orientation grid the other way;
+    ``out[name]`` is the mean over them and ``out[name + "_std"]`` the standard deviation
+    (``ddof=1``); forces and stress (if asked) come from the unrotated grid. ``kind=None``:
+    ``spread_kind(model)``. Other outputs are the model's own.
+
+    Args:
+        model: a ``Model`` (frame-averaged for "frames", ponita for "grid").
+        kind: "frames", "grid" or None (default: None, chosen from the model).
+        num_rotations: rotated grids for "grid" (default: 8, at least 2).
+        seed: seed of the rotations (default: 0).
+    """
+
+    def __init__(self, model: Model, kind: str | None = None, num_rotations: int = 8, seed: int = 0):
+        super().__init__()
+        found = spread_kind(model)
+        if kind is not None and kind != found:
+            raise ValueError(f"spread kind {kind!r} does not fit this model, which allows {found!r}")
+        if int(num_rotations) < 2:
+            raise ValueError(f"num_rotations must be at least 2, got {num_rotations}")
+        self.model, self.kind, self.num_rotations, self.seed = model, found, int(num_rotations), int(seed)
+        self.metadata = model.metadata
+
+    targets = property(lambda self: self.model.targets)
+    energy_target = property(lambda self: self.model.energy_target)
+    target_names = property(lambda self: self.model.target_names)
+    cutoff = property(lambda self: self.model.cutoff)
+    max_neighbors = property(lambda self: self.model.max_neighbors)
+    compute_forces = property(lambda self: self.model.compute_forces)
+    compute_stress = property(lambda self: self.model.compute_stress)
+    max_z = property(lambda self: self.model.max_z)
+
+    def forward(self, batch, forces: bool | None = None, stress: bool | None = None) -> dict[str, torch.Tensor]:
+        out = self.model(batch, forces=forces, stress=stress)
+        with torch.no_grad():
+            if self.kind == "frames":
+                values, w, graph = frame_values(self.model, batch)
+                n_graphs = num_graphs(batch)
+                for name, y in values.items():
+                    mean = scatter_sum(w * y, graph, n_graphs)  # [B]
+                    var = scatter_sum(w * (y - mean[graph]) ** 2, graph, n_graphs)
+                    out[name + "_std"] = var.clamp(min=0).sqrt()
+            else:
+                gen = torch.Generator().manual_seed(self.seed)
+                pos, cell = batch[K.POS], batch[K.CELL]
+                samples = {name: [] for name in self.target_names}
+                for _ in range(self.num_rotations):
+                    rot = random_rotation(dtype=pos.dtype, device=pos.device, generator=gen)  # [3, 3]
+                    view = copy.copy(batch)
+                    view[K.POS], view[K.CELL] = pos.detach() @ rot, cell.detach() @ rot
+                    rotated = self.model(view, forces=False, stress=False)
+                    for name in samples:
+                        samples[name].append(rotated[name])
+                for name, ys in samples.items():
+                    ys = torch.stack(ys)  # [num_rotations, B]
+                    out[name], out[name + "_std"] = ys.mean(0), ys.std(0, unbiased=True)
+        if self.energy_target is not None:
+            out[K.ENERGY] = out[self.energy_target.name]
+            out[K.ENERGY + "_std"] = out[self.energy_target.name + "_std"]
+        return out
+
+
+def predict_with_spread(model: Model, batch, kind: str | None = None, num_rotations: int = 8, seed: int = 0,
+                        forces: bool | None = None, stress: bool | None = None) -> dict[str, torch.Tensor]:
+    """``FrameSpread(model, kind, num_rotations, seed)(batch, forces, stress)``: each target's
+    prediction ``out[name]`` [B] and its spread over frames or grids ``out[name + "_std"]`` [B]."""
+    return FrameSpread(model, kind, num_rotations, seed)(batch, forces=forces, stress=stress)
