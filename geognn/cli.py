@@ -35,19 +35,20 @@ def _error(message: str) -> None:
 
 # --------------------------------------------------------------------------- predict
 def predict_columns(model) -> list[tuple[str, str]]:
-    """``(column, unit)`` of ``geognn predict``'s rows for ``model`` (a Model or an Ensemble).
+    """``(column, unit)`` of ``geognn predict``'s rows for ``model`` (a Model, an Ensemble or a FrameSpread).
 
     ``file``, ``formula``, ``natoms``; then one column per target, named exactly as the target,
-    in its unit (``<name>_std`` after it for an ensemble: the members' spread); then, only when
+    in its unit (``<name>_std`` after it for an ensemble: the members' spread; for a
+    ``geognn.model.FrameSpread``: the spread over frames or grids); then, only when
     the model has an extensive energy target E: ``<E>_per_atom`` (eV/atom), ``max_force``
     (eV/Å) and ``stress`` (GPa, 6 Voigt components, None for non-periodic structures).
     """
-    from .model import Ensemble
+    from .model import Ensemble, FrameSpread
 
     cols = [("file", ""), ("formula", ""), ("natoms", "")]
     for t in model.targets:
         cols.append((t.name, t.unit))
-        if isinstance(model, Ensemble):
+        if isinstance(model, (Ensemble, FrameSpread)):
             cols.append((t.name + "_std", t.unit))
     energy = model.energy_target
     if energy is not None:
@@ -203,7 +204,7 @@ def default_checkpoint(paths, allow_partial_occupancy: bool = False) -> Path:
 
 
 def cmd_predict(args) -> int:
-    from .model import Ensemble, load_models
+    from .model import Ensemble, FrameSpread, load_models
 
     if args.checkpoint:  # --checkpoint a.pt b.pt FILE...: argparse gives FILE to --checkpoint too
         n = 1
@@ -217,6 +218,8 @@ def cmd_predict(args) -> int:
         paths = ([Path(p) for p in args.checkpoint] if args.checkpoint
                  else [default_checkpoint(args.paths, args.allow_partial_occupancy)])
         model = load_models(paths)
+        if args.uncertainty == "frames":
+            model = FrameSpread(model)
     except (FileNotFoundError, ValueError) as exc:
         _error(str(exc))
         return 2
@@ -237,6 +240,8 @@ def cmd_predict(args) -> int:
     about = {"checkpoints": [str(p) for p in paths], "trained_on": model.metadata.get("trained_on"),
              "targets": [t.to_dict() for t in model.targets],
              "ensemble": len(model.members) if isinstance(model, Ensemble) else 1}
+    if isinstance(model, FrameSpread):
+        about["uncertainty"] = {"frames": "frames", "grid": f"{model.num_rotations} rotated grids"}[model.kind]
     text = format_rows(rows, args.format, predict_columns(model), about)
     if args.output:
         Path(args.output).write_text(text)
@@ -422,6 +427,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model checkpoint; several (a.pt b.pt ...) make an ensemble: mean and <target>_std "
                         "(default: the shipped models: QM9 SchNet for molecules, the MP-20 crystal ensemble for periodic structures). Names after the first that do not end in "
                         ".pt/.pth/.ckpt are taken as inputs")
+    p.add_argument("--uncertainty", choices=["ensemble", "frames"], default="ensemble",
+                   help="<target>_std column: 'ensemble' (default) is the members' spread when there are several "
+                        "checkpoints or an ensemble checkpoint (none for a single model); 'frames' is one model's "
+                        "spread over its frames (frame_averaging=...) or over 8 random rotations of its "
+                        "orientation grid (ponita), at no extra training")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
     p.add_argument("--output", help="write the predictions to this file instead of stdout")
     p.add_argument("--batch-size", type=int, default=16)
