@@ -4,8 +4,8 @@ Flow: files / ase.Atoms / pymatgen -> ``read_structures`` -> ``build_graph`` -> 
 -> ``Model`` (backbone -> heads) -> energy [eV], forces [eV/Å], stress [eV/Å³].
 Conventions (units, edge direction, cell rows, stress sign) live in ``geognn.conventions``.
 
-Model-side names (``BACKBONES``, ``Model``, ``build_model``, ``load_model``, ``FrameAveraging``,
-``GeoGNNCalculator``) are imported on first use, so that data loading (``geognn.io``,
+Model-side names (``BACKBONES``, ``Model``, ``Ensemble``, ``Target``, ``build_model``, ``load_model``,
+``FrameAveraging``, ``GeoGNNCalculator``) are imported on first use, so that data loading (``geognn.io``,
 ``geognn.graph``, ``geognn.datasets``) never imports the models.
 """
 
@@ -22,6 +22,8 @@ _LAZY = {
     "Model": ".model",
     "build_model": ".model",
     "load_model": ".model",
+    "Ensemble": ".model",
+    "Target": ".targets",
     "FrameAveraging": ".backbones.frame_averaging",
     "GeoGNNCalculator": ".calculator",
 }
@@ -39,5 +41,5 @@ def __dir__():
     return sorted(set(globals()) | set(_LAZY))
 
 
-__all__ = ["BACKBONES", "FrameAveraging", "GeoGNNCalculator", "Model", "StructureError", "build_graph", "build_model",
+__all__ = ["BACKBONES", "Ensemble", "FrameAveraging", "GeoGNNCalculator", "Model", "Target", "StructureError", "build_graph", "build_model",
            "collate", "edge_vectors", "load_model", "read_structures", "__version__"]
