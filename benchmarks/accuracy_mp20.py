@@ -227,7 +227,7 @@ def run_pyg(args, folder: Path, split_path: Path, runs: Path) -> dict:
     from geognn.train.config import DEMO_BACKBONE_KWARGS
     from geognn.train.data import EpochBatches, GraphDataset, open_structures
     from geognn.train.loop import fit_output, read_run_split, training_statistics
-    from geognn.train.optim import LRSchedule, auto_warmup
+    from geognn.train.optim import LRSchedule
 
     kw = dict(DEMO_BACKBONE_KWARGS)
     config = base_config(args, folder, split_path, runs / "pyg_schnet", "schnet", kw)
@@ -254,7 +254,7 @@ def run_pyg(args, folder: Path, split_path: Path, runs: Path) -> dict:
     sampler = EpochBatches(split["train"], config.batch_size, config.seed)
     total_steps = config.epochs * _math.ceil(len(sampler) / config.accumulate)
     # the trainer's schedule: warmup and, for cosine, an anneal over the time budget
-    schedule = LRSchedule(config.lr, config.scheduler, auto_warmup(config.warmup_steps, total_steps),
+    schedule = LRSchedule(config.lr, config.scheduler, config.warmup_steps,
                           total_steps, config.min_lr_ratio, config.patience, config.plateau_factor,
                           time_budget=config.time_limit)
     timed = config.scheduler == "cosine" and config.time_limit > 0
