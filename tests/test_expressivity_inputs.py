@@ -161,31 +161,73 @@ def test_float32_isometric_copies_are_never_separated(name):
     assert result.margin < 0.2, result.margins  # well below 1: not a close call
 
 
-def test_without_rounding_the_copies_float32_inputs_are_falsely_separated(monkeypatch):
-    """The planted defect: copies made in float64 from the rounded input (no round-off of their
-    own) set a float64 noise floor, and the float32 copy is then "separated" (the bug of issue 14)."""
+def test_float32_safeguards_each_prevent_false_separation(monkeypatch):
+    """The two safeguards against float32 round-off, planted away one at a time.
+
+    Without either (copies made in float64 from the rounded input, raw gaps: the bug of issue 14)
+    a float32 copy is "separated"; either one alone prevents it: rounded copies give a float32
+    noise floor, and the projection removes the round-off's first-order effect from every gap."""
     g = dojo_layout(k_chain_pair(3).g1)
     copy = float32_copy(g, 0)
     settings = dict(hidden_channels=8)
     assert not distinguishes("painn", g, copy, 2, seeds=2, **settings)
+    real_projection = models_module.projected_gaps
+
+    def raw_gaps(model, g1, g2, copies1, copies2, seed):  # the readout without the projection
+        emb = models_module.graph_embeddings(model, models_module.collate([g1, g2] + copies1 + copies2))
+        noise = [float((emb[0] - emb[2 + k]).norm()) for k in range(len(copies1))]
+        noise += [float((emb[1] - emb[2 + len(copies1) + k]).norm()) for k in range(len(copies2))]
+        return float((emb[0] - emb[1]).norm()), noise, float(emb[0].norm())
+
+    monkeypatch.setattr(models_module, "projected_gaps", raw_gaps)
+    assert not distinguishes("painn", g, copy, 2, seeds=2, **settings)  # rounded copies alone
     monkeypatch.setattr(models_module, "_rounded_to", lambda data, dtype: data)
-    assert distinguishes("painn", g, copy, 2, seeds=2, **settings)
+    assert distinguishes("painn", g, copy, 2, seeds=2, **settings)  # neither: falsely separated
+    monkeypatch.setattr(models_module, "projected_gaps", real_projection)
+    assert not distinguishes("painn", g, copy, 2, seeds=2, **settings)  # the projection alone
 
 
-@pytest.mark.parametrize("name,k", [("painn", 4), ("egnn", 4), ("dimenetpp", None), ("mace", 3)])
+def test_projection_removes_first_order_round_off_only():
+    """Projected differences (hand-checked): an isometric float32 copy leaves second-order
+    residue (measured 1e-14 to 1e-12 of an embedding of norm ~1e2), the 6-chain's two graphs keep
+    a gap 1e2 or more times larger at 4 layers and none at 3."""
+    import numpy as np
+
+    from geognn.expressivity.models import CUTOFF_MARGIN, _as_float64, _copies, build_backbone, projected_gaps
+    from geognn.graph.build import edge_vectors
+
+    pair = k_chain_pair(6)
+    g1, g2 = (_as_float64(as_graph(dojo_layout(g), "g")) for g in (pair.g1, pair.g2))
+    cutoff = CUTOFF_MARGIN * float(edge_vectors(g1).norm(dim=-1).max())
+    for layers, separated in ((4, True), (3, False)):
+        model = build_backbone("painn", layers, cutoff, 0, dict(hidden_channels=16))
+        rng = np.random.default_rng(0)
+        c1, _ = _copies(g1, torch.float32, rng, True, True)
+        c2, _ = _copies(g2, torch.float32, rng, True, True)
+        gap, noise, scale = projected_gaps(model, g1, g2, c1, c2, 0)
+        assert max(noise) < 1e-10 * scale, noise
+        if separated:
+            assert gap > 100 * max(noise), (gap, noise)
+        else:
+            assert gap <= 1e-12 * scale, gap
+
+
+@pytest.mark.parametrize("name,k", [("painn", 4), ("painn", 8), ("egnn", 4), ("egnn", 8), ("dimenetpp", None),
+                                    ("mace", 3), ("nequip", 6)])
 def test_float32_pairs_that_theory_separates_are_still_separated(name, k):
     """Dojo-layout float32: k-chains by equivariant backbones at exactly floor(k/2)+1 layers (not
     one fewer), the 2-body pair by angle-aware DimeNet++ at 1 layer.
 
-    Measured margins at floor(k/2)+1 layers (report settings, 2 seeds): painn 3.5, egnn 1.3e3,
-    dimenetpp (2-body, 1 layer) > 1e3. Deeper chains are where float32 reaches its limit: PaiNN's
-    gap on the 6-chain at 4-5 layers is 0.03-0.14 of the threshold, as small as the round-off
-    response, and is reported as such (the margin), not hidden by a float64 floor."""
+    Deep chains were where float32 ended before the projection (painn on the 8-chain: margin
+    0.008; the round-off response swamped a gap of ~1e-10). Now, report settings, 2 seeds, the
+    margins at floor(k/2)+1 layers are far above the asserted 1.5 (painn 8-chain ~20-200)."""
     from geognn.expressivity.report import PROBE_SETTINGS
 
     settings = dict(PROBE_SETTINGS[name])
     if name == "mace":
         settings.update(hidden_channels=4, max_ell=1, hidden_max_ell=1)
+    if name == "nequip":
+        settings.update(hidden_channels=4, max_ell=1)
     if k is None:
         pair, depth = two_body_degenerate_pair(), 1
     else:

@@ -28,6 +28,30 @@ the rounding a float32 graph was "separated" from its own rotated copy by most b
 models themselves always run in float64. Approximately equivariant backbones
 (``rotation_symmetry`` "approximate") get a threshold from their measured noise as well.
 
+Inputs less precise than float64 (a float32 graph): the round-off of the coordinates moves the
+embedding to first order, by far more than the gaps of deep models on long chains (painn, nequip,
+mace on the 6- to 8-chains: 1e-12 to 1e-8 against ~1e-6), so the raw gap cannot be compared
+with it. For backbones with exact symmetry the invariant readout is then made smooth (squared
+vector norms) and widened by a fixed random per-atom MLP (``READOUT_FEATURES``, the kind of
+head a model puts on its atoms), and every difference, pair or copy, is projected off the span of
+both graphs' Jacobians with respect to positions and cell (:func:`projected_gaps`): what a small
+move of the atoms explains is not counted. For an isometric copy what remains is second order in
+the round-off plus float64 arithmetic (measured 1e-14 to 1e-12); a real separation keeps its
+component outside the span, generically nonzero because the readout is wider than the span's
+rank. The threshold is then ``NOISE_FACTOR`` times the largest projected copy difference plus
+``PROJECTED_RELATIVE_FLOOR`` times the norm. Float64 inputs keep the raw gaps (their round-off
+is 1e-16).
+
+The probe's own settings keep deep gaps above the floors:
+
+- the backbone's cutoff is ``CUTOFF_MARGIN`` = 3 times the pair's longest edge, since the edges
+  are given, the cutoff only sets the envelope, and at 2/3 of the cutoff the polynomial envelope
+  is ~0.5 and SchNet's cosine 0.25 per hop (measured: the 8-chain's gap grew ~1e3 from margin 1.5
+  to 3 for nequip and mace);
+- backbones that divide messages by ``avg_num_neighbors`` get the pair's own mean degree
+  (:func:`mean_degree`), as MACE and NequIP set it from their training data; the default 10
+  on a chain of degree 2 shrank every hop 5-fold.
+
 Why two factors: for exact backbones the noise is round-off, random in size from copy to copy;
 float32 copies of a chain gave gaps of 0.1 to 0.9 times the measured noise (so 10 leaves a
 factor > 10 of headroom) while real separations of float32 dojo-layout pairs (PaiNN at ⌊k/2⌋+1
@@ -66,9 +90,17 @@ NOISE_FACTOR = 10.0
 #: ... for backbones with ``rotation_symmetry == "approximate"`` (see module docstring).
 APPROXIMATE_NOISE_FACTOR = 100.0
 #: ... plus this fraction of the embedding norm (float64 round-off of different summation orders).
+#: Used for raw gaps (approximate symmetries, equivariant readouts).
 RELATIVE_FLOOR = 1e-9
+#: ... the same for projected gaps (exact backbones, invariant readout), which carry no input
+#: round-off, only float64 arithmetic (measured: 1e-16 to 1e-15 of the norm on the k-chains).
+PROJECTED_RELATIVE_FLOOR = 1e-13
+#: Random per-atom features of the invariant readout (module docstring): their number, and the
+#: relative singular value below which a Jacobian direction counts as zero.
+READOUT_FEATURES = 32
+RANK_TOLERANCE = 1e-10
 #: Default backbone cutoff: this many times the pair's longest edge (the envelope must not cut edges).
-CUTOFF_MARGIN = 1.5
+CUTOFF_MARGIN = 3.0
 #: Isometric copies of each graph used to measure the noise.
 NUM_COPIES = 2
 READOUTS = ("invariant", "equivariant")
@@ -225,6 +257,102 @@ def _copies(data: Data, dtype: torch.dtype, rng: np.random.Generator, rotate: bo
     return copies, rotations
 
 
+def invariant_node_features(out: dict) -> torch.Tensor:
+    """[N, F + F'] per-atom invariants of a backbone's output: ``node_features`` and the *squared*
+    norms of ``node_vectors`` (smooth in the coordinates, unlike the norm at a zero vector, so the
+    first-order analysis of :func:`projected_gaps` holds)."""
+    parts = [out[K.NODE_FEATURES]]
+    if K.NODE_VECTORS in out:
+        parts.append(out[K.NODE_VECTORS].pow(2).sum(dim=-1))
+    return torch.cat(parts, dim=-1)
+
+
+def mean_degree(*graphs: Data) -> float:
+    """Mean number of neighbours per atom over ``graphs`` (edges / atoms), at least 1."""
+    edges = sum(int(g[K.EDGE_INDEX].shape[1]) for g in graphs)
+    atoms = sum(int(g[K.POS].shape[0]) for g in graphs)
+    return max(1.0, edges / max(atoms, 1))
+
+
+def _coordinate_jacobians(model: Backbone, graphs: list[Data], seed: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Random-feature invariant embeddings of ``graphs`` and their Jacobians.
+
+    Returns ``(emb, jacobians)``: emb [B, D] (D = F + READOUT_FEATURES), the sum over atoms (mean
+    for periodic graphs) of ``[u, tanh(u W + b)]``, where u are the per-atom invariants
+    (:func:`invariant_node_features`) standardised with the first graph's statistics and W, b are
+    drawn from ``seed``: one fixed per-atom MLP for every graph, as a model's readout head is;
+    jacobians[b] [D, 3 N_b + 9]: d emb[b] / d (positions, cell rows), Å^-1.
+    """
+    batch = collate(graphs)
+    pos = batch[K.POS].clone().requires_grad_(True)
+    cell = batch[K.CELL].clone().requires_grad_(True)
+    batch[K.POS], batch[K.CELL] = pos, cell
+    h = invariant_node_features(model(batch))  # [N, F]
+    first = graphs[0][K.POS].shape[0]
+    mean = h[:first].detach().mean(dim=0)
+    std = h[:first].detach().std().clamp_min(1e-12) if first > 1 else torch.ones((), dtype=h.dtype)
+    generator = torch.Generator().manual_seed(int(seed))
+    weight = torch.randn(h.shape[1], READOUT_FEATURES, generator=generator, dtype=torch.float64).to(h.dtype)
+    bias = torch.randn(READOUT_FEATURES, generator=generator, dtype=torch.float64).to(h.dtype)
+    u = (h - mean) / std
+    node = torch.cat([u, torch.tanh(u @ weight / h.shape[1] ** 0.5 + bias)], dim=-1)  # [N, D]
+    pooled = scatter_sum(node, graph_index(batch), dim_size=len(graphs))  # [B, D]
+    periodic = batch[K.PBC].any(dim=-1).to(pooled.dtype).unsqueeze(-1)
+    natoms = batch[K.NATOMS].to(pooled.dtype).unsqueeze(-1)
+    emb = pooled * (1 - periodic) + pooled / natoms * periodic
+    dim = emb.shape[1]
+    # row d of every graph's Jacobian at once: graphs are independent, so d (sum_b emb[b, d]) / d pos
+    # splits into the graphs' own rows
+    eye = torch.eye(dim, dtype=emb.dtype).unsqueeze(1).expand(dim, len(graphs), dim)
+    try:
+        d_pos, d_cell = torch.autograd.grad(emb, (pos, cell), grad_outputs=eye, is_grads_batched=True,
+                                            allow_unused=True)
+    except RuntimeError:  # an operation without a batching rule: one backward pass per row
+        rows = [torch.autograd.grad(emb[:, d].sum(), (pos, cell), retain_graph=True, allow_unused=True)
+                for d in range(dim)]
+        d_pos = torch.stack([torch.zeros_like(pos) if r[0] is None else r[0] for r in rows])
+        d_cell = torch.stack([torch.zeros_like(cell) if r[1] is None else r[1] for r in rows])
+    d_pos = torch.zeros(dim, *pos.shape, dtype=emb.dtype) if d_pos is None else d_pos  # [D, N, 3]
+    d_cell = torch.zeros(dim, *cell.shape, dtype=emb.dtype) if d_cell is None else d_cell  # [D, B, 3, 3]
+    jacobians, start = [], 0
+    for b, g in enumerate(graphs):
+        n = g[K.POS].shape[0]
+        jacobians.append(torch.cat([d_pos[:, start:start + n].reshape(dim, -1), d_cell[:, b].reshape(dim, 9)], dim=1))
+        start += n
+    return emb.detach(), [j.detach() for j in jacobians]
+
+
+def _unexplained(diff: torch.Tensor, jacobian_a: torch.Tensor, jacobian_b: torch.Tensor) -> float:
+    """Norm of the part of ``diff`` [D] outside the span of both Jacobians' columns: what no small
+    change of either graph's coordinates explains at first order."""
+    span = torch.cat([jacobian_a, jacobian_b], dim=1)
+    if span.abs().max() == 0:
+        return float(diff.norm())
+    u, sv, _ = torch.linalg.svd(span, full_matrices=False)
+    u = u[:, sv > sv[0] * RANK_TOLERANCE]
+    return float((diff - u @ (u.T @ diff)).norm())
+
+
+def projected_gaps(model: Backbone, g1: Data, g2: Data, copies1: list[Data], copies2: list[Data],
+                   seed: int) -> tuple[float, list[float], float]:
+    """(gap, copy gaps, scale) with the first-order effect of coordinate round-off removed.
+
+    Each difference of embeddings is projected off the span of the two graphs' Jacobians
+    (:func:`_coordinate_jacobians`): a gap that a small move of the atoms (or cell) could cause,
+    such as the round-off of float32 coordinates, is not counted. What remains of an isometric
+    copy's difference is second order in the round-off plus float64 arithmetic; what remains of a
+    real separation is its component outside that span, generic when D exceeds the span's rank
+    (D = F + READOUT_FEATURES; the span has rank <= 3 N1 + 3 N2 + 18 - 12).
+    """
+    graphs = [g1, g2] + copies1 + copies2
+    emb, jac = _coordinate_jacobians(model, graphs, seed)
+    gap = _unexplained(emb[0] - emb[1], jac[0], jac[1])
+    noise = [_unexplained(emb[0] - emb[2 + k], jac[0], jac[2 + k]) for k in range(len(copies1))]
+    offset = 2 + len(copies1)
+    noise += [_unexplained(emb[1] - emb[offset + k], jac[1], jac[offset + k]) for k in range(len(copies2))]
+    return gap, noise, max(float(emb[0].norm()), float(emb[1].norm()))
+
+
 def as_pair(g1, g2, graph_cutoff: float | None = None) -> tuple[Data, Data]:
     """Both graphs of a pair through the one input path (``inputs.as_graph``)."""
     return as_graph(g1, "g1", graph_cutoff), as_graph(g2, "g2", graph_cutoff)
@@ -263,10 +391,26 @@ def separation(backbone, g1, g2, num_layers: int, seeds: int = 5, readout: str =
     elif not cutoff > longest:
         raise ValueError(f"cutoff {cutoff} Å must exceed the longest edge of the pair ({longest:.3f} Å): "
                          "the backbone's envelope would remove edges")
+    cls = get_backbone_class(backbone) if isinstance(backbone, str) else backbone
+    if "avg_num_neighbors" not in backbone_kwargs and isinstance(cls, type) and \
+            "avg_num_neighbors" in inspect.signature(cls.__init__).parameters:
+        backbone_kwargs["avg_num_neighbors"] = mean_degree(g1, g2)  # as MACE/NequIP set it from their data
+    # an input less precise than float64: the round-off of its coordinates is removed at first
+    # order (projected_gaps) instead of swamping deep models' small gaps
+    rounded = max(torch.finfo(dt).eps for dt in dtypes) > torch.finfo(torch.float64).eps
     gaps, thresholds = [], []
     for seed in range(int(seeds)):
         model = build_backbone(backbone, num_layers, cutoff, seed, backbone_kwargs)
         rng = np.random.default_rng(1000 + seed)
+        exact = getattr(model, "rotation_symmetry", "exact") == "exact"
+        if readout == "invariant" and exact and rounded:
+            reflect = bool(getattr(model, "reflection_invariant", True))
+            copies1, _ = _copies(g1, dtypes[0], rng, True, reflect)
+            copies2, _ = _copies(g2, dtypes[1], rng, True, reflect)
+            gap, noise, scale = projected_gaps(model, g1, g2, copies1, copies2, seed)
+            gaps.append(gap)
+            thresholds.append(NOISE_FACTOR * max(noise) + PROJECTED_RELATIVE_FLOOR * scale)
+            continue
         # Equivariant readouts are compared unrotated (the pair's two graphs are rotated copies of
         # each other), except Cartesian ones of approximately equivariant backbones (PONITA's grid):
         # their copies are rotated and the readout rotated back, so the noise includes the

@@ -45,7 +45,7 @@ PROBE_SETTINGS = {
     # coords_weight 30: phi_x is ~0.02 at its plain init, so atoms would move ~1e-3 Å per layer and
     # the k-chain signal (second order in the displacements) would sit under a float32 input's
     # noise floor; with w = 30 they move ~0.3 Å per layer, the regime of the dojo's EGNN
-    "egnn": dict(hidden_channels=16, avg_num_neighbors=2.0, coords_weight=30.0),
+    "egnn": dict(hidden_channels=16, coords_weight=30.0),
     "painn": dict(hidden_channels=16),
     "nequip": dict(hidden_channels=8, max_ell=2, radial_hidden=(16,)),
     "mace": dict(hidden_channels=8, max_ell=2, hidden_max_ell=2, correlation=2, radial_hidden=(16,)),
