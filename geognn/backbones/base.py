@@ -57,6 +57,12 @@ class Backbone(nn.Module):
     #: Instances may set their own when a hyperparameter changes it (EGNN with fixed coordinates
     #: sees distances only).
     geometry: str = ""
+    #: What the invariant output of a *one-layer* model sees, when that is less than ``geometry``
+    #: promises; "" when it is not. "vector sums": distances and the inner products of per-atom
+    #: sums over neighbours of f(z_j, r_ij) r_hat_ij (PaiNN, EGNN, NequIP, whose neighbours hold
+    #: no orientation before the first layer); such a model cannot separate what
+    #: ``geognn.expressivity.first_layer`` cannot, and the report expects it one layer later.
+    first_layer_geometry: str = ""
 
     def __init__(self, **hparams: Any):
         super().__init__()

@@ -165,6 +165,7 @@ class EGNN(Backbone):
 
     name = "egnn"
     geometry = "vectors"
+    first_layer_geometry = "vector sums"  # Backbone.first_layer_geometry: one layer sees sums of r_hat_ij
 
     def __init__(self, hidden_channels: int = 128, num_layers: int = 4, num_rbf: int = 16,
                  cutoff: float = 5.0, avg_num_neighbors: float = 10.0, max_z: int = 100,

@@ -108,6 +108,7 @@ class NequIP(ExactCouplingsMixin, Backbone):
 
     name = "nequip"
     geometry = "spherical tensors"  # Backbone.geometry: e3nn features up to max_ell
+    first_layer_geometry = "vector sums"  # Backbone.first_layer_geometry: one layer sees sums of r_hat_ij
 
     def __init__(self, hidden_channels: int = 32, num_layers: int = 4, max_ell: int = 1, num_basis: int = 8,
                  cutoff: float = 5.0, radial_hidden: Sequence[int] = (64, 64), avg_num_neighbors: float = 10.0,

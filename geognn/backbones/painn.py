@@ -128,6 +128,7 @@ class PaiNN(Backbone):
 
     name = "painn"
     geometry = "vectors"  # Backbone.geometry: Cartesian vector features
+    first_layer_geometry = "vector sums"  # Backbone.first_layer_geometry: one layer sees sums of r_hat_ij
 
     def __init__(self, hidden_channels: int = 128, num_layers: int = 3, num_rbf: int = 20,
                  cutoff: float = 5.0, max_z: int = 100):

@@ -14,7 +14,9 @@ For each pair (``pairs.load_pairs``):
   reflection-invariant. "frame" backbones (inside frame averaging, whose frame is global) are
   expected to separate at 1 layer whatever GWL separates at all. A backbone separating a pair
   with fewer layers than GWL needs (or one that GWL never separates) violates the theorem that
-  geometric GNNs are bounded by GWL: the report flags it ("⚠") as a bug.
+  geometric GNNs are bounded by GWL: the report flags it ("⚠") as a bug. A backbone whose
+  first layer sees less (``Backbone.first_layer_geometry``, e.g. PaiNN's "vector sums") is
+  expected at 2 layers where its test says 1 but ``first_layer.first_layer_separates`` says no.
 - rotationally symmetric pairs: whether a 1-layer model's equivariant readout identifies the
   orientation (✓/✗); expected ✓ iff the declared tensor order (``Backbone.tensor_order``) >= the fold.
 
@@ -32,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..backbones import BACKBONES
+from .first_layer import first_layer_separates
 from .gwl import gwl_test
 from .models import build_backbone, layers_scan, separation, uses_global_frame
 from .pairs import TESTS, HardPair, load_pairs
@@ -136,6 +139,7 @@ class BackboneInfo:
     settings: dict
     backbone: str = ""
     geometry: str = ""
+    first_layer: str = ""
     order: int | None = None
     bound: str = "GWL"
     group: str = "O3"
@@ -156,6 +160,7 @@ def describe_backbone(column: str) -> BackboneInfo:
         info.global_frame = uses_global_frame(model)
         inner = model.backbone if info.global_frame else model
         info.geometry = inner.geometry
+        info.first_layer = getattr(inner, "first_layer_geometry", "")
         info.order = inner.tensor_order  # ValueError if the backbone declares no valid geometry
     except Exception as exc:  # a backbone that cannot be probed is reported, not fatal
         info.error = f"{type(exc).__name__}: {exc}"
@@ -245,6 +250,8 @@ def _probe(info: BackboneInfo, pair: HardPair, gwl: dict, max_layers: int, seeds
         expected = None if bound is None else 1
     else:
         expected = gwl[(info.group, info.bound)]
+        if expected == 1 and info.first_layer and not first_layer_separates(pair.g1, pair.g2, info.first_layer):
+            expected = 2  # one layer sees too little (first_layer.py); GWL's bound from the second on
     if measured is not None and (bound is None or measured < bound):
         status = "beyond GWL (global frame)" if info.global_frame else "violates GWL"
     elif measured == expected:
