@@ -176,11 +176,12 @@ def gwl_test(g1, g2, invariant: bool = False, body_order: int | None = None, max
     """Run GWL (or IGWL, IGWL_(k)) on two geometric graphs side by side.
 
     Args:
-        g1, g2: anything ``geognn.expressivity.inputs.as_graph`` accepts: ``Data`` with ``pos``
-            [N, 3] Å, ``edge_index`` [2, E] (row 0 neighbour j, row 1 centre i, both directions)
-            and node labels (``z``, the dojo's ``atoms`` or one-hot ``x``); optionally ``cell``,
-            ``edge_shift`` and ``pbc`` for periodic graphs (``graph_from_atoms``); or an
-            ``ase.Atoms`` with ``graph_cutoff`` (Å).
+        g1: the first graph; anything ``geognn.expressivity.inputs.as_graph`` accepts:
+            ``Data`` with ``pos`` [N, 3] Å, ``edge_index`` [2, E] (row 0 neighbour j, row 1
+            centre i, both directions) and node labels (``z``, the dojo's ``atoms`` or one-hot
+            ``x``); optionally ``cell``, ``edge_shift`` and ``pbc`` for periodic graphs
+            (``graph_from_atoms``); or an ``ase.Atoms`` with ``graph_cutoff`` (Å).
+        g2: the second graph, any of the same kinds as ``g1``.
         invariant: False for GWL; True for IGWL (or IGWL_(k) with ``body_order``).
         body_order: None (all invariant geometry of the 1-hop neighbourhood) or k in (2, 3, 4);
             only with ``invariant=True``.

@@ -59,8 +59,10 @@ def build_graph(atoms, cutoff: float, max_neighbors: int | None = None, *,
         (from an attached calculator, e.g. read from extxyz), and ``tags`` when present.
 
     Raises:
-        StructureError for bad input (message names the structure's source). Atoms with no
-        neighbour within the cutoff trigger an ``IsolatedAtomWarning`` naming their indices.
+        StructureError: bad input (the message names the structure's source).
+
+    Warns:
+        IsolatedAtomWarning: atoms with no neighbour within the cutoff, naming their indices.
     """
     atoms = to_atoms(atoms)
     src = LazySource(atoms)

@@ -196,8 +196,10 @@ def nearest_neighbours_mask(i: np.ndarray, j: np.ndarray, S: np.ndarray, d: np.n
       instead would need an order (atom index) that the physics does not have.
 
     Args:
-        i, j: [E] centre and neighbour indices; S: [E, 3] images (unused by the rule, kept for
-            the signature); d: [E] Å distances.
+        i: [E] centre indices.
+        j: [E] neighbour indices.
+        S: [E, 3] images (unused by the rule, kept for the signature).
+        d: [E] distances, Å.
         max_neighbors: the cap (>= 1).
         n_atoms: number of atoms (default: 1 + the largest index).
     """
