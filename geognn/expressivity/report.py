@@ -320,11 +320,15 @@ def format_markdown(rows: list[ReportRow], infos: list[BackboneInfo], max_layers
         "",
         "Each cell: measured (theory). Tests: first GWL iteration that separates the pair; backbones: fewest "
         f"layers (1..{max_layers}) that separate it at random initialisation (any of {seeds} seeds, "
-        "models in float64, threshold 10x the noise of isometric copies rounded to the input's dtype, 100x for "
-        "approximately equivariant backbones, plus 1e-9 of the embedding's norm). ✗ = never. "
+        "models in float64, cutoff 3x the longest edge, avg_num_neighbors the pair's mean degree; threshold 10x "
+        "the noise of isometric copies rounded to the input's dtype, 100x for approximately equivariant "
+        "backbones, plus 1e-9 of the embedding's norm; for inputs less precise than float64 and exact backbones, "
+        "gaps and noise are first projected off the coordinates' Jacobians and the floor is 1e-13 "
+        "(geognn/expressivity/models.py)). ✗ = never. "
         "Rotationally symmetric pairs (L-fold): ✓ if a 1-layer model's equivariant readout tells the structure "
         "from its rotated copy, expected iff tensor order ≥ L. Theory for a backbone: the test bounding the "
-        "geometry it declares (Backbone.geometry). † differs from theory; ° separates where its k-body test "
+        "geometry it declares (Backbone.geometry), one layer later where that test separates at 1 but its "
+        "first layer cannot (Backbone.first_layer_geometry, expressivity/first_layer.py). † differs from theory; ° separates where its k-body test "
         "does not but IGWL does (nested aggregation reads more than the flat k-body multiset); ⚠ separates "
         "beyond GWL (a bug); ‡ beyond GWL by a frame-averaged model, whose frame is global (not message "
         "passing: the bound does not apply; expected: 1 layer wherever GWL separates).",
@@ -337,7 +341,8 @@ def format_markdown(rows: list[ReportRow], infos: list[BackboneInfo], max_layers
             continue
         seen = f"; warnings while probing: {', '.join(sorted(info.warnings))}" if info.warnings else ""
         bound = "global frame" if info.global_frame else f"bounded by {TEST_LABELS[info.bound]} ({info.group})"
-        legend.append(f"- {info.name}: {info.backbone}, geometry \"{info.geometry}\", {bound}, order {info.order}, "
+        first = f", first layer \"{info.first_layer}\"" if info.first_layer else ""
+        legend.append(f"- {info.name}: {info.backbone}, geometry \"{info.geometry}\"{first}, {bound}, order {info.order}, "
                       f"rotation symmetry {info.rotation_symmetry}; settings {info.settings}{seen}")
     errors = [(row.pair.name, name, cell.note) for row in rows for name, cell in row.backbones.items()
               if cell.status == "error" and cell.note and not any(i.error for i in infos if i.name == name)]
