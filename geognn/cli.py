@@ -1,7 +1,11 @@
-"""Command line: ``geognn train`` and ``geognn predict``.
+"""Command line: ``geognn train``, ``predict``, ``expressivity``, ``plot`` and ``doctor``.
 
-Errors in user input become one-line messages on stderr and a non-zero exit status, never
-tracebacks; ``predict`` keeps going over the other files and lists those that failed.
+Errors in user input become one-line messages on stderr (``error: ...``, naming the file or
+option and the problem), never tracebacks. Exit status: 0 done; 2 bad arguments, options,
+config or input (as argparse: nothing was done); 1 the command ran but something failed
+(``predict`` keeps going over the other files and lists those that failed; a file that cannot
+be written); 130 (SIGINT, Ctrl-C) / 143 (SIGTERM) interrupted: ``geognn train`` first finishes
+the current step, saves ``state.pt`` and prints the ``geognn train --resume RUN_DIR`` command.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import csv
 import io
 import json
 import os
+import shlex
 import sys
 import warnings
 from pathlib import Path
@@ -31,6 +36,11 @@ CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
 
 def _error(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
+
+
+def _os_message(exc: OSError) -> str:
+    """``FILE: reason`` of an OSError from the system (ours carry their message in ``str``)."""
+    return f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc)
 
 
 # --------------------------------------------------------------------------- predict
@@ -214,6 +224,16 @@ def cmd_predict(args) -> int:
     if not args.paths:
         _error("no input files: geognn predict [--checkpoint MODEL.pt ...] FILE_OR_DIR ...")
         return 2
+    if args.batch_size < 1:
+        _error(f"--batch-size {args.batch_size}: must be >= 1")
+        return 2
+    try:
+        _check_device(args.device)
+        if args.output:
+            _check_output_file(args.output)
+    except ValueError as exc:
+        _error(str(exc))
+        return 2
     try:
         paths = ([Path(p) for p in args.checkpoint] if args.checkpoint
                  else [default_checkpoint(args.paths, args.allow_partial_occupancy)])
@@ -222,6 +242,9 @@ def cmd_predict(args) -> int:
             model = FrameSpread(model)
     except (FileNotFoundError, ValueError) as exc:
         _error(str(exc))
+        return 2
+    except OSError as exc:  # e.g. a checkpoint that cannot be read
+        _error(_os_message(exc))
         return 2
     if not args.checkpoint:
         meta = model.metadata
@@ -244,7 +267,11 @@ def cmd_predict(args) -> int:
         about["uncertainty"] = {"frames": "frames", "grid": f"{model.num_rotations} rotated grids"}[model.kind]
     text = format_rows(rows, args.format, predict_columns(model), about)
     if args.output:
-        Path(args.output).write_text(text)
+        try:
+            Path(args.output).write_text(text)
+        except OSError as exc:
+            _error(f"--output {args.output}: {exc.strerror}")
+            return 1
         print(f"wrote {len(rows)} prediction(s) to {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(text)
@@ -256,6 +283,33 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def _check_device(device: str) -> None:
+    """ValueError unless ``device`` names a torch device this machine has (cpu, cuda[:N], mps)."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {device!r}: not a device name (cpu, cuda, cuda:N, mps)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device!r}: no CUDA device is available (use --device cpu)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ValueError(f"--device {device!r}: MPS is not available (use --device cpu)")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"--device {device!r}: choose cpu, cuda, cuda:N or mps")
+
+
+def _check_output_file(path) -> None:
+    """ValueError when ``--output path`` cannot be written: a folder, or in a folder that does not exist."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"--output {path}: a folder; give a file name")
+    if not path.parent.is_dir():
+        raise ValueError(f"--output {path}: folder {path.parent} does not exist")
+
+
 # --------------------------------------------------------------------------- train
 def cmd_train(args) -> int:
     from .io import StructureError
@@ -265,6 +319,10 @@ def cmd_train(args) -> int:
     try:
         if args.resume:
             config_path = Path(args.resume) / "config.json"
+            if not Path(args.resume).is_dir():
+                _error(f"--resume {args.resume}: " + ("a file, not a geognn run folder" if Path(args.resume).exists()
+                                                      else "no such folder, not a geognn run folder"))
+                return 2
             if not config_path.exists():
                 _error(f"{args.resume}: no config.json, not a geognn run folder")
                 return 2
@@ -283,10 +341,12 @@ def cmd_train(args) -> int:
             overrides["split" if args.split in ("random", "qm9-standard") else "split_file"] = args.split
         overrides.update(parse_assignment(text) for text in args.set or [])
         config = config.updated(overrides, "command line").validate()
-    except (ValueError, FileNotFoundError) as exc:
-        _error(str(exc))
+        _check_backbone(config)
+        _check_folder(config.out, "--out")
+    except (ValueError, OSError) as exc:  # OSError: e.g. a --config file that cannot be read
+        _error(_os_message(exc) if isinstance(exc, OSError) else str(exc))
         return 2
-    from .train.loop import train
+    from .train.loop import TrainingInterrupted, train
 
     def show(message, category, *_args, **_kwargs):  # warnings as one line each, while the run goes on
         print(f"warning: {message}", file=sys.stderr)
@@ -298,12 +358,50 @@ def cmd_train(args) -> int:
     except (ValueError, FileNotFoundError, StructureError) as exc:
         _error(str(exc))
         return 2
+    except OSError as exc:  # a folder or file that cannot be written or read
+        _error(_os_message(exc))
+        return 1
+    except TrainingInterrupted as exc:
+        if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 reports
+            print(f"{exc}\nresume with: geognn train --resume {shlex.quote(str(config.out))}", file=sys.stderr)
+        return 128 + exc.signum
+    except KeyboardInterrupt:  # before training started, or a second Ctrl-C before the state was saved
+        state = "a state.pt" if any(Path(config.out).glob("**/state.pt")) else "no state.pt yet"
+        print(f"interrupted; {config.out} holds {state}: geognn train --resume "
+              f"{shlex.quote(str(config.out))} continues from the last saved step", file=sys.stderr)
+        return 130
     if os.environ.get("RANK", "0") != "0":
         return 0  # under torchrun, rank 0 reports
     print(result.summary())
     print(f"checkpoint: {result.model_path}  (predict with: geognn predict --checkpoint "
           f"{result.model_path} FILE...)")
     return 0
+
+
+def _check_backbone(config) -> None:
+    """Build the configured backbone once, before any data is read: ValueError naming a bad
+    backbone name or ``backbone_kwargs`` key (the constructor's own message)."""
+    from .model import build_model
+
+    extra = {"frame_averaging": config.frame_averaging} if config.frame_averaging is not None else {}
+    try:
+        build_model(config.backbone, cutoff=config.cutoff, max_neighbors=config.max_neighbors, **extra,
+                    **config.resolved_backbone_kwargs())
+    except (TypeError, RuntimeError) as exc:  # an unknown keyword; a size torch cannot make
+        raise ValueError(f"config backbone_kwargs={config.backbone_kwargs!r} for backbone "
+                         f"{config.backbone!r}: {' '.join(str(exc).split())[:300]}") from None
+
+
+def _check_folder(path, option: str) -> None:
+    """ValueError when ``path`` cannot become a folder (it, or a folder above it, is a file)."""
+    path = Path(path)
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise ValueError(f"{option} {path}: {p} is a file, not a folder")
+            if not os.access(p, os.W_OK):
+                raise ValueError(f"{option} {path}: {p} is not writable")
+            return
 
 
 #: ``geognn train`` options that set the config key of the same name.
@@ -322,6 +420,20 @@ def cmd_expressivity(args) -> int:
     split = lambda text: [x.strip() for x in text.split(",") if x.strip()]  # noqa: E731
     backbones = None if args.backbones == "all" else split(args.backbones)
     pairs = None if args.pairs == "all" else split(args.pairs)
+    numbers = {"--max-layers": args.max_layers, "--seeds": args.seeds, "--epochs": args.epochs, "--k": args.k}
+    for option, value in numbers.items():
+        least = 2 if option == "--k" else 1
+        if value is not None and value < least:
+            _error(f"{option} {value}: must be >= {least}")
+            return 2
+    if args.graph_cutoff is not None and not args.graph_cutoff > 0:
+        _error(f"--graph-cutoff {args.graph_cutoff}: must be > 0 Å")
+        return 2
+    try:
+        _check_folder(args.out, "--out")
+    except ValueError as exc:
+        _error(str(exc))
+        return 2
     if args.train:
         return _train_expressivity(args, backbones)
     try:
@@ -332,6 +444,9 @@ def cmd_expressivity(args) -> int:
     except ValueError as exc:
         _error(str(exc))
         return 2
+    except OSError as exc:
+        _error(_os_message(exc))
+        return 1
     print(f"wrote {result['markdown']} and {result['csv']} in {result['seconds']:.0f} s")
     if result["heatmap"] is None:
         print("warning: matplotlib is not installed, no heatmap (pip install geognn[report])", file=sys.stderr)
@@ -363,6 +478,39 @@ def _train_expressivity(args, backbones) -> int:
     print(table, end="")
     print(f"wrote {out / 'trained.md'} and {out / 'trained.json'}")
     return 0
+
+
+# --------------------------------------------------------------------------- plot, doctor
+def cmd_plot(args) -> int:
+    """``geognn plot RUN_DIR``: learning_curves.png and parity.png (geognn/plot.py); prints their paths."""
+    from .plot import PlotError, parity_statistics, parity_title, plot_learning_curves, plot_parity
+
+    if not Path(args.run_dir).is_dir():
+        _error(f"{args.run_dir}: no such run folder")
+        return 2
+    errors = []
+    for make in (plot_learning_curves, plot_parity):
+        try:
+            path = make(args.run_dir)
+        except PlotError as exc:
+            if str(exc) not in errors:
+                errors.append(str(exc))
+            continue
+        print(path)
+        if make is plot_parity:
+            for name, stats in parity_statistics(args.run_dir).items():
+                print(f"  {parity_title(name, stats)}")
+    for message in errors:
+        _error(message)
+    return 2 if errors else 0
+
+
+def cmd_doctor(args) -> int:
+    """``geognn doctor``: versions, code paths and a forward + backward of every backbone (geognn/doctor.py)."""
+    from .doctor import main as doctor_main
+
+    backbones = None if args.backbones == "all" else [x.strip() for x in args.backbones.split(",") if x.strip()]
+    return doctor_main(device=args.device, as_json=args.json, backbones=backbones)
 
 
 # --------------------------------------------------------------------------- entry point
@@ -458,12 +606,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=100, help="epochs per run for --train (default: 100)")
     p.add_argument("--out", default="expressivity_report", help="output folder (default: expressivity_report)")
     p.set_defaults(func=cmd_expressivity)
+
+    p = sub.add_parser("plot", help="learning_curves.png (metrics.csv) and parity.png (test_predictions.csv) "
+                                    "of a run folder")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a geognn train run folder (--out)")
+    p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("doctor", help="versions, code paths (torch-scatter, CUDA/MPS, TensorBoard, neighbour "
+                                      "list) and a forward + backward of every backbone, for bug reports")
+    p.add_argument("--json", action="store_true", help="machine-readable report")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available, as training), cpu, cuda, mps")
+    p.add_argument("--backbones", default="all", help="comma-separated backbone names, or all (default)")
+    p.set_defaults(func=cmd_doctor)
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:  # geognn train handles its own (state saved, resume command)
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

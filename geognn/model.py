@@ -463,8 +463,15 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     of such dicts) and ``metadata``.
     """
     path = Path(path)
+    if path.is_dir():
+        hint = f": its model is {path / 'model.pt'}" if (path / "model.pt").is_file() else ""
+        raise FileNotFoundError(f"{path}: a folder, not a checkpoint file{hint}")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint file")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not (head.startswith(b"PK") or head[:1] == b"\x80"):  # neither torch's zip nor a legacy pickle
+        raise ValueError(f"{path}: not a readable geognn checkpoint (not a file written by torch.save)")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
@@ -477,8 +484,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
                          "or 'ensemble')")
     version = payload.get("format_version")
     if version not in READABLE_FORMAT_VERSIONS:
-        raise ValueError(f"{path}: checkpoint format version {version}, this geognn reads "
-                         f"version {CHECKPOINT_FORMAT_VERSION}")
+        newer = isinstance(version, int) and version > CHECKPOINT_FORMAT_VERSION
+        raise ValueError(f"{path}: checkpoint format version {version!r}, this geognn reads versions "
+                         f"{', '.join(map(str, READABLE_FORMAT_VERSIONS))}"
+                         + (" (written by a newer geognn: upgrade geognn to read it)" if newer else ""))
     return upgrade_checkpoint(payload) if single else payload
 
 
@@ -492,13 +501,23 @@ def _model_from(entry: dict) -> Model:
 
 
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Model | Ensemble:
-    """Rebuild a ``Model`` (or an ``Ensemble``) from a checkpoint written by its ``save`` (eval mode)."""
+    """Rebuild a ``Model`` (or an ``Ensemble``) from a checkpoint written by its ``save`` (eval mode).
+
+    FileNotFoundError for a missing file (or a folder); ValueError naming the file when it is not a
+    geognn checkpoint, has a format version this geognn does not read, or holds a config or
+    weights this geognn's ``Model`` does not take (another version, or edited).
+    """
     payload = load_checkpoint(path, map_location)
-    if "ensemble" in payload:
-        members = [_model_from(upgrade_checkpoint({"format_version": payload["format_version"], **m}))
-                   for m in payload["ensemble"]]
-        return Ensemble(members, payload.get("metadata")).eval()
-    return _model_from(payload)
+    try:
+        if "ensemble" in payload:
+            members = [_model_from(upgrade_checkpoint({"format_version": payload["format_version"], **m}))
+                       for m in payload["ensemble"]]
+            return Ensemble(members, payload.get("metadata")).eval()
+        return _model_from(payload)
+    except (TypeError, KeyError, AttributeError, RuntimeError, ValueError) as exc:  # config or weights it does not take
+        first = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise ValueError(f"{path}: checkpoint (format version {payload.get('format_version')!r}) does not fit "
+                         f"this geognn's Model, written by another geognn version or edited? ({first})") from None
 
 
 def load_models(paths: Sequence[str | os.PathLike], map_location: str | torch.device = "cpu") -> Model | Ensemble:

@@ -3,8 +3,9 @@
 It holds tensors and plain Python containers only (loads with ``torch.load(weights_only=True)``):
 model, optimizer, LR schedule, EMA, position (epoch, batch in the epoch, optimizer step), RNG
 states (as tensors), best validation value and the bookkeeping of the current epoch. Written
-every ``checkpoint_every`` steps and at the end of every epoch; the best model is kept
-separately as ``model.pt`` (``Model.save``).
+every ``checkpoint_every`` steps, at the end of every epoch and when SIGINT (Ctrl-C) or SIGTERM
+stops training (after the current step); the best model is kept separately as ``model.pt``
+(``Model.save``).
 """
 
 from __future__ import annotations
@@ -56,7 +57,12 @@ def load_state(path: str | Path, map_location="cpu") -> dict:
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
-        raise ValueError(f"{path}: not a readable training state ({type(exc).__name__})") from exc
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise ValueError(f"{path}: not a geognn training state of format {STATE_FORMAT}")
+        raise ValueError(f"{path}: not a readable training state ({type(exc).__name__}); delete it to "
+                         "restart the run from its beginning") from exc
+    if not isinstance(state, dict) or "format" not in state:
+        raise ValueError(f"{path}: not a geognn training state (no 'format' key)")
+    if state["format"] != STATE_FORMAT:
+        raise ValueError(f"{path}: training state format {state['format']!r}, this geognn resumes format "
+                         f"{STATE_FORMAT} (written by another geognn version): start a new run (the run's "
+                         "model.pt may still load with geognn predict)")
     return state

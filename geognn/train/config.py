@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -136,7 +137,9 @@ class TrainConfig:
         return dict(DEMO_BACKBONE_KWARGS) if self.backbone == "schnet" else {}
 
     def validate(self) -> "TrainConfig":
-        """Raise ValueError naming the first bad value; returns self."""
+        """Raise ValueError naming the first bad value (a wrong type included); returns self."""
+        for field in dataclasses.fields(self):  # types first: a string or a list where a number belongs
+            check_type(field.name, getattr(self, field.name), field.type)
         for key, allowed in CHOICES.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"config {key}={getattr(self, key)!r}: choose one of {list(allowed)}")
@@ -169,6 +172,8 @@ class TrainConfig:
                 bad = [v for v in values if v not in (None, "sum", "mean")]
                 if bad:
                     raise ValueError(f"config readout={bad[0]!r}: choose one of ['sum', 'mean']")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"config limit={self.limit!r} must be >= 1 (or null: all structures)")
         if not (isinstance(self.ensemble, int) and self.ensemble >= 1):
             raise ValueError(f"config ensemble={self.ensemble!r} must be an integer >= 1")
         return self
@@ -204,12 +209,14 @@ class TrainConfig:
         return cls().updated(values, source)
 
     def updated(self, values: dict, source: str = "config") -> "TrainConfig":
-        """A copy with ``values`` applied; unknown keys raise ValueError listing the known ones."""
+        """A copy with ``values`` applied; unknown keys raise ValueError listing the known ones. A
+        string for a number-valued key that reads as a number becomes one (YAML's ``1e-3``)."""
         if not isinstance(values, dict):
             raise ValueError(f"{source}: expected a mapping of config keys, got {type(values).__name__}")
         unknown = sorted(set(values) - set(self.known_keys()))
         if unknown:
             raise ValueError(f"{source}: unknown config keys {unknown}; known: {self.known_keys()}")
+        values = {key: _number(value) if "float" in _FIELD_TYPES[key] else value for key, value in values.items()}
         return dataclasses.replace(self, **values)
 
     @classmethod
@@ -225,6 +232,8 @@ def read_mapping(path: str | Path) -> dict:
     import yaml
 
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path}: a folder, not a config file")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such config file")
     try:
@@ -245,4 +254,45 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ValueError(f"--set {text!r}: expected KEY=VALUE")
     key, value = text.split("=", 1)
-    return key.strip().replace("-", "_"), yaml.safe_load(value)
+    try:
+        return key.strip().replace("-", "_"), yaml.safe_load(value)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"--set {text!r}: VALUE is not valid YAML ({str(exc).splitlines()[0]})") from None
+
+
+_FIELD_TYPES = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
+
+
+def _number(value: Any) -> Any:
+    """A float field's value: YAML 1.1 reads ``1e-3`` (no dot) as a string; such strings become floats."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+#: What each annotation of a TrainConfig field accepts (bool is not a number here).
+_TYPE_WORDS = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false",
+               "dict": "a mapping", "list[str]": "a list of strings", "None": "null"}
+
+
+def check_type(key: str, value: Any, annotation: str) -> None:
+    """ValueError naming ``key`` when ``value`` does not fit ``annotation`` (a field's type as
+    written, e.g. ``"int | None"``); ints are accepted where floats are."""
+    def fits(kind: str) -> bool:
+        if kind == "None":
+            return value is None
+        if kind == "bool":
+            return isinstance(value, bool)
+        if kind in ("int", "float"):
+            number = numbers.Real if kind == "float" else numbers.Integral
+            return isinstance(value, number) and not isinstance(value, bool)
+        if kind == "list[str]":
+            return isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+        return isinstance(value, {"str": str, "dict": dict}[kind])
+
+    kinds = [k.strip() for k in str(annotation).split("|")]
+    if not any(fits(k) for k in kinds):
+        raise ValueError(f"config {key}={value!r}: expected {' or '.join(_TYPE_WORDS.get(k, k) for k in kinds)}")

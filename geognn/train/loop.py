@@ -3,12 +3,13 @@
 A run folder holds ``config.json`` (resolved config), ``split.json`` (train/val/test indices and
 their ids; ``--split FILE`` takes it back, by ids),
 ``metrics.csv`` (one row per epoch; also TensorBoard events in ``tensorboard/`` when installed),
-``state.pt`` (everything needed to resume, written atomically every ``checkpoint_every`` steps
-and every epoch, see checkpoint.py), ``model.pt`` (best-validation model, EMA weights if EMA
-is on; loadable by ``geognn.load_model`` / ``geognn predict``), ``result.json`` and, when
-structures were left out, ``skipped.csv``. With ``ensemble`` = N > 1 the folder holds one run
-folder per member (``member_0`` ... with seeds seed, seed+1, ..., all on member 0's split) and
-``model.pt`` is the ensemble of their best models (``geognn.model.Ensemble``).
+``state.pt`` (everything needed to resume, written atomically every ``checkpoint_every`` steps,
+every epoch, and when SIGINT/SIGTERM stops the run after its current step, see checkpoint.py),
+``model.pt`` (best-validation model, EMA weights if EMA is on; loadable by ``geognn.load_model`` /
+``geognn predict``), ``result.json`` and, when structures were left out, ``skipped.csv``. With
+``ensemble`` = N > 1 the folder holds one run folder per member (``member_0`` ... with seeds
+seed, seed+1, ..., all on member 0's split) and ``model.pt`` is the ensemble of their best
+models (``geognn.model.Ensemble``).
 
 One optimizer step = ``accumulate`` batches of ``batch_size`` structures on each process;
 the loss of a step is normalised by the item counts of the whole step (all batches, all
@@ -20,7 +21,11 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import random
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -325,6 +330,47 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(spearmanr(a.numpy(), b.numpy()).statistic)
 
 
+class TrainingInterrupted(Exception):
+    """Training stopped by SIGINT (Ctrl-C) or SIGTERM at a step boundary, after writing ``state``
+    (``state.pt``); ``geognn train --resume`` continues from ``step``. ``signum``: the signal."""
+
+    def __init__(self, signum: int, state: Path, epoch: int, step: int):
+        super().__init__(f"{signal.Signals(signum).name}: stopped at epoch {epoch + 1}, step {step}; "
+                         f"state saved to {state}")
+        self.signum, self.state, self.epoch, self.step = signum, state, epoch, step
+
+
+@contextlib.contextmanager
+def stop_on_signals(say: bool = True):
+    """While active, the first SIGINT/SIGTERM only asks to stop: the yielded list gets its number,
+    and the loop saves the state at the next step boundary. A second one raises KeyboardInterrupt
+    at once. DataLoader workers forked meanwhile ignore both. Outside the main thread (no signal
+    handlers there) nothing changes."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    pid = os.getpid()
+
+    def handler(signum, frame):
+        if os.getpid() != pid:  # a DataLoader worker forked meanwhile: the main process decides
+            return
+        if received:
+            raise KeyboardInterrupt
+        received.append(signum)
+        if say:
+            print(f"\n{signal.Signals(signum).name}: stopping after this step and saving state.pt "
+                  "(again to stop at once, without saving)", file=sys.stderr, flush=True)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
 class _Run:
     def __init__(self, config: TrainConfig, d: distributed.Dist, resume: bool, progress: bool, dataset,
                  split: dict | None = None):
@@ -456,11 +502,16 @@ class _Run:
         if s["world"] != self.d.world:
             raise ValueError(f"{self.state_path}: written by {s['world']} process(es), resumed with "
                              f"{self.d.world}: the sampler position would not match")
-        self.model.load_state_dict(upgrade_state_dict(s["model"]))
-        self.optimizer.load_state_dict(s["optimizer"])
-        self.schedule.load_state_dict(s["schedule"])
-        if self.ema is not None and s["ema"] is not None:
-            self.ema.model.load_state_dict(upgrade_state_dict(s["ema"]))
+        try:
+            self.model.load_state_dict(upgrade_state_dict(s["model"]))
+            self.optimizer.load_state_dict(s["optimizer"])
+            self.schedule.load_state_dict(s["schedule"])
+            if self.ema is not None and s["ema"] is not None:
+                self.ema.model.load_state_dict(upgrade_state_dict(s["ema"]))
+        except (RuntimeError, KeyError, ValueError) as exc:  # config.json edited since, or another version
+            first = " ".join(str(exc).split())[:300]
+            raise ValueError(f"{self.state_path}: does not fit the model of {self.out / 'config.json'} "
+                             f"(was config.json edited since the run started?): {first}") from None
         self.epoch, self.batch_in_epoch, self.step = s["epoch"], s["batch_in_epoch"], s["step"]
         self.best_val, self.since_best, self.elapsed = s["best_val"], s["since_best"], s["elapsed"]
         self.epoch_loss = list(s["epoch_loss"])
@@ -485,10 +536,38 @@ class _Run:
         self.log = RunLog(self.out, ["epoch", "step", "train_loss", "lr", "elapsed_s"]
                           + [f"val_{k}" for k in val_cols], self.epoch if self.resume else None, d.main)
         try:
-            self._epochs()
+            with stop_on_signals(say=self.progress) as self._signals:
+                self._epochs()
         finally:
             self.log.close()
         return self._finish()
+
+    def _stop_asked(self) -> bool:
+        """A SIGINT/SIGTERM arrived (on any rank: all ranks stop at the same step)."""
+        return distributed.any_rank(bool(getattr(self, "_signals", None)), self.d)
+
+    def _interrupted(self, tic: float | None) -> TrainingInterrupted:
+        """Save the state (time since ``tic`` counted; None: already saved) and say how to resume."""
+        if tic is not None:
+            self.elapsed += time.perf_counter() - tic
+            self._save()
+        return TrainingInterrupted(self._signals[0] if self._signals else signal.SIGINT, self.state_path,
+                                   self.epoch, self.step)
+
+    def _batches(self, loader):
+        """The loader's batches; when a stop was asked and the loader fails (its workers got the
+        same Ctrl-C), it ends instead: the state of the last step is whole and gets saved."""
+        it = iter(loader)
+        while True:
+            try:
+                loaded = next(it)
+            except StopIteration:
+                return
+            except Exception:
+                if not getattr(self, "_signals", None):
+                    raise
+                return
+            yield loaded
 
     def _time_up(self, tic: float) -> bool:
         limit = self.config.time_limit
@@ -506,8 +585,8 @@ class _Run:
             bar = tqdm(total=self.steps_per_epoch, initial=self.batch_in_epoch // c.accumulate,
                        desc=f"epoch {self.epoch + 1}", unit="step", disable=not self.progress, leave=False,
                        mininterval=1.0)
-            group, stopped = [], False
-            for loaded in loader:
+            group, stopped, interrupted = [], False, False
+            for loaded in self._batches(loader):
                 group.append(loaded)
                 last = self.batch_in_epoch + len(group) == n_batches
                 if len(group) < c.accumulate and not last:
@@ -530,12 +609,19 @@ class _Run:
                     self.elapsed += time.perf_counter() - tic
                     tic = self._tic = time.perf_counter()
                     self._save()
+                if self._stop_asked():
+                    interrupted = True
+                    break
             bar.close()
+            if interrupted or self._stop_asked():  # Ctrl-C / SIGTERM: save this step, then stop
+                raise self._interrupted(tic)
             if self.epoch_loss[1] == 0 and stopped:
                 break
             done = self._end_epoch(tic)
             if done or stopped:
                 break
+            if self._stop_asked():  # arrived during validation; _end_epoch saved the state
+                raise self._interrupted(None)
 
     def _step(self, group) -> float:
         """One optimizer step over the batches in ``group``; returns this rank's share of the loss."""
@@ -631,7 +717,11 @@ class _Run:
 
 def finish_run(best, graphs: GraphDataset, test, c: TrainConfig, d: distributed.Dist, out: Path, model_path: Path,
                val: float, epochs: int, steps: int, extra: dict | None = None) -> TrainResult:
-    """Test errors of ``best`` (a model or an ensemble) and of the composition baseline; writes result.json."""
+    """Test errors of ``best`` (a model or an ensemble) and of the composition baseline; writes result.json
+    and ``test_predictions.csv`` (truth, prediction and, for an ensemble, spread of each test structure;
+    columns and units in geognn/train/predictions.py)."""
+    from .predictions import FILE_NAME, collect_predictions, prediction_columns, write_predictions
+
     metrics = evaluate(best, graphs, test, c, d)
     baseline = evaluate(best, graphs, test, c, d, baseline=True)
     maes, base = metrics.maes(), baseline.maes()
@@ -640,14 +730,17 @@ def finish_run(best, graphs: GraphDataset, test, c: TrainConfig, d: distributed.
     unit = best.targets[0].unit
     result = TrainResult(test_mae=metrics.mae, baseline_test_mae=baseline.mae, val_mae=val, epochs=epochs,
                          model_path=model_path, test_metrics=metrics.result(), unit=unit, per_target=per_target)
+    rows = collect_predictions(best, graphs, test, c, d, _ids(graphs.structures))
     if d.main:
+        write_predictions(out / FILE_NAME, rows, prediction_columns(best))
         ev = unit == "eV"
         payload = {"target": best.targets[0].name, "unit": unit,
                    "test_mae_eV" if ev else "test_mae": result.test_mae,
                    "baseline_test_mae_eV" if ev else "baseline_test_mae": result.baseline_test_mae,
                    "val_mae_eV" if ev else "val_mae": val,
                    "targets": [t.to_dict() for t in best.targets], "per_target": per_target,
-                   "epochs": epochs, "steps": steps, "test": result.test_metrics}
+                   "epochs": epochs, "steps": steps, "test": result.test_metrics,
+                   "test_predictions": {"file": FILE_NAME, "n": len(rows), "units": units}}
         payload.update(extra or {})
         (out / "result.json").write_text(json.dumps(payload, indent=2) + "\n")
     return result
