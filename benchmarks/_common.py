@@ -32,14 +32,17 @@ def git_state() -> dict:
 
     def git(*args):
         try:
-            return subprocess.run(["git", *args], cwd=HERE.parent, capture_output=True, text=True,
-                                  timeout=10).stdout.strip()
+            return subprocess.run(
+                ["git", *args], cwd=HERE.parent, capture_output=True, text=True, timeout=10
+            ).stdout.strip()
         except Exception:  # pragma: no cover - informational only
             return ""
 
     changed = git("status", "--porcelain", "--", "geognn").splitlines()
-    return {"commit": git("rev-parse", "--short", "HEAD") or None,
-            "geognn_changed_files": [line.split(None, 1)[1] for line in changed]}
+    return {
+        "commit": git("rev-parse", "--short", "HEAD") or None,
+        "geognn_changed_files": [line.split(None, 1)[1] for line in changed],
+    }
 
 
 def machine_info(modules=("numpy", "torch", "torch_geometric", "geognn")) -> dict:
@@ -50,10 +53,16 @@ def machine_info(modules=("numpy", "torch", "torch_geometric", "geognn")) -> dic
             versions[mod.split(".")[0]] = __import__(mod, fromlist=["__version__"]).__version__
         except Exception:  # pragma: no cover - informational only
             pass
-    return {"cpu": cpu_name(), "cores_logical": os.cpu_count(), "python": platform.python_version(),
-            "platform": platform.platform(), "versions": versions,
-            "load_average_1_5_15": list(os.getloadavg()), "git": git_state(),
-            "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds")}
+    return {
+        "cpu": cpu_name(),
+        "cores_logical": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": versions,
+        "load_average_1_5_15": list(os.getloadavg()),
+        "git": git_state(),
+        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
 
 
 def load_qm9(n: int):
@@ -94,8 +103,12 @@ def oc20_graphs(n: int, cutoff: float):
     batch = torch.load(DATA / "oc20" / "faenet_is2re_bs8.pt", weights_only=False)
     graphs = []
     for g in batch.to_data_list()[:n]:
-        atoms = Atoms(numbers=g.atomic_numbers.long().numpy(), positions=g.pos.double().numpy(),
-                      cell=g.cell[0].double().numpy(), pbc=True)
+        atoms = Atoms(
+            numbers=g.atomic_numbers.long().numpy(),
+            positions=g.pos.double().numpy(),
+            cell=g.cell[0].double().numpy(),
+            pbc=True,
+        )
         graphs.append(geognn.build_graph(atoms, cutoff))
     return graphs
 
@@ -120,7 +133,7 @@ def time_interleaved(fns: dict, device, warmup: int, repeats: int) -> dict:
     times = {k: [] for k in fns}
     names = list(fns)
     for r in range(repeats):
-        for name in (names if r % 2 == 0 else names[::-1]):
+        for name in names if r % 2 == 0 else names[::-1]:
             fn = fns[name]
             if getattr(fn, "self_timed", False):
                 times[name].append(float(fn()))
@@ -246,8 +259,15 @@ class ReferenceWorker:
     def __init__(self, label: str, cmd: list[str], workdir: Path):
         self.label = label
         self.stderr = open(workdir / f"{label}_stderr.txt", "w+")
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
-                                     text=True, bufsize=1, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+        self.proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            text=True,
+            bufsize=1,
+            env=dict(os.environ, PYTHONWARNINGS="ignore"),
+        )
         self.info = self._read()
         if not self.info.get("ready"):
             raise RuntimeError(f"{label} worker not ready: {self.info}")

@@ -44,6 +44,7 @@ def install_torch_scatter_shim() -> bool:
     call (``index_add``) is registered under its name. Returns True when the shim is used."""
     try:
         import torch_scatter  # noqa: F401
+
         return False
     except ImportError:
         import types
@@ -88,24 +89,29 @@ def main() -> None:
     def new_frames():
         fa_pos, fa_cell, fa_rot = [], [], []
         for b in range(n_graphs):
-            d = Data(pos=pos[starts[b]:starts[b + 1]], cell=cell[b:b + 1])
+            d = Data(pos=pos[starts[b] : starts[b + 1]], cell=cell[b : b + 1])
             d = transform(d)
             fa_pos.append(d.fa_pos[0])
             fa_cell.append(d.fa_cell[0])
             fa_rot.append(d.fa_rot[0])
         return torch.cat(fa_pos), torch.cat(fa_cell), torch.cat(fa_rot)
 
-    base = dict(atomic_numbers=torch.from_numpy(inp["atomic_numbers"].astype(np.int64)),
-                tags=torch.from_numpy(inp["tags"].astype(np.int64)), batch=batch_of_atom,
-                edge_index=torch.from_numpy(inp["edge_index"].astype(np.int64)),
-                cell_offsets=torch.from_numpy(inp["cell_offsets"]).float(),
-                neighbors=torch.from_numpy(inp["neighbors"].astype(np.int64)), natoms=counts)
+    base = dict(
+        atomic_numbers=torch.from_numpy(inp["atomic_numbers"].astype(np.int64)),
+        tags=torch.from_numpy(inp["tags"].astype(np.int64)),
+        batch=batch_of_atom,
+        edge_index=torch.from_numpy(inp["edge_index"].astype(np.int64)),
+        cell_offsets=torch.from_numpy(inp["cell_offsets"]).float(),
+        neighbors=torch.from_numpy(inp["neighbors"].astype(np.int64)),
+        natoms=counts,
+    )
     frames = [new_frames()]
 
     def step():
         fa_pos, fa_cell, fa_rot = frames[0]
-        batch = Batch(pos=pos.clone(), cell=cell.clone(), fa_pos=[fa_pos.clone()], fa_cell=[fa_cell],
-                      fa_rot=[fa_rot], **base)
+        batch = Batch(
+            pos=pos.clone(), cell=cell.clone(), fa_pos=[fa_pos.clone()], fa_cell=[fa_cell], fa_rot=[fa_rot], **base
+        )
         preds = model_forward(batch, model, "3D", mode="inference", crystal_task=True)
         return preds["energy"], preds["forces"]
 
@@ -114,17 +120,31 @@ def main() -> None:
     assert e.reshape(-1).shape == (n_graphs,) and f.shape == (n_atoms, 3), (e.shape, f.shape)
     import faenet
 
-    print(json.dumps({"ready": True, "parameters": sum(p.numel() for p in model.parameters()),
-                      "versions": {"faenet": getattr(faenet, "__version__", "0.1.3"), "torch": torch.__version__},
-                      "torch_threads": torch.get_num_threads(), "torch_scatter_shim": shim,
-                      "sanity": {"finite": bool(torch.isfinite(e).all() and torch.isfinite(f).all()),
-                                 "max_abs_force": float(f.detach().abs().max())}}), file=proto, flush=True)
+    print(
+        json.dumps(
+            {
+                "ready": True,
+                "parameters": sum(p.numel() for p in model.parameters()),
+                "versions": {"faenet": getattr(faenet, "__version__", "0.1.3"), "torch": torch.__version__},
+                "torch_threads": torch.get_num_threads(),
+                "torch_scatter_shim": shim,
+                "sanity": {
+                    "finite": bool(torch.isfinite(e).all() and torch.isfinite(f).all()),
+                    "max_abs_force": float(f.detach().abs().max()),
+                },
+            }
+        ),
+        file=proto,
+        flush=True,
+    )
+
     def time_frames() -> dict:  # FAENet's frame computation (a data transform there), timed alone
         t0 = time.perf_counter()
         frames[0] = new_frames()
         return {"s": time.perf_counter() - t0}
 
     serve_steps(step, proto, {"transform": time_frames})
+
 
 if __name__ == "__main__":
     main()

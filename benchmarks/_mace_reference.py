@@ -47,15 +47,24 @@ def build(inputs: dict, config: dict):
     index = {e: k for k, e in enumerate(elements)}
     torch.manual_seed(0)
     model = modules.ScaleShiftMACE(
-        r_max=float(config["r_max"]), num_bessel=int(config["num_bessel"]),
-        num_polynomial_cutoff=int(config["num_polynomial_cutoff"]), max_ell=int(config["max_ell"]),
+        r_max=float(config["r_max"]),
+        num_bessel=int(config["num_bessel"]),
+        num_polynomial_cutoff=int(config["num_polynomial_cutoff"]),
+        max_ell=int(config["max_ell"]),
         interaction_cls=modules.interaction_classes["RealAgnosticResidualInteractionBlock"],
         interaction_cls_first=modules.interaction_classes["RealAgnosticInteractionBlock"],
-        num_interactions=int(config["num_interactions"]), num_elements=len(elements),
-        hidden_irreps=o3.Irreps(config["hidden_irreps"]), MLP_irreps=o3.Irreps(config["MLP_irreps"]),
-        atomic_energies=np.zeros(len(elements)), avg_num_neighbors=float(config["avg_num_neighbors"]),
-        atomic_numbers=elements, correlation=int(config["correlation"]), gate=torch.nn.functional.silu,
-        radial_MLP=list(config["radial_MLP"]), atomic_inter_scale=1.0, atomic_inter_shift=0.0,
+        num_interactions=int(config["num_interactions"]),
+        num_elements=len(elements),
+        hidden_irreps=o3.Irreps(config["hidden_irreps"]),
+        MLP_irreps=o3.Irreps(config["MLP_irreps"]),
+        atomic_energies=np.zeros(len(elements)),
+        avg_num_neighbors=float(config["avg_num_neighbors"]),
+        atomic_numbers=elements,
+        correlation=int(config["correlation"]),
+        gate=torch.nn.functional.silu,
+        radial_MLP=list(config["radial_MLP"]),
+        atomic_inter_scale=1.0,
+        atomic_inter_shift=0.0,
     ).eval()
     n_graphs = int(inputs["cell"].shape[0])
     batch = torch.from_numpy(inputs["batch"].astype(np.int64))
@@ -103,13 +112,29 @@ def main() -> None:
     import e3nn
     import mace
 
-    print(json.dumps({"ready": True, "parameters": sum(p.numel() for p in model.parameters()),
-                      "versions": {"mace": getattr(mace, "__version__", "?"), "e3nn": e3nn.__version__,
-                                   "torch": torch.__version__},
-                      "torch_threads": torch.get_num_threads(),
-                      "sanity": {"finite": ok, "energy_first": [round(float(x), 4) for x in e.detach()[:3]],
-                                 "max_abs_force": float(f.detach().abs().max())}}), file=proto, flush=True)
+    print(
+        json.dumps(
+            {
+                "ready": True,
+                "parameters": sum(p.numel() for p in model.parameters()),
+                "versions": {
+                    "mace": getattr(mace, "__version__", "?"),
+                    "e3nn": e3nn.__version__,
+                    "torch": torch.__version__,
+                },
+                "torch_threads": torch.get_num_threads(),
+                "sanity": {
+                    "finite": ok,
+                    "energy_first": [round(float(x), 4) for x in e.detach()[:3]],
+                    "max_abs_force": float(f.detach().abs().max()),
+                },
+            }
+        ),
+        file=proto,
+        flush=True,
+    )
     serve_steps(step, proto)
+
 
 if __name__ == "__main__":
     main()

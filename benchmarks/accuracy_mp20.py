@@ -44,7 +44,6 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
-import json
 import math
 import os
 import sys
@@ -57,7 +56,6 @@ if "--progress" not in sys.argv:
 
 import numpy as np
 import torch
-
 from _common import DATA, HERE, RESULTS, machine_info, write_results
 
 MP20 = DATA / "cif" / "mp20_subset"
@@ -94,10 +92,14 @@ def prepare(runs: Path, seed: int) -> tuple[Path, Path, dict, list[dict], list[d
             writer.writerow([r["material_id"], r["formation_energy_per_atom"]])
     perm = np.random.default_rng(seed).permutation(len(train_csv)).tolist()
     n_val = int(round(0.1 * len(train_csv)))
-    split = {"train": sorted(perm[n_val:]), "val": sorted(perm[:n_val]),
-             "test": list(range(len(train_csv), len(rows)))}
-    split_path = write_split(runs / "split_mp20.json", split, ids=ids, seed=seed,
-                             note="train/val: seeded 90/10 split of MP-20 train.csv; test: all of val.csv")
+    split = {"train": sorted(perm[n_val:]), "val": sorted(perm[:n_val]), "test": list(range(len(train_csv), len(rows)))}
+    split_path = write_split(
+        runs / "split_mp20.json",
+        split,
+        ids=ids,
+        seed=seed,
+        note="train/val: seeded 90/10 split of MP-20 train.csv; test: all of val.csv",
+    )
     fit_rows = [train_csv[i] for i in split["train"]]
     return folder, split_path, {k: [ids[i] for i in v] for k, v in split.items()}, fit_rows, test_rows
 
@@ -115,24 +117,44 @@ def baselines(fit_rows: list[dict], test_rows: list[dict]) -> dict:
                     a[k, index[el]] = x
         return a
 
-    index = {el: k for k, el in enumerate(sorted({el for r in fit_rows
-                                                   for el in Composition(r["pretty_formula"]).get_el_amt_dict()}))}
+    index = {
+        el: k
+        for k, el in enumerate(
+            sorted({el for r in fit_rows for el in Composition(r["pretty_formula"]).get_el_amt_dict()})
+        )
+    }
     y = np.array([float(r["formation_energy_per_atom"]) for r in fit_rows])
     y_test = np.array([float(r["formation_energy_per_atom"]) for r in test_rows])
     coef = np.linalg.lstsq(fractions(fit_rows, index), y, rcond=None)[0]
-    return {"mean": float(np.abs(y_test - y.mean()).mean()),
-            "composition_linear_fit": float(np.abs(y_test - fractions(test_rows, index) @ coef).mean()),
-            "n_train": len(fit_rows), "n_test": len(test_rows), "n_elements": len(index)}
+    return {
+        "mean": float(np.abs(y_test - y.mean()).mean()),
+        "composition_linear_fit": float(np.abs(y_test - fractions(test_rows, index) @ coef).mean()),
+        "n_train": len(fit_rows),
+        "n_test": len(test_rows),
+        "n_elements": len(index),
+    }
 
 
 def base_config(args, folder: Path, split_path: Path, out: Path, backbone: str, kwargs: dict | None):
     from geognn.train.config import TrainConfig
 
-    return TrainConfig(dataset="cif-folder", data_root=str(folder), target=TARGET, unit=UNIT, readout="mean",
-                       backbone=backbone, backbone_kwargs=kwargs, cutoff=args.cutoff,
-                       frame_averaging=FRAME_AVERAGING.get(backbone), time_limit=args.time_limit,
-                       epochs=args.epochs, seed=args.seed, threads=args.threads, split_file=str(split_path),
-                       out=str(out))
+    return TrainConfig(
+        dataset="cif-folder",
+        data_root=str(folder),
+        target=TARGET,
+        unit=UNIT,
+        readout="mean",
+        backbone=backbone,
+        backbone_kwargs=kwargs,
+        cutoff=args.cutoff,
+        frame_averaging=FRAME_AVERAGING.get(backbone),
+        time_limit=args.time_limit,
+        epochs=args.epochs,
+        seed=args.seed,
+        threads=args.threads,
+        split_file=str(split_path),
+        out=str(out),
+    )
 
 
 @torch.no_grad()
@@ -144,7 +166,7 @@ def checkpoint_mae(model_path: Path, graphs, indices, batch_size: int = 32) -> f
     model = load_model(model_path).eval()
     err = []
     for k in range(0, len(indices), batch_size):
-        batch = collate([graphs[i] for i in indices[k:k + batch_size]])
+        batch = collate([graphs[i] for i in indices[k : k + batch_size]])
         err.append((model(batch, forces=False, stress=False)[TARGET] - batch[TARGET]).abs().double())
     return float(torch.cat(err).mean())
 
@@ -169,12 +191,21 @@ def run_geognn(name: str, args, folder: Path, split_path: Path, runs: Path) -> d
     graphs = GraphDataset(structures, config, cache=True, targets=[TARGET])
     recomputed = checkpoint_mae(result.model_path, graphs, split["test"])
     params = sum(p.numel() for p in __import__("geognn").load_model(result.model_path).parameters())
-    return {"model": f"geognn {name}" + (" + SFA" if name in FRAME_AVERAGING else ""), "status": "ok",
-            "test_mae": result.test_mae, "test_mae_recomputed": recomputed, "best_val_mae": result.val_mae,
-            "trainer_composition_baseline_test_mae": result.baseline_test_mae,
-            "epochs": len(rows), "train_time_s": float(rows[-1]["elapsed_s"]) if rows else 0.0, "wall_s": wall,
-            "parameters": params, "backbone_kwargs": kwargs, "frame_averaging": FRAME_AVERAGING.get(name),
-            "run_dir": str(runs / name)}
+    return {
+        "model": f"geognn {name}" + (" + SFA" if name in FRAME_AVERAGING else ""),
+        "status": "ok",
+        "test_mae": result.test_mae,
+        "test_mae_recomputed": recomputed,
+        "best_val_mae": result.val_mae,
+        "trainer_composition_baseline_test_mae": result.baseline_test_mae,
+        "epochs": len(rows),
+        "train_time_s": float(rows[-1]["elapsed_s"]) if rows else 0.0,
+        "wall_s": wall,
+        "parameters": params,
+        "backbone_kwargs": kwargs,
+        "frame_averaging": FRAME_AVERAGING.get(name),
+        "run_dir": str(runs / name),
+    }
 
 
 # --------------------------------------------------------------------------- PyG SchNet
@@ -211,7 +242,7 @@ def pyg_mae(model, graphs, indices, batch_size: int) -> float:
     model.eval()
     err = []
     for k in range(0, len(indices), batch_size):
-        batch = collate([graphs[i] for i in indices[k:k + batch_size]])
+        batch = collate([graphs[i] for i in indices[k : k + batch_size]])
         err.append((pyg_predict(model, batch) - batch[TARGET]).abs().double())
     return float(torch.cat(err).mean())
 
@@ -239,24 +270,40 @@ def run_pyg(args, folder: Path, split_path: Path, runs: Path) -> dict:
     split = read_run_split(split_path, structures)
     graphs = GraphDataset(structures, config, cache=True, targets=[TARGET])
     zs, ys = training_statistics(structures, graphs, split["train"], config, config.seed, [TARGET])
-    helper = build_model("schnet", cutoff=config.cutoff, targets=[{"name": TARGET, "unit": UNIT, "readout": "mean"}],
-                         **kw)
+    helper = build_model(
+        "schnet", cutoff=config.cutoff, targets=[{"name": TARGET, "unit": UNIT, "readout": "mean"}], **kw
+    )
     fit_output(helper, zs, ys, config)  # the same reference fit (fractions), scale and shift as geognn
     head = helper.heads[TARGET]
     scale, shift = float(head.scale), float(head.shift)
-    model = SchNet(hidden_channels=kw["hidden_channels"], num_filters=kw["num_filters"],
-                   num_interactions=kw["num_layers"], num_gaussians=kw["num_gaussians"], cutoff=config.cutoff,
-                   interaction_graph=PeriodicEdges(), readout="mean", mean=shift, std=scale,
-                   atomref=head.reference.energies[:100].view(-1, 1))
+    model = SchNet(
+        hidden_channels=kw["hidden_channels"],
+        num_filters=kw["num_filters"],
+        num_interactions=kw["num_layers"],
+        num_gaussians=kw["num_gaussians"],
+        cutoff=config.cutoff,
+        interaction_graph=PeriodicEdges(),
+        readout="mean",
+        mean=shift,
+        std=scale,
+        atomref=head.reference.energies[:100].view(-1, 1),
+    )
     model.atomref.weight.requires_grad_(False)  # geognn's reference values are fixed too
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     sampler = EpochBatches(split["train"], config.batch_size, config.seed)
     total_steps = config.epochs * _math.ceil(len(sampler) / config.accumulate)
     # the trainer's schedule: warmup and, for cosine, an anneal over the time budget
-    schedule = LRSchedule(config.lr, config.scheduler, config.warmup_steps,
-                          total_steps, config.min_lr_ratio, config.patience, config.plateau_factor,
-                          time_budget=config.time_limit)
+    schedule = LRSchedule(
+        config.lr,
+        config.scheduler,
+        config.warmup_steps,
+        total_steps,
+        config.min_lr_ratio,
+        config.patience,
+        config.plateau_factor,
+        time_budget=config.time_limit,
+    )
     timed = config.scheduler == "cosine" and config.time_limit > 0
     best, best_state, elapsed, epoch, step = math.inf, None, 0.0, 0, 0
     while epoch < config.epochs and not (config.time_limit and elapsed >= config.time_limit):
@@ -290,25 +337,35 @@ def run_pyg(args, folder: Path, split_path: Path, runs: Path) -> dict:
         if val < best:
             best, best_state = val, copy.deepcopy(model.state_dict())
     model.load_state_dict(best_state)
-    return {"model": "PyG SchNet (readout mean)", "status": "ok",
-            "test_mae": pyg_mae(model, graphs, split["test"], config.batch_size), "best_val_mae": best,
-            "epochs": epoch, "train_time_s": elapsed, "parameters": sum(p.numel() for p in params),
-            "backbone_kwargs": kw}
+    return {
+        "model": "PyG SchNet (readout mean)",
+        "status": "ok",
+        "test_mae": pyg_mae(model, graphs, split["test"], config.batch_size),
+        "best_val_mae": best,
+        "epochs": epoch,
+        "train_time_s": elapsed,
+        "parameters": sum(p.numel() for p in params),
+        "backbone_kwargs": kw,
+    }
 
 
 # --------------------------------------------------------------------------- table
 def table(payload: dict) -> str:
     b = payload["baselines"]
-    lines = ["| model | test MAE (eV/atom) | best val MAE (eV/atom) | epochs | train time (s) | parameters |",
-             "|---|---:|---:|---:|---:|---:|",
-             f"| (a) training mean | {b['mean']:.3f} | | | | |",
-             f"| (b) composition-only linear fit (element fractions) | {b['composition_linear_fit']:.3f} | | | | |"]
+    lines = [
+        "| model | test MAE (eV/atom) | best val MAE (eV/atom) | epochs | train time (s) | parameters |",
+        "|---|---:|---:|---:|---:|---:|",
+        f"| (a) training mean | {b['mean']:.3f} | | | | |",
+        f"| (b) composition-only linear fit (element fractions) | {b['composition_linear_fit']:.3f} | | | | |",
+    ]
     for r in payload["results"]:
         if r["status"] != "ok":
             lines.append(f"| {r['model']} | {r['status']} | | | | |")
             continue
-        lines.append(f"| {r['model']} | {r['test_mae']:.3f} | {r['best_val_mae']:.3f} | {r['epochs']} | "
-                     f"{r['train_time_s']:.0f} | {r['parameters']:,} |")
+        lines.append(
+            f"| {r['model']} | {r['test_mae']:.3f} | {r['best_val_mae']:.3f} | {r['epochs']} | "
+            f"{r['train_time_s']:.0f} | {r['parameters']:,} |"
+        )
     return "\n".join(lines)
 
 
@@ -336,36 +393,69 @@ def main() -> None:
     args.runs.mkdir(parents=True, exist_ok=True)
     folder, split_path, split_ids, fit_rows, test_rows = prepare(args.runs, args.seed)
     base = baselines(fit_rows, test_rows)
-    print(f"MP-20: {len(split_ids['train'])} train / {len(split_ids['val'])} val (from train.csv), "
-          f"{len(split_ids['test'])} test (val.csv); test MAE of the mean {base['mean']:.3f}, "
-          f"composition fit {base['composition_linear_fit']:.3f} eV/atom", flush=True)
+    print(
+        f"MP-20: {len(split_ids['train'])} train / {len(split_ids['val'])} val (from train.csv), "
+        f"{len(split_ids['test'])} test (val.csv); test MAE of the mean {base['mean']:.3f}, "
+        f"composition fit {base['composition_linear_fit']:.3f} eV/atom",
+        flush=True,
+    )
     results = []
     for name in names:
         row = run_geognn(name, args, folder, split_path, args.runs)
         results.append(row)
-        print(f"{row['model']}: " + (f"test MAE {row['test_mae']:.4f} eV/atom ({row['epochs']} epochs, "
-                                     f"{row['train_time_s']:.0f} s)" if row["status"] == "ok" else row["status"]),
-              flush=True)
+        print(
+            f"{row['model']}: "
+            + (
+                f"test MAE {row['test_mae']:.4f} eV/atom ({row['epochs']} epochs, {row['train_time_s']:.0f} s)"
+                if row["status"] == "ok"
+                else row["status"]
+            ),
+            flush=True,
+        )
     if not args.no_pyg:
         row = run_pyg(args, folder, split_path, args.runs)
         results.append(row)
-        print(f"{row['model']}: test MAE {row['test_mae']:.4f} eV/atom ({row['epochs']} epochs, "
-              f"{row['train_time_s']:.0f} s)", flush=True)
+        print(
+            f"{row['model']}: test MAE {row['test_mae']:.4f} eV/atom ({row['epochs']} epochs, "
+            f"{row['train_time_s']:.0f} s)",
+            flush=True,
+        )
     from geognn.train.config import TrainConfig
 
     defaults = TrainConfig()
-    payload = {"benchmark": "accuracy_mp20", "target": f"formation energy per atom ({UNIT}), readout mean",
-               "data": {"source": "shared MP-20 subset cif/mp20_subset (train.csv 847, val.csv 123 crystals); "
-                                  "Materials Project data CC-BY 4.0, CDVAE split files MIT",
-                        "split": {k: len(v) for k, v in split_ids.items()},
-                        "split_how": "train/val: seeded 90/10 split of train.csv; test: all of val.csv",
-                        "split_file": str(split_path)},
-               "time_limit_s": args.time_limit, "epochs_max": args.epochs, "seed": args.seed, "threads": args.threads,
-               "cutoff_A": args.cutoff,
-               "trainer_defaults": {k: getattr(defaults, k, None) for k in (
-                   "lr", "batch_size", "loss", "scheduler", "warmup_steps", "min_lr_ratio", "grad_clip",
-                   "weight_decay", "patience")},
-               "baselines": base, "results": results, "machine": machine_info()}
+    payload = {
+        "benchmark": "accuracy_mp20",
+        "target": f"formation energy per atom ({UNIT}), readout mean",
+        "data": {
+            "source": "shared MP-20 subset cif/mp20_subset (train.csv 847, val.csv 123 crystals); "
+            "Materials Project data CC-BY 4.0, CDVAE split files MIT",
+            "split": {k: len(v) for k, v in split_ids.items()},
+            "split_how": "train/val: seeded 90/10 split of train.csv; test: all of val.csv",
+            "split_file": str(split_path),
+        },
+        "time_limit_s": args.time_limit,
+        "epochs_max": args.epochs,
+        "seed": args.seed,
+        "threads": args.threads,
+        "cutoff_A": args.cutoff,
+        "trainer_defaults": {
+            k: getattr(defaults, k, None)
+            for k in (
+                "lr",
+                "batch_size",
+                "loss",
+                "scheduler",
+                "warmup_steps",
+                "min_lr_ratio",
+                "grad_clip",
+                "weight_decay",
+                "patience",
+            )
+        },
+        "baselines": base,
+        "results": results,
+        "machine": machine_info(),
+    }
     payload["table_markdown"] = table(payload)
     print(payload["table_markdown"])
     print(f"results: {write_results(payload, RESULTS / args.out)}")

@@ -47,7 +47,6 @@ if "--progress" not in sys.argv:
     os.environ.setdefault("TQDM_DISABLE", "1")  # the trainer's graph-building bar (read when tqdm is imported)
 
 import torch
-
 from _common import HERE, RESULTS, machine_info
 
 
@@ -72,13 +71,23 @@ def run_one(name: str, args, runs: Path, variant: tuple[str, dict] | None = None
     label = name
     if variant is not None:
         label, kwargs = variant
-    config = TrainConfig(backbone=name, backbone_kwargs=kwargs, time_limit=args.time_limit, limit=args.limit,
-                         seed=args.seed, threads=args.threads, out=str(runs / label),
-                         frame_averaging=FRAME_AVERAGING.get(name))
+    config = TrainConfig(
+        backbone=name,
+        backbone_kwargs=kwargs,
+        time_limit=args.time_limit,
+        limit=args.limit,
+        seed=args.seed,
+        threads=args.threads,
+        out=str(runs / label),
+        frame_averaging=FRAME_AVERAGING.get(name),
+    )
     try:  # cheap availability check before loading data
-        params = sum(p.numel() for p in geognn.build_model(name, cutoff=config.cutoff,
-                                                           frame_averaging=config.frame_averaging,
-                                                           **config.resolved_backbone_kwargs()).parameters())
+        params = sum(
+            p.numel()
+            for p in geognn.build_model(
+                name, cutoff=config.cutoff, frame_averaging=config.frame_averaging, **config.resolved_backbone_kwargs()
+            ).parameters()
+        )
     except Exception as exc:  # noqa: BLE001
         return {"backbone": label, "status": f"unavailable: {short_reason(exc)}"}
     t0 = time.perf_counter()
@@ -90,12 +99,21 @@ def run_one(name: str, args, runs: Path, variant: tuple[str, dict] | None = None
     wall = time.perf_counter() - t0
     rows = list(csv.DictReader((runs / label / "metrics.csv").open()))
     mae, base = result.test_mae * 1e3, result.baseline_test_mae * 1e3
-    return {"backbone": label, "status": "ok", "test_mae_meV": mae, "baseline_test_mae_meV": base,
-            "ratio_baseline_over_model": base / mae if mae > 0 else math.inf,
-            "best_val_mae_meV": result.val_mae * 1e3, "epochs": len(rows),
-            "train_time_s": float(rows[-1]["elapsed_s"]) if rows else 0.0, "wall_s": wall,
-            "parameters": params, "backbone_kwargs": config.resolved_backbone_kwargs(),
-            "split_file": str(runs / label / "split.json"), "run_dir": str(runs / label)}
+    return {
+        "backbone": label,
+        "status": "ok",
+        "test_mae_meV": mae,
+        "baseline_test_mae_meV": base,
+        "ratio_baseline_over_model": base / mae if mae > 0 else math.inf,
+        "best_val_mae_meV": result.val_mae * 1e3,
+        "epochs": len(rows),
+        "train_time_s": float(rows[-1]["elapsed_s"]) if rows else 0.0,
+        "wall_s": wall,
+        "parameters": params,
+        "backbone_kwargs": config.resolved_backbone_kwargs(),
+        "split_file": str(runs / label / "split.json"),
+        "run_dir": str(runs / label),
+    }
 
 
 def merge_into_previous(results: list[dict], path: Path, args, order: list[str]) -> list[dict]:
@@ -112,8 +130,14 @@ def merge_into_previous(results: list[dict], path: Path, args, order: list[str])
     new = {r["backbone"]: r for r in results}
     machine = old.get("machine", {})
     for r in old["results"]:  # rows written before rows recorded their own run
-        r.setdefault("measured", {"date": machine.get("date", "?"), "commit": machine.get("git", {}).get("commit", "?"),
-                                  "modified_files": machine.get("git", {}).get("geognn_changed_files", [])})
+        r.setdefault(
+            "measured",
+            {
+                "date": machine.get("date", "?"),
+                "commit": machine.get("git", {}).get("commit", "?"),
+                "modified_files": machine.get("git", {}).get("geognn_changed_files", []),
+            },
+        )
     merged = {r["backbone"]: r for r in old["results"]}
     merged.update(new)
     return sorted(merged.values(), key=lambda r: order.index(r["backbone"]) if r["backbone"] in order else len(order))
@@ -121,8 +145,11 @@ def merge_into_previous(results: list[dict], path: Path, args, order: list[str])
 
 def variants_note(results: list[dict], defaults: list[str]) -> str:
     """Markdown lines naming the keywords of the rows that are not a backbone at its defaults."""
-    lines = [f"- `{r['backbone']}`: `{json.dumps(r.get('backbone_kwargs', {}))}`" for r in results
-             if r["backbone"] not in defaults]
+    lines = [
+        f"- `{r['backbone']}`: `{json.dumps(r.get('backbone_kwargs', {}))}`"
+        for r in results
+        if r["backbone"] not in defaults
+    ]
     return "\nRows not at the defaults (constructor keywords):\n" + "\n".join(lines) + "\n" if lines else ""
 
 
@@ -139,15 +166,22 @@ def measured_note(results: list[dict]) -> str:
 
 
 def table(results: list[dict], markdown: bool) -> str:
-    head = ["backbone", "test MAE U0 (meV)", "baseline MAE (meV)", "baseline/model", "epochs", "time (s)",
-            "parameters"]
+    head = ["backbone", "test MAE U0 (meV)", "baseline MAE (meV)", "baseline/model", "epochs", "time (s)", "parameters"]
     lines = []
     rows = []
     for r in results:
         if r["status"] == "ok":
-            rows.append([r["backbone"], f"{r['test_mae_meV']:.1f}", f"{r['baseline_test_mae_meV']:.1f}",
-                         f"{r['ratio_baseline_over_model']:.2f}", str(r["epochs"]), f"{r['train_time_s']:.0f}",
-                         f"{r['parameters']:,}"])
+            rows.append(
+                [
+                    r["backbone"],
+                    f"{r['test_mae_meV']:.1f}",
+                    f"{r['baseline_test_mae_meV']:.1f}",
+                    f"{r['ratio_baseline_over_model']:.2f}",
+                    str(r["epochs"]),
+                    f"{r['train_time_s']:.0f}",
+                    f"{r['parameters']:,}",
+                ]
+            )
         else:
             rows.append([r["backbone"], r["status"]] + [""] * 4 + [f"{r['parameters']:,}" if "parameters" in r else ""])
     if markdown:
@@ -156,8 +190,9 @@ def table(results: list[dict], markdown: bool) -> str:
         lines += ["| " + " | ".join(row) + " |" for row in rows]
     else:
         ok_rows = [row for row in rows if not row[1].startswith(("unavailable", "failed"))]
-        widths = [max([len(head[k])] + [len(row[k]) for row in (rows if k == 0 else ok_rows)])
-                  for k in range(len(head))]
+        widths = [
+            max([len(head[k])] + [len(row[k]) for row in (rows if k == 0 else ok_rows)]) for k in range(len(head))
+        ]
         lines.append("  ".join(h.rjust(w) if k else h.ljust(w) for k, (h, w) in enumerate(zip(head, widths))))
         for row in rows:
             if row[1].startswith(("unavailable", "failed")):
@@ -177,16 +212,27 @@ def main(argv=None) -> dict:
     ap.add_argument("--limit", type=int, default=None, help="use the first N molecules (default: all)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--seed", type=int, default=0, help="seed of split, initialisation and batches (same for all)")
-    ap.add_argument("--trainer-defaults", action="store_true",
-                    help="TrainConfig backbone_kwargs=None (SchNet then gets the trainer's demo size)")
+    ap.add_argument(
+        "--trainer-defaults",
+        action="store_true",
+        help="TrainConfig backbone_kwargs=None (SchNet then gets the trainer's demo size)",
+    )
     ap.add_argument("--runs", type=Path, default=HERE.parent / "runs" / "accuracy_qm9", help="run folders")
     ap.add_argument("--out-prefix", type=Path, default=RESULTS / "accuracy_qm9", help="writes PREFIX.json, PREFIX.md")
     ap.add_argument("--progress", action="store_true", help="show the trainer's per-epoch progress")
-    ap.add_argument("--variant", action="append", default=[], metavar="LABEL=NAME:JSON",
-                    help="also train backbone NAME with constructor keywords JSON, as a row named LABEL "
-                         "(a documented non-default size; the default rows stay the defaults)")
-    ap.add_argument("--update", action="store_true",
-                    help="merge into the existing PREFIX.json: replace the rows of these backbones, keep the rest")
+    ap.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="LABEL=NAME:JSON",
+        help="also train backbone NAME with constructor keywords JSON, as a row named LABEL "
+        "(a documented non-default size; the default rows stay the defaults)",
+    )
+    ap.add_argument(
+        "--update",
+        action="store_true",
+        help="merge into the existing PREFIX.json: replace the rows of these backbones, keep the rest",
+    )
     args = ap.parse_args(argv)
 
     if args.backbones:
@@ -205,27 +251,39 @@ def main(argv=None) -> dict:
         variants.append((name, (label, json.loads(kw or "{}"))))
     info = machine_info()
     info["torch_threads"] = args.threads or torch.get_num_threads()
-    print(f"accuracy_qm9: {', '.join(names + [v[1][0] for v in variants])}; {args.time_limit:.0f} s of training each, default hyperparameters, "
-          f"seed {args.seed}, data {Path(DEFAULT_QM9).name}{f' (first {args.limit})' if args.limit else ''}; "
-          f"{info['cpu']}, {info['cores_logical']} cores, {info['torch_threads']} torch threads, load average "
-          f"{info['load_average_1_5_15'][0]:.2f}")
+    print(
+        f"accuracy_qm9: {', '.join(names + [v[1][0] for v in variants])}; {args.time_limit:.0f} s of training each, default hyperparameters, "
+        f"seed {args.seed}, data {Path(DEFAULT_QM9).name}{f' (first {args.limit})' if args.limit else ''}; "
+        f"{info['cpu']}, {info['cores_logical']} cores, {info['torch_threads']} torch threads, load average "
+        f"{info['load_average_1_5_15'][0]:.2f}"
+    )
     t0 = time.perf_counter()
     results = []
     for name, variant in [(n, None) for n in names] + variants:
         load = os.getloadavg()[0]
         r = run_one(name, args, args.runs, variant)
-        r["measured"] = {"date": info["date"], "commit": info["git"]["commit"],
-                         "modified_files": info["git"]["geognn_changed_files"], "load_average_before": load}
+        r["measured"] = {
+            "date": info["date"],
+            "commit": info["git"]["commit"],
+            "modified_files": info["git"]["geognn_changed_files"],
+            "load_average_before": load,
+        }
         results.append(r)
         if r["status"] == "ok":
-            print(f"  {r['backbone']}: test MAE {r['test_mae_meV']:.1f} meV (baseline {r['baseline_test_mae_meV']:.1f}), "
-                  f"{r['epochs']} epochs in {r['train_time_s']:.0f} s", flush=True)
+            print(
+                f"  {r['backbone']}: test MAE {r['test_mae_meV']:.1f} meV (baseline {r['baseline_test_mae_meV']:.1f}), "
+                f"{r['epochs']} epochs in {r['train_time_s']:.0f} s",
+                flush=True,
+            )
         else:
             print(f"  {r['backbone']}: {r['status']}", flush=True)
     if args.update:
         results = merge_into_previous(results, Path(f"{args.out_prefix}.json"), args, list(geognn.BACKBONES))
-    splits = {r["backbone"]: Path(r["split_file"]).read_text() for r in results
-              if r["status"] == "ok" and Path(r["split_file"]).exists()}
+    splits = {
+        r["backbone"]: Path(r["split_file"]).read_text()
+        for r in results
+        if r["status"] == "ok" and Path(r["split_file"]).exists()
+    }
     same_split = len(set(splits.values())) <= 1
     if not same_split:
         print("WARNING: the backbones were trained on different splits")
@@ -233,29 +291,44 @@ def main(argv=None) -> dict:
     if splits:
         split = json.loads(next(iter(splits.values())))
         n_mol = {k: len(v) for k, v in split.items()}
-    print(f"\nQM9 U0, {args.time_limit:.0f} s budget each; split train/val/test = "
-          f"{'/'.join(str(n_mol[k]) for k in ('train', 'val', 'test')) if n_mol else '?'} molecules"
-          f"{' (same for all)' if same_split and splits else ''}; baseline = per-element reference energies "
-          f"(linear fit on composition); baseline/model = how many times lower the model's error is")
+    print(
+        f"\nQM9 U0, {args.time_limit:.0f} s budget each; split train/val/test = "
+        f"{'/'.join(str(n_mol[k]) for k in ('train', 'val', 'test')) if n_mol else '?'} molecules"
+        f"{' (same for all)' if same_split and splits else ''}; baseline = per-element reference energies "
+        f"(linear fit on composition); baseline/model = how many times lower the model's error is"
+    )
     print(table(results, markdown=False))
-    payload = {"benchmark": "accuracy_qm9", "machine": info, "time_limit_s": args.time_limit, "limit": args.limit,
-               "seed": args.seed, "data": str(DEFAULT_QM9), "split_sizes": n_mol, "same_split_for_all": same_split,
-               "backbone_kwargs": "None (trainer defaults)" if args.trainer_defaults else "{} (constructor defaults)",
-               "results": results, "wall_s": time.perf_counter() - t0}
+    payload = {
+        "benchmark": "accuracy_qm9",
+        "machine": info,
+        "time_limit_s": args.time_limit,
+        "limit": args.limit,
+        "seed": args.seed,
+        "data": str(DEFAULT_QM9),
+        "split_sizes": n_mol,
+        "same_split_for_all": same_split,
+        "backbone_kwargs": "None (trainer defaults)" if args.trainer_defaults else "{} (constructor defaults)",
+        "results": results,
+        "wall_s": time.perf_counter() - t0,
+    }
     prefix = args.out_prefix
     prefix.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{prefix}.json").write_text(json.dumps(payload, indent=2) + "\n")
-    md = (f"# QM9 U0 after {args.time_limit:.0f} s of training per backbone\n\n"
-          f"Default hyperparameters of each backbone, geognn's trainer defaults, seed {args.seed}, same split "
-          f"(train/val/test {'/'.join(str(n_mol[k]) for k in ('train', 'val', 'test')) if n_mol else '?'} molecules "
-          f"of {Path(DEFAULT_QM9).name}{f', first {args.limit}' if args.limit else ''}). "
-          f"{info['cpu']}, {info['cores_logical']} cores, {info['torch_threads']} torch threads, {info['date']}, "
-          f"geognn commit {info['git']['commit']}"
-          f"{' (modified files: ' + ', '.join(info['git']['geognn_changed_files']) + ')' if info['git']['geognn_changed_files'] else ''}"
-          f"{measured_note(results)}.\n"
-          f"Baseline: per-element reference energies fitted on the training set (linear in composition). "
-          f"Time: training plus per-epoch validation; the budget can end an epoch midway.\n\n"
-          + table(results, markdown=True) + "\n" + variants_note(results, list(geognn.BACKBONES)))
+    md = (
+        f"# QM9 U0 after {args.time_limit:.0f} s of training per backbone\n\n"
+        f"Default hyperparameters of each backbone, geognn's trainer defaults, seed {args.seed}, same split "
+        f"(train/val/test {'/'.join(str(n_mol[k]) for k in ('train', 'val', 'test')) if n_mol else '?'} molecules "
+        f"of {Path(DEFAULT_QM9).name}{f', first {args.limit}' if args.limit else ''}). "
+        f"{info['cpu']}, {info['cores_logical']} cores, {info['torch_threads']} torch threads, {info['date']}, "
+        f"geognn commit {info['git']['commit']}"
+        f"{' (modified files: ' + ', '.join(info['git']['geognn_changed_files']) + ')' if info['git']['geognn_changed_files'] else ''}"
+        f"{measured_note(results)}.\n"
+        f"Baseline: per-element reference energies fitted on the training set (linear in composition). "
+        f"Time: training plus per-epoch validation; the budget can end an epoch midway.\n\n"
+        + table(results, markdown=True)
+        + "\n"
+        + variants_note(results, list(geognn.BACKBONES))
+    )
     Path(f"{prefix}.md").write_text(md)
     print(f"wrote {prefix}.json and {prefix}.md ({payload['wall_s']:.0f} s)")
     return payload

@@ -42,7 +42,6 @@ if "--progress" not in sys.argv:
     os.environ.setdefault("TQDM_DISABLE", "1")
 
 import torch
-
 from _common import HERE, RESULTS, machine_info, write_results
 
 TARGET_RATIO = 1.10
@@ -72,7 +71,7 @@ def pyg_mae(model, graphs, indices, batch_size) -> float:
     model.eval()
     err, n = 0.0, 0
     for k in range(0, len(indices), batch_size):
-        batch = collate([graphs[i] for i in indices[k:k + batch_size]])
+        batch = collate([graphs[i] for i in indices[k : k + batch_size]])
         err += float((pyg_energy(model, batch) - batch.energy).abs().sum())
         n += batch.energy.numel()
     return err / n
@@ -96,10 +95,18 @@ def train_pyg(config, run_dir: Path, kwargs: dict) -> dict:
     helper = build_model("schnet", cutoff=config.cutoff, **kwargs)  # fits reference/scale/shift the same way
     fit_output(helper, zs, ys, config)
     scale, shift = float(helper.scale), float(helper.shift)
-    model = SchNet(hidden_channels=kwargs["hidden_channels"], num_filters=kwargs["num_filters"],
-                   num_interactions=kwargs["num_layers"], num_gaussians=kwargs["num_gaussians"],
-                   cutoff=config.cutoff, interaction_graph=OurEdges(), readout="add",
-                   mean=shift, std=scale, atomref=helper.reference.energies[:100].view(-1, 1))
+    model = SchNet(
+        hidden_channels=kwargs["hidden_channels"],
+        num_filters=kwargs["num_filters"],
+        num_interactions=kwargs["num_layers"],
+        num_gaussians=kwargs["num_gaussians"],
+        cutoff=config.cutoff,
+        interaction_graph=OurEdges(),
+        readout="add",
+        mean=shift,
+        std=scale,
+        atomref=helper.reference.energies[:100].view(-1, 1),
+    )
     model.atomref.weight.requires_grad_(False)  # geognn's reference energies are fixed too
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -133,9 +140,13 @@ def train_pyg(config, run_dir: Path, kwargs: dict) -> dict:
         if val < best:
             best, best_state = val, copy.deepcopy(model.state_dict())
     model.load_state_dict(best_state)
-    return {"test_mae_meV": 1000 * pyg_mae(model, graphs, split["test"], config.batch_size),
-            "val_mae_meV": 1000 * best, "epochs": epoch, "train_s": elapsed,
-            "parameters": sum(p.numel() for p in params)}
+    return {
+        "test_mae_meV": 1000 * pyg_mae(model, graphs, split["test"], config.batch_size),
+        "val_mae_meV": 1000 * best,
+        "epochs": epoch,
+        "train_s": elapsed,
+        "parameters": sum(p.numel() for p in params),
+    }
 
 
 def main() -> None:
@@ -158,33 +169,61 @@ def main() -> None:
     results = []
     for seed in args.seeds:
         # the PyG loop below is MSE + plateau without warmup: geognn gets the same recipe (not its default)
-        config = TrainConfig(time_limit=args.time_limit, epochs=args.epochs, limit=args.limit, seed=seed,
-                             threads=args.threads, out=str(runs / f"geognn_seed{seed}"),
-                             backbone_kwargs=dict(DEMO_BACKBONE_KWARGS), loss="mse", scheduler="plateau",
-                             warmup_steps=0)
+        config = TrainConfig(
+            time_limit=args.time_limit,
+            epochs=args.epochs,
+            limit=args.limit,
+            seed=seed,
+            threads=args.threads,
+            out=str(runs / f"geognn_seed{seed}"),
+            backbone_kwargs=dict(DEMO_BACKBONE_KWARGS),
+            loss="mse",
+            scheduler="plateau",
+            warmup_steps=0,
+        )
         tic = time.perf_counter()
         ours = train(config, progress=args.progress)
         ours_s = time.perf_counter() - tic
         n_params = sum(p.numel() for p in __import__("geognn").load_model(ours.model_path).parameters())
         pyg = train_pyg(config, Path(config.out), DEMO_BACKBONE_KWARGS)
-        row = {"seed": seed,
-               "geognn": {"test_mae_meV": 1000 * ours.test_mae, "val_mae_meV": 1000 * ours.val_mae,
-                          "epochs": ours.epochs, "wall_s": ours_s, "parameters": n_params},
-               "pyg": pyg, "baseline_test_mae_meV": 1000 * ours.baseline_test_mae}
+        row = {
+            "seed": seed,
+            "geognn": {
+                "test_mae_meV": 1000 * ours.test_mae,
+                "val_mae_meV": 1000 * ours.val_mae,
+                "epochs": ours.epochs,
+                "wall_s": ours_s,
+                "parameters": n_params,
+            },
+            "pyg": pyg,
+            "baseline_test_mae_meV": 1000 * ours.baseline_test_mae,
+        }
         row["ratio_geognn_over_pyg"] = row["geognn"]["test_mae_meV"] / pyg["test_mae_meV"]
         results.append(row)
-        print(f"seed {seed}: test MAE of U0  geognn {row['geognn']['test_mae_meV']:.1f} meV "
-              f"({ours.epochs} epochs) | PyG SchNet {pyg['test_mae_meV']:.1f} meV ({pyg['epochs']} epochs) | "
-              f"ratio geognn/PyG {row['ratio_geognn_over_pyg']:.3f} (target <= {TARGET_RATIO})", flush=True)
+        print(
+            f"seed {seed}: test MAE of U0  geognn {row['geognn']['test_mae_meV']:.1f} meV "
+            f"({ours.epochs} epochs) | PyG SchNet {pyg['test_mae_meV']:.1f} meV ({pyg['epochs']} epochs) | "
+            f"ratio geognn/PyG {row['ratio_geognn_over_pyg']:.3f} (target <= {TARGET_RATIO})",
+            flush=True,
+        )
     ratios = [r["ratio_geognn_over_pyg"] for r in results]
     mean_ratio = sum(ratios) / len(ratios)
-    payload = {"benchmark": "accuracy_vs_pyg_schnet", "time_limit_s": args.time_limit, "epochs": args.epochs,
-               "limit": args.limit, "hyperparameters": {**DEMO_BACKBONE_KWARGS, "cutoff": 5.0, "lr": 1e-3,
-                                                        "batch_size": 32, "optimizer": "AdamW"},
-               "runs": results, "mean_ratio": mean_ratio, "target_ratio": TARGET_RATIO,
-               "target_met": mean_ratio <= TARGET_RATIO, "machine": machine_info()}
-    print(f"mean ratio geognn/PyG {mean_ratio:.3f} -> {'OK' if mean_ratio <= TARGET_RATIO else 'ABOVE TARGET'}; "
-          f"results: {write_results(payload, RESULTS / args.out)}")
+    payload = {
+        "benchmark": "accuracy_vs_pyg_schnet",
+        "time_limit_s": args.time_limit,
+        "epochs": args.epochs,
+        "limit": args.limit,
+        "hyperparameters": {**DEMO_BACKBONE_KWARGS, "cutoff": 5.0, "lr": 1e-3, "batch_size": 32, "optimizer": "AdamW"},
+        "runs": results,
+        "mean_ratio": mean_ratio,
+        "target_ratio": TARGET_RATIO,
+        "target_met": mean_ratio <= TARGET_RATIO,
+        "machine": machine_info(),
+    }
+    print(
+        f"mean ratio geognn/PyG {mean_ratio:.3f} -> {'OK' if mean_ratio <= TARGET_RATIO else 'ABOVE TARGET'}; "
+        f"results: {write_results(payload, RESULTS / args.out)}"
+    )
 
 
 if __name__ == "__main__":

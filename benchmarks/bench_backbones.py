@@ -72,9 +72,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from _common import (HERE, RESULTS, add_run_options, ReferenceWorker, device_info, oc20_graphs, peak_memory_bytes, qm9_graphs, setup_run,
-                     time_interleaved, write_results)
+from _common import (
+    HERE,
+    RESULTS,
+    ReferenceWorker,
+    add_run_options,
+    device_info,
+    oc20_graphs,
+    peak_memory_bytes,
+    qm9_graphs,
+    setup_run,
+    time_interleaved,
+    write_results,
+)
 
 THROUGHPUT_TARGET = 1.0  # geognn structures/s divided by reference structures/s
 UNSTABLE_SPREAD = 2.0  # warn when the slowest timed step of a model is this many times its fastest
@@ -82,26 +92,36 @@ DATASETS = {"qm9": 5.0, "oc20": 6.0}  # cutoff in Å
 MACE_VENV = HERE.parent / ".venv-mace"
 
 #: PyG DimeNet++ size for the comparison (the DimeNet++ paper's).
-PYG_DIMENETPP = dict(hidden_channels=128, out_emb_channels=256, int_emb_size=64, basis_emb_size=8,
-                     num_blocks=4, num_spherical=7, num_radial=6, envelope_exponent=5)
+PYG_DIMENETPP = dict(
+    hidden_channels=128,
+    out_emb_channels=256,
+    int_emb_size=64,
+    basis_emb_size=8,
+    num_blocks=4,
+    num_spherical=7,
+    num_radial=6,
+    envelope_exponent=5,
+)
 #: PyG keyword -> names geognn's dimenetpp may use for it (first found wins).
-DIMENETPP_ALIASES = {"hidden_channels": ["hidden_channels"],
-                     "out_emb_channels": ["out_emb_channels", "out_emb_size", "out_emb"],
-                     "int_emb_size": ["int_emb_size", "int_emb_channels", "int_emb"],
-                     "basis_emb_size": ["basis_emb_size", "basis_emb_channels", "basis_emb"],
-                     "num_blocks": ["num_layers", "num_blocks"],
-                     "num_spherical": ["num_spherical", "num_sbf"],
-                     "num_radial": ["num_radial", "num_rbf"],
-                     "envelope_exponent": ["envelope_exponent", "envelope_p", "p"]}
+DIMENETPP_ALIASES = {
+    "hidden_channels": ["hidden_channels"],
+    "out_emb_channels": ["out_emb_channels", "out_emb_size", "out_emb"],
+    "int_emb_size": ["int_emb_size", "int_emb_channels", "int_emb"],
+    "basis_emb_size": ["basis_emb_size", "basis_emb_channels", "basis_emb"],
+    "num_blocks": ["num_layers", "num_blocks"],
+    "num_spherical": ["num_spherical", "num_sbf"],
+    "num_radial": ["num_radial", "num_rbf"],
+    "envelope_exponent": ["envelope_exponent", "envelope_p", "p"],
+}
 #: mace-torch keyword -> (names geognn's mace may use, value if none is found: mace-torch's default)
-MACE_ALIASES = {"num_bessel": (["num_bessel", "num_radial", "num_radial_basis", "num_basis", "num_rbf"], 8),
-                "num_polynomial_cutoff": (["num_polynomial_cutoff", "envelope_exponent", "polynomial_p",
-                                           "envelope_p", "p"], 5),
-                "max_ell": (["max_ell", "lmax", "l_max"], 3),
-                "correlation": (["correlation"], 3),
-                "num_interactions": (["num_layers", "num_interactions"], 2),
-                "radial_MLP": (["radial_MLP", "radial_mlp", "radial_hidden", "radial_hidden_channels"],
-                               [64, 64, 64])}
+MACE_ALIASES = {
+    "num_bessel": (["num_bessel", "num_radial", "num_radial_basis", "num_basis", "num_rbf"], 8),
+    "num_polynomial_cutoff": (["num_polynomial_cutoff", "envelope_exponent", "polynomial_p", "envelope_p", "p"], 5),
+    "max_ell": (["max_ell", "lmax", "l_max"], 3),
+    "correlation": (["correlation"], 3),
+    "num_interactions": (["num_layers", "num_interactions"], 2),
+    "radial_MLP": (["radial_MLP", "radial_mlp", "radial_hidden", "radial_hidden_channels"], [64, 64, 64]),
+}
 
 
 # --------------------------------------------------------------------------------------- helpers
@@ -132,14 +152,17 @@ def check_output(name, e, f, n_graphs, n_atoms) -> dict:
         raise RuntimeError(f"{name}: output shapes {tuple(e.shape)}, {tuple(f.shape)}")
     if not (torch.isfinite(e).all() and torch.isfinite(f).all()):
         raise RuntimeError(f"{name}: non-finite energy or forces")
-    return {"energy_first": [round(float(x), 4) for x in e.detach()[:3]],
-            "max_abs_force": float(f.detach().abs().max())}
+    return {
+        "energy_first": [round(float(x), 4) for x in e.detach()[:3]],
+        "max_abs_force": float(f.detach().abs().max()),
+    }
 
 
 def geognn_step(model, batch):
     def step():
         out = model(batch, forces=True)
         return out["energy"], out["forces"]
+
     return step
 
 
@@ -184,8 +207,9 @@ def check_triplets(edge_index: torch.Tensor, num_nodes: int, node_graph: torch.T
     expected = torch.cat(expected) if expected else torch.zeros(0, 2, dtype=torch.long)
     got = torch.stack([idx_kj, idx_ji], 1)
     key = lambda t: torch.sort(t[:, 0] * (row.numel() + 1) + t[:, 1]).values  # noqa: E731
-    assert got.shape == expected.shape and torch.equal(key(got), key(expected)), \
+    assert got.shape == expected.shape and torch.equal(key(got), key(expected)), (
         f"triplets differ from brute force: {got.shape[0]} vs {expected.shape[0]}"
+    )
     return int(got.shape[0])
 
 
@@ -201,8 +225,13 @@ def make_pyg_dimenetpp(batch, cutoff: float, device):
     dimenet_module.radius_graph = fixed_radius_graph
     dimenet_module.triplets = torch_triplets
     torch.manual_seed(0)
-    model = dimenet_module.DimeNetPlusPlus(out_channels=1, cutoff=cutoff, output_initializer="glorot_orthogonal",
-                                           **PYG_DIMENETPP).eval().to(device)
+    model = (
+        dimenet_module.DimeNetPlusPlus(
+            out_channels=1, cutoff=cutoff, output_initializer="glorot_orthogonal", **PYG_DIMENETPP
+        )
+        .eval()
+        .to(device)
+    )
 
     def step():
         pos = batch.pos.detach().requires_grad_(True)
@@ -242,15 +271,26 @@ def mace_config(geognn_hparams: dict | None, cutoff: float, avg_num_neighbors: f
         cfg["hidden_irreps"], source["hidden_irreps"] = hp["hidden_irreps"], "geognn hidden_irreps"
     else:
         h_name = "hidden_channels" if "hidden_channels" in hp else None
-        l_name = next((n for n in ("max_L", "hidden_max_ell", "hidden_lmax", "max_l_hidden", "hidden_l", "L_max")
-                       if n in hp and hp[n] is not None), None)
+        l_name = next(
+            (
+                n
+                for n in ("max_L", "hidden_max_ell", "hidden_lmax", "max_l_hidden", "hidden_l", "L_max")
+                if n in hp and hp[n] is not None
+            ),
+            None,
+        )
         h = int(hp[h_name]) if h_name else 128
         lmax = int(hp[l_name]) if l_name else 1
         cfg["hidden_irreps"] = " + ".join(f"{h}x{l}{'e' if l % 2 == 0 else 'o'}" for l in range(lmax + 1))
-        source["hidden_irreps"] = (f"{'geognn hidden_channels' if h_name else 'default 128 channels'}, "
-                                   f"{'geognn ' + l_name if l_name else 'L = 1 (mace default max_L)'}")
+        source["hidden_irreps"] = (
+            f"{'geognn hidden_channels' if h_name else 'default 128 channels'}, "
+            f"{'geognn ' + l_name if l_name else 'L = 1 (mace default max_L)'}"
+        )
     if isinstance(hp.get("avg_num_neighbors"), (int, float)):
-        cfg["avg_num_neighbors"], source["avg_num_neighbors"] = float(hp["avg_num_neighbors"]), "geognn avg_num_neighbors"
+        cfg["avg_num_neighbors"], source["avg_num_neighbors"] = (
+            float(hp["avg_num_neighbors"]),
+            "geognn avg_num_neighbors",
+        )
     source["r_max"] = "dataset cutoff"
     return cfg, source
 
@@ -270,10 +310,16 @@ class MaceReference(ReferenceWorker):
         self.max_vector_diff = float((vec_mace - vec_ours).abs().max()) if vec_ours.numel() else 0.0
         assert self.max_vector_diff < 1e-4, f"mace edge vectors differ from geognn's by {self.max_vector_diff}"
         inputs = workdir / "mace_inputs.npz"
-        np.savez(inputs, positions=batch.pos.double().cpu().numpy(), atomic_numbers=batch.z.cpu().numpy(),
-                 batch=batch.batch.cpu().numpy(), cell=batch.cell.double().cpu().numpy(),
-                 edge_index=edge_index.cpu().numpy(), shifts=shifts.cpu().numpy(),
-                 unit_shifts=batch.edge_shift.double().cpu().numpy())
+        np.savez(
+            inputs,
+            positions=batch.pos.double().cpu().numpy(),
+            atomic_numbers=batch.z.cpu().numpy(),
+            batch=batch.batch.cpu().numpy(),
+            cell=batch.cell.double().cpu().numpy(),
+            edge_index=edge_index.cpu().numpy(),
+            shifts=shifts.cpu().numpy(),
+            unit_shifts=batch.edge_shift.double().cpu().numpy(),
+        )
         cmd = [str(python), str(HERE / "_mace_reference.py"), str(inputs), json.dumps(config)]
         if threads:
             cmd += ["--threads", str(threads)]
@@ -281,8 +327,19 @@ class MaceReference(ReferenceWorker):
 
 
 # --------------------------------------------------------------------------------------- one dataset
-def bench(dataset: str, graphs, cutoff: float, names: list[str], device, warmup: int, repeats: int,
-          reference: bool, mace_python: Path, threads: int | None, workdir: Path) -> dict:
+def bench(
+    dataset: str,
+    graphs,
+    cutoff: float,
+    names: list[str],
+    device,
+    warmup: int,
+    repeats: int,
+    reference: bool,
+    mace_python: Path,
+    threads: int | None,
+    workdir: Path,
+) -> dict:
     import geognn
 
     batch = geognn.collate(graphs).to(device)
@@ -303,8 +360,14 @@ def bench(dataset: str, graphs, cutoff: float, names: list[str], device, warmup:
         models[name] = model
         hparams[name] = resolved_hparams(model.backbone)
         fns[name] = step
-        info[name] = {"kind": "geognn", "parameters": n_params(model), "sanity": sanity,
-                      "hparams": {k: v for k, v in hparams[name].items() if isinstance(v, (int, float, str, bool, list, type(None)))}}
+        info[name] = {
+            "kind": "geognn",
+            "parameters": n_params(model),
+            "sanity": sanity,
+            "hparams": {
+                k: v for k, v in hparams[name].items() if isinstance(v, (int, float, str, bool, list, type(None)))
+            },
+        }
 
     refs, notes = {}, []
     mace_ref = None
@@ -316,11 +379,16 @@ def bench(dataset: str, graphs, cutoff: float, names: list[str], device, warmup:
                 pyg, step, n_trip = make_pyg_dimenetpp(batch, cutoff, device)
                 sanity = check_output("pyg_dimenetpp", *step(), n_graphs, n_atoms)
                 fns["pyg_dimenetpp"] = step
-                info["pyg_dimenetpp"] = {"kind": "reference", "parameters": n_params(pyg), "sanity": sanity,
-                                         "hparams": dict(PYG_DIMENETPP, cutoff=cutoff,
-                                                         output_initializer="glorot_orthogonal")}
-                notes.append(f"pyg_dimenetpp: geognn edges via patched radius_graph; pure-torch triplets checked "
-                             f"against brute force ({n_trip} triplets, identical)")
+                info["pyg_dimenetpp"] = {
+                    "kind": "reference",
+                    "parameters": n_params(pyg),
+                    "sanity": sanity,
+                    "hparams": dict(PYG_DIMENETPP, cutoff=cutoff, output_initializer="glorot_orthogonal"),
+                }
+                notes.append(
+                    f"pyg_dimenetpp: geognn edges via patched radius_graph; pure-torch triplets checked "
+                    f"against brute force ({n_trip} triplets, identical)"
+                )
                 target = "dimenetpp"
                 if "dimenetpp" in hparams:
                     overrides, mapping, unknown = dimenetpp_matching(hparams["dimenetpp"])
@@ -329,16 +397,24 @@ def bench(dataset: str, graphs, cutoff: float, names: list[str], device, warmup:
                         matched = geognn.build_model("dimenetpp", cutoff=cutoff, **overrides).eval().to(device)
                         step_m = geognn_step(matched, batch)
                         fns["dimenetpp@ref"] = step_m
-                        info["dimenetpp@ref"] = {"kind": "geognn", "parameters": n_params(matched),
-                                                 "sanity": check_output("dimenetpp@ref", *step_m(), n_graphs, n_atoms),
-                                                 "hparams": overrides}
+                        info["dimenetpp@ref"] = {
+                            "kind": "geognn",
+                            "parameters": n_params(matched),
+                            "sanity": check_output("dimenetpp@ref", *step_m(), n_graphs, n_atoms),
+                            "hparams": overrides,
+                        }
                         target = "dimenetpp@ref"
-                        notes.append(f"dimenetpp defaults differ from the PyG reference's size: ratio uses "
-                                     f"dimenetpp@ref = dimenetpp with {overrides}")
+                        notes.append(
+                            f"dimenetpp defaults differ from the PyG reference's size: ratio uses "
+                            f"dimenetpp@ref = dimenetpp with {overrides}"
+                        )
                     if unknown:
                         notes.append(f"dimenetpp: no geognn argument found for PyG's {unknown}: assumed equal")
-                    refs["dimenetpp"] = {"reference": "pyg_dimenetpp", "geognn": target,
-                                         "hparam_mapping": {k: list(v) for k, v in mapping.items()}}
+                    refs["dimenetpp"] = {
+                        "reference": "pyg_dimenetpp",
+                        "geognn": target,
+                        "hparam_mapping": {k: list(v) for k, v in mapping.items()},
+                    }
                 else:
                     refs["dimenetpp"] = {"reference": "pyg_dimenetpp", "geognn": None}
             except Exception as exc:  # noqa: BLE001
@@ -346,8 +422,10 @@ def bench(dataset: str, graphs, cutoff: float, names: list[str], device, warmup:
                 unavailable["pyg_dimenetpp"] = short_reason(exc)
     if reference and "mace" in names:
         if not mace_python.exists():
-            unavailable["mace_torch"] = (f"no mace-torch venv ({mace_python} missing; create it as described in "
-                                         f"/work/shared/REFERENCE_SETUP.md, or pass --mace-venv)")
+            unavailable["mace_torch"] = (
+                f"no mace-torch venv ({mace_python} missing; create it as described in "
+                f"/work/shared/REFERENCE_SETUP.md, or pass --mace-venv)"
+            )
         elif device.type != "cpu":
             unavailable["mace_torch"] = "mace-torch reference runs on CPU only in this script"
         else:
@@ -355,22 +433,31 @@ def bench(dataset: str, graphs, cutoff: float, names: list[str], device, warmup:
                 cfg, source = mace_config(hparams.get("mace"), cutoff, n_edges / max(n_atoms, 1))
                 mace_ref = MaceReference(mace_python, batch, cfg, threads, workdir)
                 fns["mace_torch"] = mace_ref
-                info["mace_torch"] = {"kind": "reference", "parameters": mace_ref.info["parameters"],
-                                      "sanity": mace_ref.info["sanity"], "hparams": cfg, "hparam_source": source,
-                                      "versions": mace_ref.info["versions"],
-                                      "torch_threads": mace_ref.info["torch_threads"]}
+                info["mace_torch"] = {
+                    "kind": "reference",
+                    "parameters": mace_ref.info["parameters"],
+                    "sanity": mace_ref.info["sanity"],
+                    "hparams": cfg,
+                    "hparam_source": source,
+                    "versions": mace_ref.info["versions"],
+                    "torch_threads": mace_ref.info["torch_threads"],
+                }
                 if not mace_ref.info["sanity"]["finite"]:
                     raise RuntimeError("mace-torch gave non-finite energies or forces")
-                notes.append(f"mace_torch: ScaleShiftMACE {cfg['hidden_irreps']}, max_ell {cfg['max_ell']}, "
-                             f"correlation {cfg['correlation']}, {cfg['num_interactions']} interactions, "
-                             f"{cfg['num_bessel']} Bessel, p={cfg['num_polynomial_cutoff']}, radial MLP "
-                             f"{cfg['radial_MLP']}, r_max {cutoff}; same edges and shifts (max |dr| "
-                             f"{mace_ref.max_vector_diff:.1e} Å); sizes from: "
-                             + ", ".join(f"{k} <- {v}" for k, v in source.items() if k != "r_max"))
+                notes.append(
+                    f"mace_torch: ScaleShiftMACE {cfg['hidden_irreps']}, max_ell {cfg['max_ell']}, "
+                    f"correlation {cfg['correlation']}, {cfg['num_interactions']} interactions, "
+                    f"{cfg['num_bessel']} Bessel, p={cfg['num_polynomial_cutoff']}, radial MLP "
+                    f"{cfg['radial_MLP']}, r_max {cutoff}; same edges and shifts (max |dr| "
+                    f"{mace_ref.max_vector_diff:.1e} Å); sizes from: "
+                    + ", ".join(f"{k} <- {v}" for k, v in source.items() if k != "r_max")
+                )
                 n_el = len(torch.unique(batch.z))
-                notes.append(f"mace_torch: parameter counts differ at equal size mainly because mace-torch sizes its "
-                             f"per-element weights (product basis, self-connection) for the {n_el} elements present, "
-                             f"geognn's mace for max_z + 1 = {hparams.get('mace', {}).get('max_z', '?')} + 1")
+                notes.append(
+                    f"mace_torch: parameter counts differ at equal size mainly because mace-torch sizes its "
+                    f"per-element weights (product basis, self-connection) for the {n_el} elements present, "
+                    f"geognn's mace for max_z + 1 = {hparams.get('mace', {}).get('max_z', '?')} + 1"
+                )
                 refs["mace"] = {"reference": "mace_torch", "geognn": "mace" if "mace" in fns else None}
             except Exception as exc:  # noqa: BLE001
                 traceback.print_exc(limit=4)
@@ -392,36 +479,59 @@ def bench(dataset: str, graphs, cutoff: float, names: list[str], device, warmup:
     res = {}
     for m in fns:
         med = float(np.median(times[m]))
-        res[m] = dict(info[m], median_s=med, all_s=times[m], structures_per_s=n_graphs / med,
-                      atoms_per_s=n_atoms / med, peak_memory_MiB=memory[m] / 2**20,
-                      spread_max_over_min=max(times[m]) / min(times[m]))
+        res[m] = dict(
+            info[m],
+            median_s=med,
+            all_s=times[m],
+            structures_per_s=n_graphs / med,
+            atoms_per_s=n_atoms / med,
+            peak_memory_MiB=memory[m] / 2**20,
+            spread_max_over_min=max(times[m]) / min(times[m]),
+        )
     ratios = {}
     for name, r in refs.items():
         g, ref = r["geognn"], r["reference"]
         ratio = res[ref]["median_s"] / res[g]["median_s"] if g in res and ref in res else None
-        ratios[name] = dict(r, ratio_geognn_over_reference=ratio,
-                            target_met=None if ratio is None else ratio >= THROUGHPUT_TARGET)
-    return {"dataset": dataset, "cutoff_A": cutoff, "n_structures": n_graphs, "n_atoms": n_atoms,
-            "n_edges": n_edges, "warmup": warmup, "repeats": repeats, "models": res,
-            "unavailable": unavailable, "reference_comparisons": ratios, "notes": notes}
+        ratios[name] = dict(
+            r, ratio_geognn_over_reference=ratio, target_met=None if ratio is None else ratio >= THROUGHPUT_TARGET
+        )
+    return {
+        "dataset": dataset,
+        "cutoff_A": cutoff,
+        "n_structures": n_graphs,
+        "n_atoms": n_atoms,
+        "n_edges": n_edges,
+        "warmup": warmup,
+        "repeats": repeats,
+        "models": res,
+        "unavailable": unavailable,
+        "reference_comparisons": ratios,
+        "notes": notes,
+    }
 
 
 def print_result(r: dict) -> None:
-    print(f"\n== {r['dataset']}: {r['n_structures']} structures, {r['n_atoms']} atoms, {r['n_edges']} edges, "
-          f"cutoff {r['cutoff_A']} Å; median of {r['repeats']} steps after {r['warmup']} warm-up, all models "
-          f"interleaved")
+    print(
+        f"\n== {r['dataset']}: {r['n_structures']} structures, {r['n_atoms']} atoms, {r['n_edges']} edges, "
+        f"cutoff {r['cutoff_A']} Å; median of {r['repeats']} steps after {r['warmup']} warm-up, all models "
+        f"interleaved"
+    )
     ratio_of = {}
     for name, c in r["reference_comparisons"].items():
         if c["geognn"]:
             ratio_of[c["geognn"]] = c["ratio_geognn_over_reference"]
-    print(f"   {'backbone':<15}{'ms/step':>10}{'structures/s':>14}{'atoms/s':>11}{'peak mem':>12}{'params':>11}"
-          f"{'vs ref':>9}")
+    print(
+        f"   {'backbone':<15}{'ms/step':>10}{'structures/s':>14}{'atoms/s':>11}{'peak mem':>12}{'params':>11}"
+        f"{'vs ref':>9}"
+    )
     for m, v in r["models"].items():
         ratio = ratio_of.get(m)
         cell = f"{ratio:>8.2f}x" if ratio is not None else ("     ref " if v["kind"] == "reference" else "")
         flag = "  (unstable timings)" if v["spread_max_over_min"] > UNSTABLE_SPREAD else ""
-        print(f"   {m:<15}{v['median_s'] * 1e3:>10.1f}{v['structures_per_s']:>14.1f}{v['atoms_per_s']:>11.0f}"
-              f"{v['peak_memory_MiB']:>9.1f}MiB{v['parameters']:>11d}{cell}{flag}")
+        print(
+            f"   {m:<15}{v['median_s'] * 1e3:>10.1f}{v['structures_per_s']:>14.1f}{v['atoms_per_s']:>11.0f}"
+            f"{v['peak_memory_MiB']:>9.1f}MiB{v['parameters']:>11d}{cell}{flag}"
+        )
     for m, why in r["unavailable"].items():
         print(f"   {m:<15}unavailable: {why}")
     for name, c in r["reference_comparisons"].items():
@@ -429,8 +539,10 @@ def print_result(r: dict) -> None:
         if ratio is None:
             print(f"   {name}: no ratio ({c['geognn'] or name} unavailable)")
         else:
-            print(f"   {name}: geognn {c['geognn']} / {c['reference']} throughput = {ratio:.2f} "
-                  f"(target >= {THROUGHPUT_TARGET}): {'MET' if c['target_met'] else 'NOT MET'}")
+            print(
+                f"   {name}: geognn {c['geognn']} / {c['reference']} throughput = {ratio:.2f} "
+                f"(target >= {THROUGHPUT_TARGET}): {'MET' if c['target_met'] else 'NOT MET'}"
+            )
     for note in r["notes"]:
         print(f"   note: {note}")
 
@@ -447,7 +559,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", type=Path, default=None, help="JSON output path")
     args = ap.parse_args(argv)
 
-    names = list(geognn.BACKBONES) if not args.backbones else [n.strip() for n in args.backbones.split(",") if n.strip()]
+    names = (
+        list(geognn.BACKBONES) if not args.backbones else [n.strip() for n in args.backbones.split(",") if n.strip()]
+    )
     bad = [n for n in names if n not in geognn.BACKBONES]
     if bad:
         raise SystemExit(f"unknown backbone(s) {bad}; choose from {', '.join(geognn.BACKBONES)}")
@@ -460,13 +574,23 @@ def main(argv=None) -> dict:
     out = args.out or RESULTS / f"{stem}.json"
 
     info = device_info(device)
-    print(f"bench_backbones{' (quick)' if args.quick else ''}: device {info['device']}; {info['cpu']}, "
-          f"{info['cores_logical']} logical cores, torch {torch.__version__} with {info['torch_threads']} threads, "
-          f"{info['date']}, load average {info['load_average_1_5_15'][0]:.2f}")
-    print(f"   backbones: {', '.join(names)} (default hyperparameters); one step = energies + forces (autograd), "
-          f"eval mode, float32; random weights")
-    print("   peak memory = " + ("torch.cuda.max_memory_allocated above the step's start" if device.type == "cuda"
-                                 else "largest running total of CPU tensor allocations in one step (torch.profiler)"))
+    print(
+        f"bench_backbones{' (quick)' if args.quick else ''}: device {info['device']}; {info['cpu']}, "
+        f"{info['cores_logical']} logical cores, torch {torch.__version__} with {info['torch_threads']} threads, "
+        f"{info['date']}, load average {info['load_average_1_5_15'][0]:.2f}"
+    )
+    print(
+        f"   backbones: {', '.join(names)} (default hyperparameters); one step = energies + forces (autograd), "
+        f"eval mode, float32; random weights"
+    )
+    print(
+        "   peak memory = "
+        + (
+            "torch.cuda.max_memory_allocated above the step's start"
+            if device.type == "cuda"
+            else "largest running total of CPU tensor allocations in one step (torch.profiler)"
+        )
+    )
     if not args.no_reference and "mace" in names and not mace_python.exists():
         print(f"   mace-torch reference skipped: no venv at {args.mace_venv}")
 
@@ -477,12 +601,30 @@ def main(argv=None) -> dict:
         for d in datasets:
             cutoff = DATASETS[d]
             graphs = qm9_graphs(n_qm9, cutoff) if d == "qm9" else oc20_graphs(n_oc20, cutoff)
-            r = bench(d, graphs, cutoff, names, device, warmup, repeats, not args.no_reference, mace_python,
-                      args.threads, Path(tmp))
+            r = bench(
+                d,
+                graphs,
+                cutoff,
+                names,
+                device,
+                warmup,
+                repeats,
+                not args.no_reference,
+                mace_python,
+                args.threads,
+                Path(tmp),
+            )
             print_result(r)
             results.append(r)
-    payload = {"benchmark": "bench_backbones", "quick": args.quick, "machine": info, "backbones": names,
-               "throughput_target": THROUGHPUT_TARGET, "datasets": results, "wall_s": time.perf_counter() - t_start}
+    payload = {
+        "benchmark": "bench_backbones",
+        "quick": args.quick,
+        "machine": info,
+        "backbones": names,
+        "throughput_target": THROUGHPUT_TARGET,
+        "datasets": results,
+        "wall_s": time.perf_counter() - t_start,
+    }
     print(f"\nwall time {payload['wall_s']:.0f} s; wrote {write_results(payload, out)}")
     return payload
 

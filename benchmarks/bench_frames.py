@@ -51,8 +51,19 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (HERE, RESULTS, ReferenceWorker, add_run_options, device_info, oc20_graphs, peak_memory_bytes, qm9_graphs,  # noqa: E402
-                     setup_run, time_interleaved, write_results)
+from _common import (  # noqa: E402
+    HERE,
+    RESULTS,
+    ReferenceWorker,
+    add_run_options,
+    device_info,
+    oc20_graphs,
+    peak_memory_bytes,
+    qm9_graphs,
+    setup_run,
+    time_interleaved,
+    write_results,
+)
 
 FAENET_VENV = HERE.parent / ".venv-faenet"
 CUTOFF = 6.0
@@ -67,10 +78,17 @@ class FaenetReference(ReferenceWorker):
         tags = batch.tags if "tags" in batch else torch.zeros_like(batch.z)
         neighbors = torch.bincount(batch.batch[batch.edge_index[1]], minlength=batch.cell.shape[0])
         inputs = workdir / "faenet_inputs.npz"
-        np.savez(inputs, positions=batch.pos.double().numpy(), atomic_numbers=batch.z.numpy(),
-                 tags=tags.numpy(), batch=batch.batch.numpy(), cell=batch.cell.double().numpy(),
-                 edge_index=batch.edge_index.numpy(), cell_offsets=batch.edge_shift.double().numpy(),
-                 neighbors=neighbors.numpy())
+        np.savez(
+            inputs,
+            positions=batch.pos.double().numpy(),
+            atomic_numbers=batch.z.numpy(),
+            tags=tags.numpy(),
+            batch=batch.batch.numpy(),
+            cell=batch.cell.double().numpy(),
+            edge_index=batch.edge_index.numpy(),
+            cell_offsets=batch.edge_shift.double().numpy(),
+            neighbors=neighbors.numpy(),
+        )
         cmd = [str(python), str(HERE / "_faenet_reference.py"), str(inputs), json.dumps(config)]
         if threads:
             cmd += ["--threads", str(threads)]
@@ -82,9 +100,14 @@ def geognn_models(dataset: str) -> dict:
 
     tags = {"tag_hidden_channels": 32} if dataset == "oc20" else {}
     sfa = {"frames": "stochastic", "eval_frames": 1}  # one random frame per structure, also in eval mode
-    specs = {"faenet": ("faenet", None, SIZE | tags), "faenet+SFA": ("faenet", sfa, SIZE | tags),
-             "faenet+FA(all)": ("faenet", "all", SIZE | tags),
-             "schnet": ("schnet", None, {}), "schnet+SFA": ("schnet", sfa, {}), "schnet+FA(all)": ("schnet", "all", {})}
+    specs = {
+        "faenet": ("faenet", None, SIZE | tags),
+        "faenet+SFA": ("faenet", sfa, SIZE | tags),
+        "faenet+FA(all)": ("faenet", "all", SIZE | tags),
+        "schnet": ("schnet", None, {}),
+        "schnet+SFA": ("schnet", sfa, {}),
+        "schnet+FA(all)": ("schnet", "all", {}),
+    }
     models = {}
     for name, (backbone, fa, kwargs) in specs.items():
         torch.manual_seed(0)
@@ -92,8 +115,16 @@ def geognn_models(dataset: str) -> dict:
     return models
 
 
-def bench(dataset: str, graphs, device, warmup: int, repeats: int, reference_python: Path | None,
-          threads: int | None, workdir: Path) -> dict:
+def bench(
+    dataset: str,
+    graphs,
+    device,
+    warmup: int,
+    repeats: int,
+    reference_python: Path | None,
+    threads: int | None,
+    workdir: Path,
+) -> dict:
     import geognn
 
     batch = geognn.collate(graphs).to(device)
@@ -101,14 +132,28 @@ def bench(dataset: str, graphs, device, warmup: int, repeats: int, reference_pyt
     models = geognn_models(dataset)
     fns = {}
     for name, model in models.items():
-        fns[name] = (lambda m: (lambda: m(batch, forces=True)))(model)
-    result = {"dataset": dataset, "structures": n_graphs, "atoms": n_atoms, "edges": int(batch.edge_index.shape[1]),
-              "models": {}, "ratios": {}}
+        fns[name] = (lambda m: lambda: m(batch, forces=True))(model)
+    result = {
+        "dataset": dataset,
+        "structures": n_graphs,
+        "atoms": n_atoms,
+        "edges": int(batch.edge_index.shape[1]),
+        "models": {},
+        "ratios": {},
+    }
     ref = None
     if reference_python is not None:
-        config = dict(cutoff=CUTOFF, hidden_channels=128, num_filters=128, num_interactions=4, num_gaussians=50,
-                      pg_hidden_channels=32, tag_hidden_channels=32 if dataset == "oc20" else 0,
-                      regress_forces="from_energy", preprocess="pbc_preprocess")
+        config = dict(
+            cutoff=CUTOFF,
+            hidden_channels=128,
+            num_filters=128,
+            num_interactions=4,
+            num_gaussians=50,
+            pg_hidden_channels=32,
+            tag_hidden_channels=32 if dataset == "oc20" else 0,
+            regress_forces="from_energy",
+            preprocess="pbc_preprocess",
+        )
         try:
             ref = FaenetReference(reference_python, batch, config, threads, workdir)
             fns["faenet_ref"] = ref
@@ -140,9 +185,11 @@ def bench(dataset: str, graphs, device, warmup: int, repeats: int, reference_pyt
         result["ratios"][f"{backbone}: FA(all) / plain time"] = m[f"{backbone}+FA(all)"]["median_s"] / base
     if "faenet_ref" in m:
         result["ratios"]["faenet+SFA vs faenet ref: throughput ratio"] = (
-            m["faenet+SFA"]["structures_per_s"] / m["faenet_ref"]["structures_per_s"])
-        result["ratios"]["faenet+SFA vs faenet ref: peak memory ratio"] = (
-            m["faenet+SFA"]["peak_bytes"] / max(m["faenet_ref"]["peak_bytes"], 1))
+            m["faenet+SFA"]["structures_per_s"] / m["faenet_ref"]["structures_per_s"]
+        )
+        result["ratios"]["faenet+SFA vs faenet ref: peak memory ratio"] = m["faenet+SFA"]["peak_bytes"] / max(
+            m["faenet_ref"]["peak_bytes"], 1
+        )
     return result
 
 
@@ -150,10 +197,15 @@ def print_result(r: dict) -> None:
     print(f"\n== {r['dataset']}: {r['structures']} structures, {r['atoms']} atoms, {r['edges']} edges")
     print(f"   {'model':<16} {'ms/step':>9} {'structures/s':>13} {'peak MiB':>9} {'params':>9}")
     for name, e in r["models"].items():
-        extra = f"  (ref transform, outside the step: {1e3 * e['transform_median_s']:.1f} ms)" \
-            if "transform_median_s" in e else ""
-        print(f"   {name:<16} {1e3 * e['median_s']:>9.1f} {e['structures_per_s']:>13.1f} "
-              f"{e['peak_bytes'] / 2**20:>9.1f} {e['parameters'] or 0:>9d}{extra}")
+        extra = (
+            f"  (ref transform, outside the step: {1e3 * e['transform_median_s']:.1f} ms)"
+            if "transform_median_s" in e
+            else ""
+        )
+        print(
+            f"   {name:<16} {1e3 * e['median_s']:>9.1f} {e['structures_per_s']:>13.1f} "
+            f"{e['peak_bytes'] / 2**20:>9.1f} {e['parameters'] or 0:>9d}{extra}"
+        )
     for k, v in r["ratios"].items():
         target = f"  (target >= {THROUGHPUT_TARGET})" if "throughput" in k else ""
         print(f"   {k}: {v:.2f}x{target}")
@@ -179,9 +231,11 @@ def main(argv=None) -> dict:
     else:
         reference = python
     info = device_info(device)
-    print(f"bench_frames{' (quick)' if args.quick else ''}: {info['cpu']}, {info['cores_logical']} logical cores, "
-          f"torch {torch.__version__} with {info['torch_threads']} threads, {info['date']}, "
-          f"load average {info['load_average_1_5_15'][0]:.2f}")
+    print(
+        f"bench_frames{' (quick)' if args.quick else ''}: {info['cpu']}, {info['cores_logical']} logical cores, "
+        f"torch {torch.__version__} with {info['torch_threads']} threads, {info['date']}, "
+        f"load average {info['load_average_1_5_15'][0]:.2f}"
+    )
     print("   one step = energies + forces (autograd), eval mode, float32, random weights, cutoff 6 Å")
     t0 = time.perf_counter()
     results = []
@@ -195,8 +249,14 @@ def main(argv=None) -> dict:
             print_result(r)
             results.append(r)
     stem = "bench_frames" + ("" if device.type == "cpu" else f"_{device.type}") + ("_quick" if args.quick else "")
-    payload = {"benchmark": "bench_frames", "quick": args.quick, "machine": info, "datasets": results,
-               "throughput_target": THROUGHPUT_TARGET, "wall_s": time.perf_counter() - t0}
+    payload = {
+        "benchmark": "bench_frames",
+        "quick": args.quick,
+        "machine": info,
+        "datasets": results,
+        "throughput_target": THROUGHPUT_TARGET,
+        "wall_s": time.perf_counter() - t0,
+    }
     written = write_results(payload, args.out or RESULTS / f"{stem}.json")
     print(f"\nwall time {payload['wall_s']:.0f} s; wrote {written}")
     return payload

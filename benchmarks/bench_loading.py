@@ -40,7 +40,6 @@ import warnings
 from pathlib import Path
 
 import torch
-
 from _common import DATA, RESULTS, device_info, write_results
 
 
@@ -52,8 +51,12 @@ def rate(fn, n_structures: int, repeats: int) -> dict:
         fn()
         times.append(time.perf_counter() - t0)
     med = statistics.median(times)
-    return {"structures_per_s": n_structures / med, "median_s": med, "repeats": repeats,
-            "spread_max_over_min": max(times) / min(times)}
+    return {
+        "structures_per_s": n_structures / med,
+        "median_s": med,
+        "repeats": repeats,
+        "spread_max_over_min": max(times) / min(times),
+    }
 
 
 def labelled_graph(atoms, cutoff: float):
@@ -72,8 +75,10 @@ def graphs_with_labels(ds, indices, cutoff: float, batch_size: int):
     """ds[i] -> build_graph -> labels -> collate, per batch; returns the batches."""
     import geognn
 
-    return [geognn.collate([labelled_graph(ds[i], cutoff) for i in indices[k:k + batch_size]])
-            for k in range(0, len(indices), batch_size)]
+    return [
+        geognn.collate([labelled_graph(ds[i], cutoff) for i in indices[k : k + batch_size]])
+        for k in range(0, len(indices), batch_size)
+    ]
 
 
 class GraphView(torch.utils.data.Dataset):
@@ -97,9 +102,14 @@ def workers_rate(ds, cutoff: float, batch_size: int, workers: int, repeats: int)
     """structures/s of a torch DataLoader with ``workers`` processes: ds[i] + build_graph + collate."""
     import geognn
 
-    loader = torch.utils.data.DataLoader(GraphView(ds, cutoff), batch_size=batch_size, num_workers=workers,
-                                         collate_fn=geognn.collate, persistent_workers=True,
-                                         worker_init_fn=_one_thread)
+    loader = torch.utils.data.DataLoader(
+        GraphView(ds, cutoff),
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=geognn.collate,
+        persistent_workers=True,
+        worker_init_fn=_one_thread,
+    )
 
     def epoch():
         return sum(int(b.num_graphs) for b in loader)
@@ -143,11 +153,19 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="device of the model steps (loading is on CPU)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--repeats", type=int, default=0)
-    parser.add_argument("--workers", type=int, default=min(8, max(1, (os.cpu_count() or 2) - 1)),
-                        help="DataLoader worker processes for the 'graphs_workers' rate (default: cores - 1, at most 8)")
-    parser.add_argument("--sharing-strategy", default="file_system", choices=("file_system", "file_descriptor"),
-                        help="torch.multiprocessing sharing strategy for the workers' batches (default file_system: "
-                             "the file_descriptor default capped 8 workers at ~5k structures/s on the H200 machine)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=min(8, max(1, (os.cpu_count() or 2) - 1)),
+        help="DataLoader worker processes for the 'graphs_workers' rate (default: cores - 1, at most 8)",
+    )
+    parser.add_argument(
+        "--sharing-strategy",
+        default="file_system",
+        choices=("file_system", "file_descriptor"),
+        help="torch.multiprocessing sharing strategy for the workers' batches (default file_system: "
+        "the file_descriptor default capped 8 workers at ~5k structures/s on the H200 machine)",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -160,8 +178,12 @@ def main() -> None:
     from geognn.datasets import open_dataset
     from geognn.datasets.oc20 import write_lmdb
 
-    results: dict = {"machine": device_info(device), "repeats": repeats, "workers": args.workers,
-                     "sharing_strategy": args.sharing_strategy}
+    results: dict = {
+        "machine": device_info(device),
+        "repeats": repeats,
+        "workers": args.workers,
+        "sharing_strategy": args.sharing_strategy,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         # ---------------------------------------------------------------- QM9 cache
@@ -177,13 +199,15 @@ def main() -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             results["qm9_cache"] = {
-                "molecules": len(qm9), "process_once_s": processing, "open_from_cache_s": cache_open,
+                "molecules": len(qm9),
+                "process_once_s": processing,
+                "open_from_cache_s": cache_open,
                 "atoms": rate(lambda: [qm9[i] for i in idx], len(idx), repeats),
                 "graphs": rate(lambda: graphs_with_labels(qm9, idx, 5.0, 32), len(idx), repeats),
             }
             sub = torch.utils.data.Subset(qm9, idx)
             results["qm9_cache"]["graphs_workers"] = workers_rate(sub, 5.0, 32, args.workers, repeats)
-            qm9_batches = graphs_with_labels(qm9, idx[:32 * (2 if args.quick else 8)], 5.0, 32)
+            qm9_batches = graphs_with_labels(qm9, idx[: 32 * (2 if args.quick else 8)], 5.0, 32)
             results["qm9_cache"]["schnet_train"] = train_rate(qm9_batches, 5.0, False, device, repeats)
 
             # ------------------------------------------------------------ OC20 LMDB
@@ -193,7 +217,8 @@ def main() -> None:
             oc20 = open_dataset("oc20-is2re", tmp / "bench.lmdb")
             idx = list(range(len(oc20)))
             results["oc20_lmdb"] = {
-                "entries": len(oc20), "atoms_total": int(sum(len(a) for a in frames)),
+                "entries": len(oc20),
+                "atoms_total": int(sum(len(a) for a in frames)),
                 "lmdb_bytes": (tmp / "bench.lmdb").stat().st_size,
                 "atoms": rate(lambda: [oc20[i] for i in idx], len(idx), repeats),
                 "graphs": rate(lambda: graphs_with_labels(oc20, idx, 6.0, 8), len(idx), repeats),
@@ -201,8 +226,7 @@ def main() -> None:
             results["oc20_lmdb"]["graphs_workers"] = workers_rate(oc20, 6.0, 8, args.workers, repeats)
             forces_ds = open_dataset("oc20-s2ef", _real_oc20_lmdb(tmp, s2ef=True))
             oc20_batches = graphs_with_labels(forces_ds, list(range(len(forces_ds))), 6.0, 8)
-            results["oc20_lmdb"]["schnet_train_energy_forces"] = train_rate(oc20_batches, 6.0, True, device,
-                                                                            repeats)
+            results["oc20_lmdb"]["schnet_train_energy_forces"] = train_rate(oc20_batches, 6.0, True, device, repeats)
 
     for name, train_key in (("qm9_cache", "schnet_train"), ("oc20_lmdb", "schnet_train_energy_forces")):
         r = results[name]
@@ -210,14 +234,18 @@ def main() -> None:
         r["ratio_loader_atoms_over_train"] = r["atoms"]["structures_per_s"] / model
         r["ratio_loader_graphs_over_train"] = r["graphs"]["structures_per_s"] / model
         r["ratio_loader_graphs_workers_over_train"] = r["graphs_workers"]["structures_per_s"] / model
-        print(f"{name:10s} loader {r['atoms']['structures_per_s']:8.0f} structures/s (atoms) | "
-              f"{r['graphs']['structures_per_s']:6.0f} (+ graphs, collate) | "
-              f"{r['graphs_workers']['structures_per_s']:6.0f} (graphs, {args.workers} DataLoader workers) | "
-              f"SchNet training {model:6.0f} | loader/training {r['ratio_loader_atoms_over_train']:.1f}x, "
-              f"{r['ratio_loader_graphs_over_train']:.1f}x, {r['ratio_loader_graphs_workers_over_train']:.1f}x")
-    print(f"QM9: processing {results['qm9_cache']['molecules']} molecules once took "
-          f"{results['qm9_cache']['process_once_s']:.1f} s; reopening from the cache "
-          f"{results['qm9_cache']['open_from_cache_s']:.2f} s")
+        print(
+            f"{name:10s} loader {r['atoms']['structures_per_s']:8.0f} structures/s (atoms) | "
+            f"{r['graphs']['structures_per_s']:6.0f} (+ graphs, collate) | "
+            f"{r['graphs_workers']['structures_per_s']:6.0f} (graphs, {args.workers} DataLoader workers) | "
+            f"SchNet training {model:6.0f} | loader/training {r['ratio_loader_atoms_over_train']:.1f}x, "
+            f"{r['ratio_loader_graphs_over_train']:.1f}x, {r['ratio_loader_graphs_workers_over_train']:.1f}x"
+        )
+    print(
+        f"QM9: processing {results['qm9_cache']['molecules']} molecules once took "
+        f"{results['qm9_cache']['process_once_s']:.1f} s; reopening from the cache "
+        f"{results['qm9_cache']['open_from_cache_s']:.2f} s"
+    )
     suffix = ("_quick" if args.quick else "") + ("" if device.type == "cpu" else f"_{device.type}")
     print("wrote", write_results(results, RESULTS / f"bench_loading{suffix}.json"))
 

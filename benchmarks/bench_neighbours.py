@@ -57,7 +57,6 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-
 from _common import DATA, RESULTS, load_qm9, machine_info, write_results
 
 SPEED_TARGET_VS_FASTEST = 1.5  # geognn time / fastest other library's time must be <= this
@@ -134,17 +133,24 @@ def make_contestants(cutoff: float, periodic: bool):
         "vesin[1 thread]": (arrays, run_vesin1),
     }
     if periodic:
+
         def run_pymatgen(s):
             centre, neighbour, images, _ = s.get_neighbor_list(cutoff)
             return centre, neighbour, images
+
         c["pymatgen"] = (lambda a, s: s, run_pymatgen)
     return c
 
 
 def canonical(i, j, S) -> np.ndarray:
     """[E, 5] int64 rows (i, j, S) sorted, to compare edge sets across libraries."""
-    rows = np.column_stack([np.asarray(i, np.int64), np.asarray(j, np.int64),
-                            np.rint(np.asarray(S, dtype=np.float64)).astype(np.int64).reshape(-1, 3)])
+    rows = np.column_stack(
+        [
+            np.asarray(i, np.int64),
+            np.asarray(j, np.int64),
+            np.rint(np.asarray(S, dtype=np.float64)).astype(np.int64).reshape(-1, 3),
+        ]
+    )
     return rows[np.lexsort(rows.T[::-1])]
 
 
@@ -157,8 +163,9 @@ def check_identical_edges(name: str, inputs: dict, contestants: dict) -> list[in
             ref_lib, reference = lib, sets
             continue
         counts, ref_counts = [len(s) for s in sets], [len(s) for s in reference]
-        assert counts == ref_counts, (f"{name}: edge counts differ between {ref_lib} "
-                                      f"({sum(ref_counts)}) and {lib} ({sum(counts)})")
+        assert counts == ref_counts, (
+            f"{name}: edge counts differ between {ref_lib} ({sum(ref_counts)}) and {lib} ({sum(counts)})"
+        )
         for k, (a, b) in enumerate(zip(reference, sets)):
             assert np.array_equal(a, b), f"{name}: structure {k}: {lib} and {ref_lib} find different edges"
     return [len(s) for s in reference]
@@ -183,15 +190,16 @@ def time_pass(run, xs, repeats: int) -> tuple[float, list[float]]:
 
 
 # --------------------------------------------------------------------------------------- main
-def bench_dataset(name: str, description: str, atoms_list, structures, cutoff: float, periodic: bool,
-                  repeats: int) -> dict:
+def bench_dataset(
+    name: str, description: str, atoms_list, structures, cutoff: float, periodic: bool, repeats: int
+) -> dict:
     contestants = make_contestants(cutoff, periodic)
     if structures is None and periodic:
         from pymatgen.io.ase import AseAtomsAdaptor
+
         structures = [AseAtomsAdaptor.get_structure(a) for a in atoms_list]
     structures = structures or [None] * len(atoms_list)
-    inputs = {lib: [prep(a, s) for a, s in zip(atoms_list, structures)]
-              for lib, (prep, _) in contestants.items()}
+    inputs = {lib: [prep(a, s) for a, s in zip(atoms_list, structures)] for lib, (prep, _) in contestants.items()}
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # e.g. geognn's IsolatedAtomWarning: not what we time
@@ -214,40 +222,65 @@ def bench_dataset(name: str, description: str, atoms_list, structures, cutoff: f
     for lib in ("geognn.neighbour_list", "geognn.build_graph"):
         t = timings[lib]["median_s"]
         ratio = t / others[fastest_other]
-        targets[lib] = {"vs_fastest_other": {"ratio": ratio, "target": f"<= {SPEED_TARGET_VS_FASTEST}",
-                                             "met": ratio <= SPEED_TARGET_VS_FASTEST}}
+        targets[lib] = {
+            "vs_fastest_other": {
+                "ratio": ratio,
+                "target": f"<= {SPEED_TARGET_VS_FASTEST}",
+                "met": ratio <= SPEED_TARGET_VS_FASTEST,
+            }
+        }
         if periodic:
             speedup = t_ase / t
-            targets[lib]["vs_ase"] = {"speedup": speedup, "target": f">= {SPEED_TARGET_VS_ASE}",
-                                      "met": speedup >= SPEED_TARGET_VS_ASE}
+            targets[lib]["vs_ase"] = {
+                "speedup": speedup,
+                "target": f">= {SPEED_TARGET_VS_ASE}",
+                "met": speedup >= SPEED_TARGET_VS_ASE,
+            }
     spread = max(max(t["all_s"]) / min(t["all_s"]) for t in timings.values())
-    return {"dataset": name, "description": description, "cutoff_A": cutoff, "periodic": periodic,
-            "n_structures": len(atoms_list), "n_atoms": n_atoms, "n_edges": int(sum(edge_counts)),
-            "repeats": repeats, "timing_spread_max_over_min": spread, "fastest": fastest_all,
-            "fastest_other_library": fastest_other,
-            "timings": timings, "targets": targets}
+    return {
+        "dataset": name,
+        "description": description,
+        "cutoff_A": cutoff,
+        "periodic": periodic,
+        "n_structures": len(atoms_list),
+        "n_atoms": n_atoms,
+        "n_edges": int(sum(edge_counts)),
+        "repeats": repeats,
+        "timing_spread_max_over_min": spread,
+        "fastest": fastest_all,
+        "fastest_other_library": fastest_other,
+        "timings": timings,
+        "targets": targets,
+    }
 
 
 def print_dataset(r: dict) -> None:
     print(f"\n== {r['dataset']}: {r['description']}")
-    print(f"   {r['n_structures']} structures, {r['n_atoms']} atoms, {r['n_edges']} edges "
-          f"(identical edge sets in all libraries), cutoff {r['cutoff_A']} Å, "
-          f"median of {r['repeats']} passes")
+    print(
+        f"   {r['n_structures']} structures, {r['n_atoms']} atoms, {r['n_edges']} edges "
+        f"(identical edge sets in all libraries), cutoff {r['cutoff_A']} Å, "
+        f"median of {r['repeats']} passes"
+    )
     print(f"   {'library':<24}{'time/pass':>12}{'per struct':>13}{'x fastest':>11}{'ASE/this':>10}")
     for lib, t in sorted(r["timings"].items(), key=lambda kv: kv[1]["median_s"]):
-        print(f"   {lib:<24}{t['median_s'] * 1e3:>10.2f}ms{t['per_structure_us']:>11.1f}us"
-              f"{t['ratio_to_fastest']:>10.2f}x{t['ase_over_this']:>9.1f}x")
+        print(
+            f"   {lib:<24}{t['median_s'] * 1e3:>10.2f}ms{t['per_structure_us']:>11.1f}us"
+            f"{t['ratio_to_fastest']:>10.2f}x{t['ase_over_this']:>9.1f}x"
+        )
     if r["timing_spread_max_over_min"] > UNSTABLE_SPREAD:
-        print(f"   WARNING: unstable timings (slowest/fastest pass of one library = "
-              f"{r['timing_spread_max_over_min']:.1f}): the machine is probably busy; rerun when idle")
+        print(
+            f"   WARNING: unstable timings (slowest/fastest pass of one library = "
+            f"{r['timing_spread_max_over_min']:.1f}): the machine is probably busy; rerun when idle"
+        )
     for lib, tg in r["targets"].items():
         v = tg["vs_fastest_other"]
-        line = (f"   target {lib}: {v['ratio']:.2f}x the fastest other library "
-                f"({r['fastest_other_library']}), target {v['target']}: {'MET' if v['met'] else 'NOT MET'}")
+        line = (
+            f"   target {lib}: {v['ratio']:.2f}x the fastest other library "
+            f"({r['fastest_other_library']}), target {v['target']}: {'MET' if v['met'] else 'NOT MET'}"
+        )
         if "vs_ase" in tg:
             a = tg["vs_ase"]
-            line += (f"; {a['speedup']:.1f}x faster than ASE, target {a['target']}: "
-                     f"{'MET' if a['met'] else 'NOT MET'}")
+            line += f"; {a['speedup']:.1f}x faster than ASE, target {a['target']}: {'MET' if a['met'] else 'NOT MET'}"
         print(line)
 
 
@@ -265,9 +298,11 @@ def main(argv=None) -> dict:
     out = args.out or RESULTS / ("bench_neighbours_quick.json" if args.quick else "bench_neighbours.json")
 
     info = machine_info(("numpy", "torch", "ase", "matscipy", "vesin", "pymatgen.core", "torch_geometric", "geognn"))
-    print(f"bench_neighbours{' (quick)' if args.quick else ''}: {info['cpu']}, "
-          f"{info['cores_logical']} logical cores, torch {info['versions']['torch']}, {info['date']}, "
-          f"load average {info['load_average_1_5_15'][0]:.2f}")
+    print(
+        f"bench_neighbours{' (quick)' if args.quick else ''}: {info['cpu']}, "
+        f"{info['cores_logical']} logical cores, torch {info['versions']['torch']}, {info['date']}, "
+        f"load average {info['load_average_1_5_15'][0]:.2f}"
+    )
     print("   versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()))
     print("   times are one full pass over the dataset; parsing/conversion is outside the timed region")
 
@@ -278,10 +313,18 @@ def main(argv=None) -> dict:
 
     results = [
         bench_dataset("molecules", f"{n_qm9} QM9 molecules (non-periodic)", qm9, None, 5.0, False, repeats),
-        bench_dataset("crystals", f"{n_mp20} MP-20 crystals (periodic)", mp20_atoms, mp20_structures, 6.0,
-                      True, repeats),
-        bench_dataset("supercell", f"rattled fcc Cu supercell {'x'.join(map(str, reps))} "
-                      f"({len(cu)} atoms, periodic)", [cu], None, 6.0, True, repeats),
+        bench_dataset(
+            "crystals", f"{n_mp20} MP-20 crystals (periodic)", mp20_atoms, mp20_structures, 6.0, True, repeats
+        ),
+        bench_dataset(
+            "supercell",
+            f"rattled fcc Cu supercell {'x'.join(map(str, reps))} ({len(cu)} atoms, periodic)",
+            [cu],
+            None,
+            6.0,
+            True,
+            repeats,
+        ),
     ]
     for r in results:
         print_dataset(r)
@@ -290,11 +333,18 @@ def main(argv=None) -> dict:
     met = {lib: [v["met"] for r in results for v in r["targets"][lib].values()] for lib in libs}
     all_met = {lib: all(m) for lib, m in met.items()}
     print("\nsummary: " + "; ".join(f"{lib}: {sum(m)} of {len(m)} targets met" for lib, m in met.items()))
-    payload = {"benchmark": "bench_neighbours", "quick": args.quick, "machine": info,
-               "targets": {"vs_fastest_other_max_ratio": SPEED_TARGET_VS_FASTEST,
-                           "vs_ase_min_speedup_crystals": SPEED_TARGET_VS_ASE},
-               "all_targets_met": all_met, "datasets": results,
-               "wall_s": time.perf_counter() - t_start}
+    payload = {
+        "benchmark": "bench_neighbours",
+        "quick": args.quick,
+        "machine": info,
+        "targets": {
+            "vs_fastest_other_max_ratio": SPEED_TARGET_VS_FASTEST,
+            "vs_ase_min_speedup_crystals": SPEED_TARGET_VS_ASE,
+        },
+        "all_targets_met": all_met,
+        "datasets": results,
+        "wall_s": time.perf_counter() - t_start,
+    }
     print(f"wrote {write_results(payload, out)}")
     return payload
 

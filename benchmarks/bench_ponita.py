@@ -41,10 +41,17 @@ import warnings
 
 import numpy as np
 import torch
-
-from _common import (DATA, RESULTS, device_info, load_qm9, oc20_graphs, peak_memory_bytes, qm9_graphs,
-                     time_interleaved,
-                     write_results)
+from _common import (
+    DATA,
+    RESULTS,
+    device_info,
+    load_qm9,
+    oc20_graphs,
+    peak_memory_bytes,
+    qm9_graphs,
+    time_interleaved,
+    write_results,
+)
 
 DEFAULT_NUM_ORI = (4, 8, 16, 20, 32, 64)
 #: A small model for the error measurement: the error is a property of the grid, not of the width.
@@ -62,8 +69,14 @@ def structures():
     crystals = [a for a in (ase.io.read(f, format="vasp") for f in files) if len(a) <= 12][:3]
     batch = torch.load(DATA / "oc20" / "faenet_is2re_bs8.pt", weights_only=False)
     g = batch.to_data_list()[2]
-    crystals.append(Atoms(numbers=g.atomic_numbers.long().numpy(), positions=g.pos.double().numpy(),
-                          cell=g.cell[0].double().numpy(), pbc=True))
+    crystals.append(
+        Atoms(
+            numbers=g.atomic_numbers.long().numpy(),
+            positions=g.pos.double().numpy(),
+            cell=g.cell[0].double().numpy(),
+            pbc=True,
+        )
+    )
     return {"molecules": list(molecules), "crystals": crystals}
 
 
@@ -100,8 +113,12 @@ def rotation_errors(model, atoms_list, rotations) -> dict:
         for rot, got in zip(rotations, outs[1:]):
             energy.append(1e3 * abs(got["energy"] - ref["energy"]) / len(atoms))
             forces.append(1e3 * float(np.linalg.norm(got["forces"] - ref["forces"] @ rot.T, axis=-1).max()))
-    return {"energy_meV_per_atom_median": statistics.median(energy), "energy_meV_per_atom_max": max(energy),
-            "forces_meV_per_A_median": statistics.median(forces), "forces_meV_per_A_max": max(forces)}
+    return {
+        "energy_meV_per_atom_median": statistics.median(energy),
+        "energy_meV_per_atom_max": max(energy),
+        "forces_meV_per_A_median": statistics.median(forces),
+        "forces_meV_per_A_max": max(forces),
+    }
 
 
 def error_table(num_oris, n_rotations: int) -> dict:
@@ -117,8 +134,14 @@ def error_table(num_oris, n_rotations: int) -> dict:
         rows[f"ponita@{n}"] = {kind: rotation_errors(model, atoms, rotations) for kind, atoms in data.items()}
     pnita = error_model("pnita")
     rows["pnita"] = {kind: rotation_errors(pnita, atoms, rotations) for kind, atoms in data.items()}
-    return {"model": ERROR_MODEL, "cutoff_A": ERROR_CUTOFF, "rotations": n_rotations,
-            "n_molecules": len(data["molecules"]), "n_crystals": len(data["crystals"]), "rows": rows}
+    return {
+        "model": ERROR_MODEL,
+        "cutoff_A": ERROR_CUTOFF,
+        "rotations": n_rotations,
+        "n_molecules": len(data["molecules"]),
+        "n_crystals": len(data["crystals"]),
+        "rows": rows,
+    }
 
 
 def speed_table(num_oris, device, warmup: int, repeats: int, n_oc20: int) -> dict:
@@ -146,56 +169,78 @@ def speed_table(num_oris, device, warmup: int, repeats: int, n_oc20: int) -> dic
             def step(model=model):
                 out = model(batch, forces=True)
                 return out["forces"]
+
             steps[name] = step
         times = time_interleaved(steps, device, warmup, repeats)
         rows = {}
         for name, model in models.items():
             median = statistics.median(times[name])
-            rows[name] = {"parameters": sum(p.numel() for p in model.parameters()), "median_s": median,
-                          "structures_per_s": len(graphs) / median,
-                          "peak_memory_MiB": peak_memory_bytes(steps[name], device) / 2**20}
+            rows[name] = {
+                "parameters": sum(p.numel() for p in model.parameters()),
+                "median_s": median,
+                "structures_per_s": len(graphs) / median,
+                "peak_memory_MiB": peak_memory_bytes(steps[name], device) / 2**20,
+            }
         for name in rows:
             for ref in ("painn", "mace"):
                 if ref in rows:
                     rows[name][f"speed_vs_{ref}"] = rows[name]["structures_per_s"] / rows[ref]["structures_per_s"]
                     rows[name][f"memory_vs_{ref}"] = rows[name]["peak_memory_MiB"] / rows[ref]["peak_memory_MiB"]
-        out[dataset] = {"cutoff_A": cutoff, "n_structures": len(graphs), "n_atoms": int(batch.z.numel()),
-                        "n_edges": int(batch.edge_index.shape[1]), "rows": rows, "unavailable": unavailable}
+        out[dataset] = {
+            "cutoff_A": cutoff,
+            "n_structures": len(graphs),
+            "n_atoms": int(batch.z.numel()),
+            "n_edges": int(batch.edge_index.shape[1]),
+            "rows": rows,
+            "unavailable": unavailable,
+        }
     return out
 
 
 def markdown(errors: dict | None, speed: dict | None) -> str:
     lines = []
     if errors:
-        lines += ["| model | molecules: energy meV/atom (median / max) | molecules: forces meV/Å (median / max) "
-                  "| crystals: energy meV/atom (median / max) | crystals: forces meV/Å (median / max) |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            "| model | molecules: energy meV/atom (median / max) | molecules: forces meV/Å (median / max) "
+            "| crystals: energy meV/atom (median / max) | crystals: forces meV/Å (median / max) |",
+            "|---|---|---|---|---|",
+        ]
         for name, row in errors["rows"].items():
             cells = []
             for kind in ("molecules", "crystals"):
                 r = row[kind]
-                cells += [f"{r['energy_meV_per_atom_median']:.2g} / {r['energy_meV_per_atom_max']:.2g}",
-                          f"{r['forces_meV_per_A_median']:.2g} / {r['forces_meV_per_A_max']:.2g}"]
+                cells += [
+                    f"{r['energy_meV_per_atom_median']:.2g} / {r['energy_meV_per_atom_max']:.2g}",
+                    f"{r['forces_meV_per_A_median']:.2g} / {r['forces_meV_per_A_max']:.2g}",
+                ]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if speed:
         for dataset, table in speed.items():
-            lines += ["", f"{dataset}: {table['n_structures']} structures, {table['n_atoms']} atoms, "
-                      f"{table['n_edges']} edges, cutoff {table['cutoff_A']} Å",
-                      "| model | parameters | structures/s | vs painn | vs mace | peak MiB | mem vs painn |",
-                      "|---|---:|---:|---:|---:|---:|---:|"]
+            lines += [
+                "",
+                f"{dataset}: {table['n_structures']} structures, {table['n_atoms']} atoms, "
+                f"{table['n_edges']} edges, cutoff {table['cutoff_A']} Å",
+                "| model | parameters | structures/s | vs painn | vs mace | peak MiB | mem vs painn |",
+                "|---|---:|---:|---:|---:|---:|---:|",
+            ]
             for name, r in table["rows"].items():
                 ratio = {k: r.get(k, float("nan")) for k in ("speed_vs_painn", "speed_vs_mace", "memory_vs_painn")}
-                lines.append(f"| {name} | {r['parameters']:,} | {r['structures_per_s']:.1f} | "
-                             f"{ratio['speed_vs_painn']:.2f} | {ratio['speed_vs_mace']:.2f} | "
-                             f"{r['peak_memory_MiB']:.0f} | {ratio['memory_vs_painn']:.2f} |")
+                lines.append(
+                    f"| {name} | {r['parameters']:,} | {r['structures_per_s']:.1f} | "
+                    f"{ratio['speed_vs_painn']:.2f} | {ratio['speed_vs_mace']:.2f} | "
+                    f"{r['peak_memory_MiB']:.0f} | {ratio['memory_vs_painn']:.2f} |"
+                )
             lines += [f"{name}: unavailable ({why})" for name, why in table["unavailable"].items()]
     return "\n".join(lines)
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--num-ori", default=",".join(map(str, DEFAULT_NUM_ORI)),
-                        help="comma-separated grid sizes (default: %(default)s)")
+    parser.add_argument(
+        "--num-ori",
+        default=",".join(map(str, DEFAULT_NUM_ORI)),
+        help="comma-separated grid sizes (default: %(default)s)",
+    )
     parser.add_argument("--rotations", type=int, default=4, help="random rotations per structure (default: 4)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -214,8 +259,14 @@ def main(argv=None) -> dict:
     warmup, repeats = (1, 3) if args.quick else (2, args.repeats or (10 if device.type == "cpu" else 30))
     n_oc20 = 2 if args.quick else args.oc20_systems
     speed = None if args.skip_speed else speed_table(num_oris, device, warmup, repeats, n_oc20)
-    payload = {"benchmark": "bench_ponita", "quick": args.quick, "argv": sys.argv[1:],
-               "machine": device_info(device), "rotation_errors": errors, "speed": speed}
+    payload = {
+        "benchmark": "bench_ponita",
+        "quick": args.quick,
+        "argv": sys.argv[1:],
+        "machine": device_info(device),
+        "rotation_errors": errors,
+        "speed": speed,
+    }
     suffix = ("" if device.type == "cpu" else f"_{device.type}") + ("_quick" if args.quick else "")
     written = []
     if errors is not None:  # float64 on CPU whatever --device says: independent of the machine's load

@@ -66,9 +66,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from _common import (RESULTS, add_run_options, device_info, oc20_graphs, peak_memory_bytes, qm9_graphs, setup_run, sync,
-                     time_interleaved, write_results)
+from _common import (
+    RESULTS,
+    add_run_options,
+    device_info,
+    oc20_graphs,
+    peak_memory_bytes,
+    qm9_graphs,
+    setup_run,
+    sync,
+    time_interleaved,
+    write_results,
+)
 
 HPARAMS = dict(hidden_channels=128, num_filters=128, num_interactions=6, num_gaussians=50)
 THROUGHPUT_TARGET = 1.0  # geognn structures/s divided by PyG structures/s
@@ -101,9 +110,14 @@ def make_models(batch, cutoff: float, device: torch.device):
     import geognn
 
     torch.manual_seed(0)
-    ours = geognn.build_model("schnet", cutoff=cutoff, hidden_channels=HPARAMS["hidden_channels"],
-                              num_filters=HPARAMS["num_filters"], num_layers=HPARAMS["num_interactions"],
-                              num_gaussians=HPARAMS["num_gaussians"])
+    ours = geognn.build_model(
+        "schnet",
+        cutoff=cutoff,
+        hidden_channels=HPARAMS["hidden_channels"],
+        num_filters=HPARAMS["num_filters"],
+        num_layers=HPARAMS["num_interactions"],
+        num_gaussians=HPARAMS["num_gaussians"],
+    )
     torch.manual_seed(0)
     pyg = PygSchNet(**HPARAMS, cutoff=cutoff, readout="add", interaction_graph=FixedGraph(batch))
     return ours.eval().to(device), pyg.eval().to(device)
@@ -140,14 +154,14 @@ def profile_ops(fns: dict, device, rows: int = 12) -> dict:
         key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
         ev = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)
         total = sum(getattr(e, key) for e in ev)
-        table[name] = {"total_ms": total / 1e3,
-                       "ops": [(e.key, getattr(e, key) / 1e3, e.count) for e in ev[:rows]]}
+        table[name] = {"total_ms": total / 1e3, "ops": [(e.key, getattr(e, key) / 1e3, e.count) for e in ev[:rows]]}
     return table
 
 
 # --------------------------------------------------------------------------------------- main
-def bench(name: str, description: str, graphs, cutoff: float, device, warmup: int, repeats: int,
-          force_profile: bool) -> dict:
+def bench(
+    name: str, description: str, graphs, cutoff: float, device, warmup: int, repeats: int, force_profile: bool
+) -> dict:
     import geognn
 
     batch = geognn.collate(graphs).to(device)
@@ -168,26 +182,43 @@ def bench(name: str, description: str, graphs, cutoff: float, device, warmup: in
         e, f = fn()
         assert e.shape == (n_graphs,) and f.shape == (n_atoms, 3), (model, e.shape, f.shape)
         assert torch.isfinite(e).all() and torch.isfinite(f).all(), f"{name}/{model}: non-finite output"
-        checks[model] = {"energy_first": [round(float(x), 4) for x in e.detach()[:3]],
-                         "max_abs_force": float(f.detach().abs().max())}
-    params = {"geognn": sum(p.numel() for p in ours.parameters()),
-              "pyg": sum(p.numel() for p in pyg.parameters())}
+        checks[model] = {
+            "energy_first": [round(float(x), 4) for x in e.detach()[:3]],
+            "max_abs_force": float(f.detach().abs().max()),
+        }
+    params = {"geognn": sum(p.numel() for p in ours.parameters()), "pyg": sum(p.numel() for p in pyg.parameters())}
 
     times = time_interleaved(fns, device, warmup, repeats)
     memory = {m: peak_memory_bytes(fn, device) for m, fn in fns.items()}
     res = {}
     for m in fns:
         med = float(np.median(times[m]))
-        res[m] = {"median_s": med, "all_s": times[m], "structures_per_s": n_graphs / med,
-                  "atoms_per_s": n_atoms / med, "peak_memory_MiB": memory[m] / 2**20,
-                  "parameters": params[m], "sanity": checks[m]}
+        res[m] = {
+            "median_s": med,
+            "all_s": times[m],
+            "structures_per_s": n_graphs / med,
+            "atoms_per_s": n_atoms / med,
+            "peak_memory_MiB": memory[m] / 2**20,
+            "parameters": params[m],
+            "sanity": checks[m],
+        }
     spread = max(max(t) / min(t) for t in times.values())
     ratio = res["pyg"]["median_s"] / res["geognn"]["median_s"]
-    out = {"dataset": name, "description": description, "cutoff_A": cutoff, "n_structures": n_graphs,
-           "n_atoms": n_atoms, "n_edges": n_edges, "max_distance_diff_A": max_dd, "warmup": warmup,
-           "repeats": repeats, "timing_spread_max_over_min": spread, "models": res,
-           "throughput_ratio_geognn_over_pyg": ratio,
-           "target_met": ratio >= THROUGHPUT_TARGET}
+    out = {
+        "dataset": name,
+        "description": description,
+        "cutoff_A": cutoff,
+        "n_structures": n_graphs,
+        "n_atoms": n_atoms,
+        "n_edges": n_edges,
+        "max_distance_diff_A": max_dd,
+        "warmup": warmup,
+        "repeats": repeats,
+        "timing_spread_max_over_min": spread,
+        "models": res,
+        "throughput_ratio_geognn_over_pyg": ratio,
+        "target_met": ratio >= THROUGHPUT_TARGET,
+    }
     if ratio < THROUGHPUT_TARGET or force_profile:
         out["profile"] = profile_ops(fns, device)
     return out
@@ -195,33 +226,45 @@ def bench(name: str, description: str, graphs, cutoff: float, device, warmup: in
 
 def print_result(r: dict, device) -> None:
     print(f"\n== {r['dataset']}: {r['description']}")
-    print(f"   {r['n_structures']} structures, {r['n_atoms']} atoms, {r['n_edges']} edges (same edges for both "
-          f"models; max |d_geognn - d_pyg| = {r['max_distance_diff_A']:.1e} Å), cutoff {r['cutoff_A']} Å, "
-          f"median of {r['repeats']} steps after {r['warmup']} warm-up")
-    print(f"   {'model':<10}{'ms/step':>10}{'structures/s':>14}{'atoms/s':>11}{'peak mem':>12}{'params':>10}"
-          f"   energies (first 3, eV; random weights)")
+    print(
+        f"   {r['n_structures']} structures, {r['n_atoms']} atoms, {r['n_edges']} edges (same edges for both "
+        f"models; max |d_geognn - d_pyg| = {r['max_distance_diff_A']:.1e} Å), cutoff {r['cutoff_A']} Å, "
+        f"median of {r['repeats']} steps after {r['warmup']} warm-up"
+    )
+    print(
+        f"   {'model':<10}{'ms/step':>10}{'structures/s':>14}{'atoms/s':>11}{'peak mem':>12}{'params':>10}"
+        f"   energies (first 3, eV; random weights)"
+    )
     for m, v in r["models"].items():
-        print(f"   {m:<10}{v['median_s'] * 1e3:>10.1f}{v['structures_per_s']:>14.1f}{v['atoms_per_s']:>11.0f}"
-              f"{v['peak_memory_MiB']:>9.1f}MiB{v['parameters']:>10d}   {v['sanity']['energy_first']}")
+        print(
+            f"   {m:<10}{v['median_s'] * 1e3:>10.1f}{v['structures_per_s']:>14.1f}{v['atoms_per_s']:>11.0f}"
+            f"{v['peak_memory_MiB']:>9.1f}MiB{v['parameters']:>10d}   {v['sanity']['energy_first']}"
+        )
     ratio = r["throughput_ratio_geognn_over_pyg"]
     if r["timing_spread_max_over_min"] > UNSTABLE_SPREAD:
-        print(f"   WARNING: unstable timings (slowest/fastest step = {r['timing_spread_max_over_min']:.1f}): the "
-              f"machine is probably busy; rerun when idle or with --threads 1")
-    print(f"   throughput geognn / PyG = {ratio:.2f} (target >= {THROUGHPUT_TARGET}): "
-          f"{'MET' if r['target_met'] else 'NOT MET'}")
+        print(
+            f"   WARNING: unstable timings (slowest/fastest step = {r['timing_spread_max_over_min']:.1f}): the "
+            f"machine is probably busy; rerun when idle or with --threads 1"
+        )
+    print(
+        f"   throughput geognn / PyG = {ratio:.2f} (target >= {THROUGHPUT_TARGET}): "
+        f"{'MET' if r['target_met'] else 'NOT MET'}"
+    )
     if "profile" in r:
         unit = "device" if device.type == "cuda" else "CPU"
         print(f"   profile of one step (self {unit} time per op, torch.profiler):")
         cols = list(r["profile"])
         rows = max(len(r["profile"][c]["ops"]) for c in cols)
-        print("   " + "".join(f"{c + ' (total ' + format(r['profile'][c]['total_ms'], '.1f') + ' ms)':<52}"
-                              for c in cols))
+        print(
+            "   " + "".join(f"{c + ' (total ' + format(r['profile'][c]['total_ms'], '.1f') + ' ms)':<52}" for c in cols)
+        )
         for k in range(rows):
             cells = []
             for c in cols:
                 ops = r["profile"][c]["ops"]
-                cells.append(f"{ops[k][0][:30]:<31}{ops[k][1]:>8.1f} ms x{ops[k][2]:<4d}     " if k < len(ops)
-                             else " " * 52)
+                cells.append(
+                    f"{ops[k][0][:30]:<31}{ops[k][1]:>8.1f} ms x{ops[k][2]:<4d}     " if k < len(ops) else " " * 52
+                )
             print("   " + "".join(cells))
 
 
@@ -237,17 +280,26 @@ def main(argv=None) -> dict:
     out = args.out or RESULTS / f"{stem}.json"
 
     info = device_info(device)
-    print(f"bench_schnet{' (quick)' if args.quick else ''}: device {info['device']}"
-          f"{' (' + info['gpu'] + ')' if 'gpu' in info else ''}; {info['cpu']}, {info['cores_logical']} logical "
-          f"cores, torch {torch.__version__} with {info['torch_threads']} threads, PyG "
-          f"{info['versions']['torch_geometric']}, {info['date']}, "
-          f"load average {info['load_average_1_5_15'][0]:.2f}")
-    print("   one step = energies + forces (autograd of sum E w.r.t. pos), eval mode, float32; "
-          f"SchNet {HPARAMS}; PyG readout 'add'")
-    print("   weights of the two models are independent random initialisations: energies differ by design "
-          "(speed benchmark)")
-    mem = ("torch.cuda.max_memory_allocated above the step's starting allocation" if device.type == "cuda" else
-           "largest running total of CPU tensor allocations during one step (torch.profiler, profile_memory=True)")
+    print(
+        f"bench_schnet{' (quick)' if args.quick else ''}: device {info['device']}"
+        f"{' (' + info['gpu'] + ')' if 'gpu' in info else ''}; {info['cpu']}, {info['cores_logical']} logical "
+        f"cores, torch {torch.__version__} with {info['torch_threads']} threads, PyG "
+        f"{info['versions']['torch_geometric']}, {info['date']}, "
+        f"load average {info['load_average_1_5_15'][0]:.2f}"
+    )
+    print(
+        "   one step = energies + forces (autograd of sum E w.r.t. pos), eval mode, float32; "
+        f"SchNet {HPARAMS}; PyG readout 'add'"
+    )
+    print(
+        "   weights of the two models are independent random initialisations: energies differ by design "
+        "(speed benchmark)"
+    )
+    mem = (
+        "torch.cuda.max_memory_allocated above the step's starting allocation"
+        if device.type == "cuda"
+        else "largest running total of CPU tensor allocations during one step (torch.profiler, profile_memory=True)"
+    )
     print(f"   peak memory = {mem}")
 
     t_start = time.perf_counter()
@@ -257,16 +309,36 @@ def main(argv=None) -> dict:
         oc20 = oc20_graphs(n_oc20, 6.0)
     results = [
         bench("qm9", f"{n_qm9} QM9 molecules, batch of {n_qm9}", qm9, 5.0, device, warmup, repeats, args.profile),
-        bench("oc20", f"{n_oc20} OC20 IS2RE systems (periodic), one batch", oc20, 6.0, device, warmup, repeats,
-              args.profile),
+        bench(
+            "oc20",
+            f"{n_oc20} OC20 IS2RE systems (periodic), one batch",
+            oc20,
+            6.0,
+            device,
+            warmup,
+            repeats,
+            args.profile,
+        ),
     ]
     for r in results:
         print_result(r, device)
-    print("\nsummary: " + "; ".join(f"{r['dataset']}: geognn/PyG = {r['throughput_ratio_geognn_over_pyg']:.2f} "
-                                    f"({'MET' if r['target_met'] else 'NOT MET'})" for r in results))
-    payload = {"benchmark": "bench_schnet", "quick": args.quick, "machine": info, "hparams": HPARAMS,
-               "throughput_target": THROUGHPUT_TARGET, "datasets": results,
-               "wall_s": time.perf_counter() - t_start}
+    print(
+        "\nsummary: "
+        + "; ".join(
+            f"{r['dataset']}: geognn/PyG = {r['throughput_ratio_geognn_over_pyg']:.2f} "
+            f"({'MET' if r['target_met'] else 'NOT MET'})"
+            for r in results
+        )
+    )
+    payload = {
+        "benchmark": "bench_schnet",
+        "quick": args.quick,
+        "machine": info,
+        "hparams": HPARAMS,
+        "throughput_target": THROUGHPUT_TARGET,
+        "datasets": results,
+        "wall_s": time.perf_counter() - t_start,
+    }
     print(f"wrote {write_results(payload, out)}")
     return payload
 

@@ -44,7 +44,6 @@ import gc
 import time
 
 import torch
-
 from _common import RESULTS, device_info, peak_memory_bytes, qm9_graphs, write_results
 
 CONFIGS = {"nequip": ("nequip", {}), "nequip_lmax2": ("nequip", {"max_ell": 2}), "mace": ("mace", {})}
@@ -82,6 +81,7 @@ def make_step(model, batch, kind: str):
             loss = loss + out["forces"].square().mean()
         loss.backward()
         return out["energy"], out.get("forces")
+
     return step
 
 
@@ -93,7 +93,7 @@ def time_pair(steps: dict, warmup: int, repeats: int) -> dict:
     cpu, wall = {k: [] for k in steps}, {k: [] for k in steps}
     names = list(steps)
     for r in range(repeats):
-        for name in (names if r % 2 == 0 else names[::-1]):
+        for name in names if r % 2 == 0 else names[::-1]:
             gc.collect()
             c0, w0 = time.process_time(), time.perf_counter()
             steps[name]()
@@ -125,10 +125,18 @@ def main():
     import geognn
 
     batch = geognn.collate(qm9_graphs(32, CUTOFF))
-    workload = {"dataset": "qm9", "n_structures": 32, "n_atoms": int(batch.num_nodes),
-                "n_edges": int(batch.edge_index.shape[1]), "cutoff_A": CUTOFF, "dtype": "float32"}
-    print(f"QM9 batch: {workload['n_atoms']} atoms, {workload['n_edges']} edges; {args.threads} thread(s), "
-          f"{repeats} timed steps")
+    workload = {
+        "dataset": "qm9",
+        "n_structures": 32,
+        "n_atoms": int(batch.num_nodes),
+        "n_edges": int(batch.edge_index.shape[1]),
+        "cutoff_A": CUTOFF,
+        "dtype": "float32",
+    }
+    print(
+        f"QM9 batch: {workload['n_atoms']} atoms, {workload['n_edges']} edges; {args.threads} thread(s), "
+        f"{repeats} timed steps"
+    )
     results = []
     for config in configs:
         name, kwargs = CONFIGS[config]
@@ -142,8 +150,14 @@ def main():
                 diff["max_abs_force_diff"] = float((f_old - f_new).detach().abs().max())
                 diff["max_abs_force"] = float(f_old.detach().abs().max())
             times = time_pair(steps, warmup, repeats)
-            row = {"config": config, "backbone": name, "kwargs": kwargs, "hparams": hparams, "step": kind,
-                   "check_float32": diff}
+            row = {
+                "config": config,
+                "backbone": name,
+                "kwargs": kwargs,
+                "hparams": hparams,
+                "step": kind,
+                "check_float32": diff,
+            }
             for clock in ("cpu", "wall"):
                 row[f"{clock}_median_s"] = {k: median(v) for k, v in times[clock].items()}
                 row[f"{clock}_s"] = times[clock]
@@ -152,15 +166,24 @@ def main():
                 row["peak_memory_bytes"] = {k: peak_memory_bytes(fn, torch.device("cpu")) for k, fn in steps.items()}
             results.append(row)
             mem = row.get("peak_memory_bytes")
-            print(f"{config:13s} {kind:7s} e3nn {row['cpu_median_s']['e3nn'] * 1e3:8.1f} ms  "
-                  f"ours {row['cpu_median_s']['ours'] * 1e3:8.1f} ms  speed-up {row['speedup_cpu']:.2f}x "
-                  f"(wall {row['speedup_wall']:.2f}x)"
-                  + (f"  peak memory {mem['e3nn'] / 2**20:.0f} -> {mem['ours'] / 2**20:.0f} MiB" if mem else "")
-                  + f"  |dE| {diff['max_abs_energy_diff']:.1e}"
-                  + (f" |dF| {diff['max_abs_force_diff']:.1e}" if "max_abs_force_diff" in diff else ""))
+            print(
+                f"{config:13s} {kind:7s} e3nn {row['cpu_median_s']['e3nn'] * 1e3:8.1f} ms  "
+                f"ours {row['cpu_median_s']['ours'] * 1e3:8.1f} ms  speed-up {row['speedup_cpu']:.2f}x "
+                f"(wall {row['speedup_wall']:.2f}x)"
+                + (f"  peak memory {mem['e3nn'] / 2**20:.0f} -> {mem['ours'] / 2**20:.0f} MiB" if mem else "")
+                + f"  |dE| {diff['max_abs_energy_diff']:.1e}"
+                + (f" |dF| {diff['max_abs_force_diff']:.1e}" if "max_abs_force_diff" in diff else "")
+            )
     out = RESULTS / ("bench_tensor_product_quick.json" if args.quick else "bench_tensor_product.json")
-    payload = {"benchmark": "bench_tensor_product", "quick": args.quick, "machine": device_info(torch.device("cpu")),
-               "workload": workload, "warmup": warmup, "repeats": repeats, "results": results}
+    payload = {
+        "benchmark": "bench_tensor_product",
+        "quick": args.quick,
+        "machine": device_info(torch.device("cpu")),
+        "workload": workload,
+        "warmup": warmup,
+        "repeats": repeats,
+        "results": results,
+    }
     print("wrote", write_results(payload, out))
 
 

@@ -35,22 +35,34 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="JSON path (default: results/expressivity_trained_k{k}.json)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    from geognn.expressivity.training import format_table, k_chain_experiment, results_json
-
     from pathlib import Path
 
-    from geognn.expressivity.training import TRAIN_SETTINGS, TRAIN_VARIANTS
+    from geognn.expressivity.training import (
+        TRAIN_SETTINGS,
+        TRAIN_VARIANTS,
+        format_table,
+        k_chain_experiment,
+        results_json,
+    )
 
-    names = (list(TRAIN_SETTINGS)[:3] + list(TRAIN_VARIANTS) + list(TRAIN_SETTINGS)[3:] if args.backbones == "all"
-             else [n.strip() for n in args.backbones.split(",")])
+    names = (
+        list(TRAIN_SETTINGS)[:3] + list(TRAIN_VARIANTS) + list(TRAIN_SETTINGS)[3:]
+        if args.backbones == "all"
+        else [n.strip() for n in args.backbones.split(",")]
+    )
     out = Path(RESULTS / f"expressivity_trained_k{args.k}.json" if args.out is None else args.out)
     start = time.perf_counter()
     results = []
     for name in names:  # one backbone at a time, the file rewritten after each (a long run keeps its part)
         results += k_chain_experiment([name], k=args.k, seeds=args.seeds, epochs=args.epochs)
         payload = results_json(results, args.k, args.seeds, args.epochs)
-        payload.update(seconds=round(time.perf_counter() - start, 1), threads=args.threads, machine=machine_info(),
-                       complete=len(results) == len(names), table_markdown=format_table(results, args.k))
+        payload.update(
+            seconds=round(time.perf_counter() - start, 1),
+            threads=args.threads,
+            machine=machine_info(),
+            complete=len(results) == len(names),
+            table_markdown=format_table(results, args.k),
+        )
         path = write_results(payload, out)
     print(payload["table_markdown"], end="")
     print("wrote", path, f"({payload['seconds']:.0f} s)")

@@ -23,21 +23,32 @@ import warnings
 
 import pandas as pd
 import torch
+from _common import DATA, RESULTS, load_qm9, machine_info, write_results
 from ase import Atoms
 from ase.io import read
-
-from _common import DATA, RESULTS, load_qm9, machine_info, write_results
 
 
 def structure_sets() -> dict[str, list[Atoms]]:
     jarvis = [read(f, format="vasp") for f in sorted((DATA / "cif" / "jarvis_alignn_sample").glob("*.vasp"))[:10]]
-    mp20 = [read(io.StringIO(c), format="cif") for c in pd.read_csv(DATA / "cif" / "mp20_subset" / "train.csv").cif[:10]]
+    mp20 = [
+        read(io.StringIO(c), format="cif") for c in pd.read_csv(DATA / "cif" / "mp20_subset" / "train.csv").cif[:10]
+    ]
     slabs = []
     for g in torch.load(DATA / "oc20" / "faenet_is2re_bs8.pt", weights_only=False).to_data_list():
-        slabs.append(Atoms(numbers=g.atomic_numbers.long().numpy(), positions=g.pos.double().numpy(),
-                           cell=g.cell[0].double().numpy(), pbc=True))
-    return {"QM9 molecules (8)": load_qm9(8), "JARVIS crystals (10)": jarvis, "MP-20 crystals (10)": mp20,
-            "OC20 slabs (8)": slabs}
+        slabs.append(
+            Atoms(
+                numbers=g.atomic_numbers.long().numpy(),
+                positions=g.pos.double().numpy(),
+                cell=g.cell[0].double().numpy(),
+                pbc=True,
+            )
+        )
+    return {
+        "QM9 molecules (8)": load_qm9(8),
+        "JARVIS crystals (10)": jarvis,
+        "MP-20 crystals (10)": mp20,
+        "OC20 slabs (8)": slabs,
+    }
 
 
 def measure(backbone: str, frame_averaging: str | None, sets: dict, seeds=(0, 1), cutoff: float = 6.0) -> dict:
@@ -56,9 +67,15 @@ def measure(backbone: str, frame_averaging: str | None, sets: dict, seeds=(0, 1)
                 forces.append(out["forces"].detach().norm(dim=-1))
                 neighbours.append(graph.edge_index.shape[1] / len(atoms))
             f = torch.cat(forces)
-            rows.setdefault(name, []).append({
-                "seed": seed, "max_abs_energy_per_atom_eV": max(energies), "mean_force_eV_A": float(f.mean()),
-                "max_force_eV_A": float(f.max()), "neighbours_per_atom": sum(neighbours) / len(neighbours)})
+            rows.setdefault(name, []).append(
+                {
+                    "seed": seed,
+                    "max_abs_energy_per_atom_eV": max(energies),
+                    "mean_force_eV_A": float(f.mean()),
+                    "max_force_eV_A": float(f.max()),
+                    "neighbours_per_atom": sum(neighbours) / len(neighbours),
+                }
+            )
     return rows
 
 
@@ -75,11 +92,22 @@ def main() -> None:
     for backbone in args.backbones.split(","):
         results[backbone] = measure(backbone, args.frame_averaging, sets)
         for name, runs in results[backbone].items():
-            print(f"{backbone:8s} {name:22s} " + " | ".join(
-                f"seed {r['seed']}: max|E|/atom {r['max_abs_energy_per_atom_eV']:.3g} eV, "
-                f"mean|F| {r['mean_force_eV_A']:.3g} eV/Å" for r in runs), flush=True)
-    payload = {"benchmark": "init_scale", "cutoff_A": 6.0, "frame_averaging": args.frame_averaging,
-               "results": results, "machine": machine_info()}
+            print(
+                f"{backbone:8s} {name:22s} "
+                + " | ".join(
+                    f"seed {r['seed']}: max|E|/atom {r['max_abs_energy_per_atom_eV']:.3g} eV, "
+                    f"mean|F| {r['mean_force_eV_A']:.3g} eV/Å"
+                    for r in runs
+                ),
+                flush=True,
+            )
+    payload = {
+        "benchmark": "init_scale",
+        "cutoff_A": 6.0,
+        "frame_averaging": args.frame_averaging,
+        "results": results,
+        "machine": machine_info(),
+    }
     print("results:", write_results(payload, RESULTS / "init_scale.json"))
 
 

@@ -34,7 +34,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from _common import DATA, RESULTS, machine_info
 
 RECIPES = {"before": {"loss": "mse", "scheduler": "plateau", "warmup_steps": 0}, "after": {}}
@@ -60,8 +59,10 @@ def mp20_folders(root: Path) -> tuple[Path, Path]:
     from geognn.datasets.folders import cif_table_to_folder
 
     cols = {TARGET: TARGET}
-    return (cif_table_to_folder(MP20 / "train.csv", root / "train", columns=cols),
-            cif_table_to_folder(MP20 / "val.csv", root / "val", columns=cols))
+    return (
+        cif_table_to_folder(MP20 / "train.csv", root / "train", columns=cols),
+        cif_table_to_folder(MP20 / "val.csv", root / "val", columns=cols),
+    )
 
 
 def score_held_out(model_path: Path, train_root: Path, val_root: Path) -> dict:
@@ -85,9 +86,13 @@ def score_held_out(model_path: Path, train_root: Path, val_root: Path) -> dict:
         ys += [a.info[TARGET] for a in atoms]
     ys, preds, base = map(np.array, (ys, preds, base))
     mean = np.mean([train[i].info[TARGET] for i in range(len(train))])
-    return {"n_held_out": len(ys), "model_mae": float(np.abs(preds - ys).mean()),
-            "composition_fit_mae": float(np.abs(base - ys).mean()),
-            "training_mean_mae": float(np.abs(mean - ys).mean()), "unit": "eV/atom"}
+    return {
+        "n_held_out": len(ys),
+        "model_mae": float(np.abs(preds - ys).mean()),
+        "composition_fit_mae": float(np.abs(base - ys).mean()),
+        "training_mean_mae": float(np.abs(mean - ys).mean()),
+        "unit": "eV/atom",
+    }
 
 
 def main() -> None:
@@ -116,22 +121,54 @@ def main() -> None:
             rows, machine = {}, machine_info()
             for name, recipe in RECIPES.items():
                 if job.startswith("qm9"):
-                    budget = (["--time-limit", str(args.qm9_time)] if job == "qm9"
-                              else ["--time-limit", "0", "--epochs", str(args.qm9_epochs)])
+                    budget = (
+                        ["--time-limit", str(args.qm9_time)]
+                        if job == "qm9"
+                        else ["--time-limit", "0", "--epochs", str(args.qm9_epochs)]
+                    )
                     r = geognn_train(["--seed", str(args.seed), *budget], recipe, args.threads, tmp / f"{job}_{name}")
-                    rows[name] = {"test_mae_meV": 1000 * r["test_mae_eV"],
-                                  "baseline_test_mae_meV": 1000 * r["baseline_test_mae_eV"], "epochs": r["epochs"],
-                                  "steps": r["steps"], "wall_s": r["wall_s"], "command": r["command"]}
+                    rows[name] = {
+                        "test_mae_meV": 1000 * r["test_mae_eV"],
+                        "baseline_test_mae_meV": 1000 * r["baseline_test_mae_eV"],
+                        "epochs": r["epochs"],
+                        "steps": r["steps"],
+                        "wall_s": r["wall_s"],
+                        "command": r["command"],
+                    }
                 else:
                     train_root, val_root = mp20_folders(tmp / "mp20")
                     out = tmp / f"mp20_{name}"
-                    r = geognn_train(["--dataset", "cif-folder", "--data-root", str(train_root), "--target", TARGET,
-                                      "--unit", "eV/atom", "--readout", "mean", "--backbone", "schnet",
-                                      "--time-limit", str(args.mp20_time), "--seed", str(args.seed)],
-                                     recipe, args.threads, out)
-                    rows[name] = {"internal_test_mae": r["test_mae"], "epochs": r["epochs"], "steps": r["steps"],
-                                  "wall_s": r["wall_s"], "command": r["command"],
-                                  **score_held_out(out / "model.pt", train_root, val_root)}
+                    r = geognn_train(
+                        [
+                            "--dataset",
+                            "cif-folder",
+                            "--data-root",
+                            str(train_root),
+                            "--target",
+                            TARGET,
+                            "--unit",
+                            "eV/atom",
+                            "--readout",
+                            "mean",
+                            "--backbone",
+                            "schnet",
+                            "--time-limit",
+                            str(args.mp20_time),
+                            "--seed",
+                            str(args.seed),
+                        ],
+                        recipe,
+                        args.threads,
+                        out,
+                    )
+                    rows[name] = {
+                        "internal_test_mae": r["test_mae"],
+                        "epochs": r["epochs"],
+                        "steps": r["steps"],
+                        "wall_s": r["wall_s"],
+                        "command": r["command"],
+                        **score_held_out(out / "model.pt", train_root, val_root),
+                    }
                 print(job, name, json.dumps(rows[name]), flush=True)
             machine["load_average_after"] = list(os.getloadavg())
             report["jobs"][job], report["machine_per_job"][job] = rows, machine

@@ -56,10 +56,17 @@ def measure(run: Path, num_molecules: int, num_rotations: int, seed: int) -> dic
     errors = np.concatenate(errors)
     result_file = run / "result.json"
     mae = json.loads(result_file.read_text()).get("test_mae_eV") if result_file.exists() else None
-    return {"run": str(run), "backbone": config.backbone, "backbone_kwargs": config.resolved_backbone_kwargs(),
-            "molecules": len(molecules), "rotations": num_rotations,
-            "median_meV": float(np.median(errors)), "p95_meV": float(np.percentile(errors, 95)),
-            "max_meV": float(errors.max()), "test_mae_meV": None if mae is None else 1e3 * float(mae)}
+    return {
+        "run": str(run),
+        "backbone": config.backbone,
+        "backbone_kwargs": config.resolved_backbone_kwargs(),
+        "molecules": len(molecules),
+        "rotations": num_rotations,
+        "median_meV": float(np.median(errors)),
+        "p95_meV": float(np.percentile(errors, 95)),
+        "max_meV": float(errors.max()),
+        "test_mae_meV": None if mae is None else 1e3 * float(mae),
+    }
 
 
 def main(argv=None) -> dict:
@@ -76,8 +83,10 @@ def main(argv=None) -> dict:
     print("|---|---|---:|---|")
     for r in rows:
         mae = "?" if r["test_mae_meV"] is None else f"{r['test_mae_meV']:.1f}"
-        print(f"| {Path(r['run']).name} | `{json.dumps(r['backbone_kwargs'])}` | {mae} | "
-              f"{r['median_meV']:.1f} / {r['p95_meV']:.1f} / {r['max_meV']:.1f} |")
+        print(
+            f"| {Path(r['run']).name} | `{json.dumps(r['backbone_kwargs'])}` | {mae} | "
+            f"{r['median_meV']:.1f} / {r['p95_meV']:.1f} / {r['max_meV']:.1f} |"
+        )
     payload = {"benchmark": "rotation_error_trained", "machine": machine_info(), "rows": rows}
     print("wrote", write_results(payload, args.out))
     return payload

@@ -9,6 +9,7 @@ Run (the measurement quoted in the README):
         --readout mean --backbone faenet --set frame_averaging=stochastic --time-limit 60 --threads 2 --out runs/fa
     python benchmarks/uncertainty_frames_mp20.py runs/fa/model.pt runs/mp20/val
 """
+
 import sys
 
 import numpy as np
@@ -34,13 +35,20 @@ for k in range(0, len(val), 32):
     ys += [a.info["e_form"] for a in atoms]
 ys, preds, sig = map(np.array, (ys, preds, sig))
 err = np.abs(preds - ys)
-print(f"n={len(ys)}  MAE {err.mean():.3f} eV/atom  median frames-sigma {np.median(sig):.4f} eV/atom  "
-      f"within 1 sigma {np.mean(err <= sig):.3f}  within 2 sigma {np.mean(err <= 2 * sig):.3f}  "
-      f"Spearman(|err|, sigma) {spearmanr(err, sig).statistic:.3f}  "
-      f"zero-sigma structures {int(np.sum(sig < 1e-6))}")
-print("sigma quantiles (10, 50, 90, max) eV/atom:", np.round(np.quantile(sig, [0.1, 0.5, 0.9, 1.0]), 4),
-      f" mean sigma {sig.mean():.4f}  median |err|/sigma over sigma>1e-6: "
-      f"{np.median(err[sig > 1e-6] / sig[sig > 1e-6]):.1f}")
+print(
+    f"n={len(ys)}  MAE {err.mean():.3f} eV/atom  median frames-sigma {np.median(sig):.4f} eV/atom  "
+    f"within 1 sigma {np.mean(err <= sig):.3f}  within 2 sigma {np.mean(err <= 2 * sig):.3f}  "
+    f"Spearman(|err|, sigma) {spearmanr(err, sig).statistic:.3f}  "
+    f"zero-sigma structures {int(np.sum(sig < 1e-6))}"
+)
+print(
+    "sigma quantiles (10, 50, 90, max) eV/atom:",
+    np.round(np.quantile(sig, [0.1, 0.5, 0.9, 1.0]), 4),
+    f" mean sigma {sig.mean():.4f}  median |err|/sigma over sigma>1e-6: "
+    f"{np.median(err[sig > 1e-6] / sig[sig > 1e-6]):.1f}",
+)
 nz = sig > 1e-6
-print(f"sigma > 1e-6 only (n={nz.sum()}): within 1 sigma {np.mean(err[nz] <= sig[nz]):.3f}  "
-      f"Spearman {spearmanr(err[nz], sig[nz]).statistic:.3f}")
+print(
+    f"sigma > 1e-6 only (n={nz.sum()}): within 1 sigma {np.mean(err[nz] <= sig[nz]):.3f}  "
+    f"Spearman {spearmanr(err[nz], sig[nz]).statistic:.3f}"
+)

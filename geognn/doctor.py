@@ -32,9 +32,18 @@ import time
 import traceback
 
 #: Distributions reported (name shown, distribution name); the last three are optional.
-PACKAGES = (("torch", "torch"), ("torch-geometric", "torch_geometric"), ("e3nn", "e3nn"), ("ase", "ase"),
-            ("pymatgen", "pymatgen"), ("vesin", "vesin"), ("numpy", "numpy"), ("torch-scatter", "torch_scatter"),
-            ("matplotlib", "matplotlib"), ("tensorboard", "tensorboard"))
+PACKAGES = (
+    ("torch", "torch"),
+    ("torch-geometric", "torch_geometric"),
+    ("e3nn", "e3nn"),
+    ("ase", "ase"),
+    ("pymatgen", "pymatgen"),
+    ("vesin", "vesin"),
+    ("numpy", "numpy"),
+    ("torch-scatter", "torch_scatter"),
+    ("matplotlib", "matplotlib"),
+    ("tensorboard", "tensorboard"),
+)
 
 #: Graph cutoff of the checks, Å.
 CUTOFF = 4.0
@@ -42,15 +51,31 @@ CUTOFF = 4.0
 #: Small settings per backbone (fast on a CPU core; each backbone's own code paths still run).
 DOCTOR_SETTINGS = {
     "schnet": dict(hidden_channels=16, num_filters=16, num_layers=2, num_gaussians=12),
-    "dimenetpp": dict(hidden_channels=16, num_layers=2, out_emb_channels=16, int_emb_size=8,
-                      basis_emb_size=4, num_spherical=3, num_radial=4, num_output_layers=2),
+    "dimenetpp": dict(
+        hidden_channels=16,
+        num_layers=2,
+        out_emb_channels=16,
+        int_emb_size=8,
+        basis_emb_size=4,
+        num_spherical=3,
+        num_radial=4,
+        num_output_layers=2,
+    ),
     "egnn": dict(hidden_channels=16, num_layers=2),
     "painn": dict(hidden_channels=16, num_layers=2),
     "nequip": dict(hidden_channels=8, num_layers=2, max_ell=2),
     "mace": dict(hidden_channels=8, num_layers=2, max_ell=2, correlation=3),
     "faenet": dict(hidden_channels=16, num_filters=16, num_layers=2, num_gaussians=12, pg_hidden_channels=4),
-    "ponita": dict(hidden_channels=8, num_layers=2, num_ori=6, basis_dim=8, degree=2, widening_factor=2,
-                   layer_scale=0.5, grid="repulsion"),
+    "ponita": dict(
+        hidden_channels=8,
+        num_layers=2,
+        num_ori=6,
+        basis_dim=8,
+        degree=2,
+        widening_factor=2,
+        layer_scale=0.5,
+        grid="repulsion",
+    ),
     "pnita": dict(hidden_channels=8, num_layers=2, basis_dim=8, degree=2, widening_factor=2, layer_scale=0.5),
 }
 
@@ -111,8 +136,9 @@ def features() -> dict[str, str]:
     try:
         from .graph.neighbours import DENSE_MAX_ATOMS
 
-        out["neighbour list"] = (f"dense numpy for molecules <= {DENSE_MAX_ATOMS} atoms, "
-                                 "vesin for periodic or larger systems")
+        out["neighbour list"] = (
+            f"dense numpy for molecules <= {DENSE_MAX_ATOMS} atoms, vesin for periodic or larger systems"
+        )
     except Exception as exc:  # noqa: BLE001
         out["neighbour list"] = f"ERROR {_one_line(exc)}"
     return out
@@ -225,8 +251,7 @@ def run_doctor(device: str = "auto", backbones=None) -> dict:
     except Exception as exc:  # noqa: BLE001 - e.g. a package that does not import
         report.setdefault("neighbours", {"ok": False, "detail": "not run"})
         report["error"] = _one_line(exc)
-    report["ok"] = ("error" not in report and report["neighbours"]["ok"]
-                    and all(b["ok"] for b in report["backbones"]))
+    report["ok"] = "error" not in report and report["neighbours"]["ok"] and all(b["ok"] for b in report["backbones"])
     return report
 
 

@@ -91,8 +91,11 @@ def expand_paths(paths: PathLike | Sequence[PathLike]) -> list[Path]:
         if p.is_dir():
             found = sorted(f for f in p.rglob("*") if f.is_file() and format_for(f) is not None)
             if not found:
-                raise StructureError(str(p), "folder contains no structure files "
-                                     f"(looked for {', '.join(sorted(SUFFIX_FORMATS))}, POSCAR*, CONTCAR*)")
+                raise StructureError(
+                    str(p),
+                    "folder contains no structure files "
+                    f"(looked for {', '.join(sorted(SUFFIX_FORMATS))}, POSCAR*, CONTCAR*)",
+                )
             files.extend(found)
         elif p.is_file():
             files.append(p)
@@ -102,8 +105,9 @@ def expand_paths(paths: PathLike | Sequence[PathLike]) -> list[Path]:
 
 
 # --------------------------------------------------------------------------- readers
-def read_structures(path_or_paths: PathLike | Sequence[PathLike], *,
-                    allow_partial_occupancy: bool = False) -> list[Atoms]:
+def read_structures(
+    path_or_paths: PathLike | Sequence[PathLike], *, allow_partial_occupancy: bool = False
+) -> list[Atoms]:
     """Read every structure in the given files and folders (recursively).
 
     Formats: CIF (via pymatgen, symmetry operations expanded to the full cell), POSCAR/CONTCAR/
@@ -128,8 +132,11 @@ def read_file(path: PathLike, *, allow_partial_occupancy: bool = False) -> list[
     path = Path(path)
     fmt = format_for(path)
     if fmt is None:
-        raise StructureError(str(path), f"unknown file type '{path.suffix or path.name}' "
-                             f"(known: {', '.join(sorted(SUFFIX_FORMATS))}, POSCAR*, CONTCAR*)")
+        raise StructureError(
+            str(path),
+            f"unknown file type '{path.suffix or path.name}' "
+            f"(known: {', '.join(sorted(SUFFIX_FORMATS))}, POSCAR*, CONTCAR*)",
+        )
     if not path.is_file():
         raise StructureError(str(path), "no such file")
     if path.stat().st_size == 0:
@@ -147,8 +154,9 @@ def read_file(path: PathLike, *, allow_partial_occupancy: bool = False) -> list[
             raise StructureError(str(path), f"unknown element '{key}'") from exc
         raise StructureError(str(path), f"could not read as {fmt}: {_describe(exc)}") from exc
     except Exception as exc:  # parsers raise anything from ValueError to struct.error
-        raise StructureError(str(path), f"could not read as {fmt}, malformed or truncated file? "
-                             f"({_describe(exc)})") from exc
+        raise StructureError(
+            str(path), f"could not read as {fmt}, malformed or truncated file? ({_describe(exc)})"
+        ) from exc
     if not frames:
         raise StructureError(str(path), "file holds no structures")
     for k, atoms in enumerate(frames):
@@ -182,8 +190,9 @@ def _read_cif(path: Path, allow_partial_occupancy: bool) -> list[Atoms]:
             raise  # an unknown element symbol; read_file names it
         except Exception as exc:  # pymatgen raises ValueError, ZeroDivisionError, IndexError, ...
             notes = "; ".join(str(w.message).splitlines()[0] for w in caught)
-            raise StructureError(str(path), f"malformed or truncated CIF ({_describe(exc)})"
-                                 + (f" [{notes}]" if notes else "")) from exc
+            raise StructureError(
+                str(path), f"malformed or truncated CIF ({_describe(exc)})" + (f" [{notes}]" if notes else "")
+            ) from exc
     out = []
     for s in structures:
         dummies = sorted({str(sp.symbol) for sp in s.composition.elements if isinstance(sp, DummySpecies)})
@@ -191,17 +200,24 @@ def _read_cif(path: Path, allow_partial_occupancy: bool) -> list[Atoms]:
             raise StructureError(str(path), f"unknown element '{dummies[0]}'")
         mismatch = parser.check(s)  # compares the sites with _chemical_formula_sum, when given
         if mismatch:
-            raise StructureError(str(path), f"atoms do not match the CIF's own formula ({mismatch.strip()}); "
-                                 "the file may be truncated or lack atoms such as hydrogens")
+            raise StructureError(
+                str(path),
+                f"atoms do not match the CIF's own formula ({mismatch.strip()}); "
+                "the file may be truncated or lack atoms such as hydrogens",
+            )
         if not s.is_ordered:
             disordered = [i for i, site in enumerate(s) if not site.is_ordered]
             if not allow_partial_occupancy:
-                raise StructureError(str(path), f"partial occupancies on {len(disordered)} site(s) "
-                                     f"(first: site {disordered[0]}, {s[disordered[0]].species}); "
-                                     "order the structure first, or pass allow_partial_occupancy=True "
-                                     "(geognn predict --allow-partial-occupancy)")
-            warnings.warn(f"{path}: {len(disordered)} partially occupied site(s) replaced by their "
-                          "majority species", stacklevel=3)
+                raise StructureError(
+                    str(path),
+                    f"partial occupancies on {len(disordered)} site(s) "
+                    f"(first: site {disordered[0]}, {s[disordered[0]].species}); "
+                    "order the structure first, or pass allow_partial_occupancy=True "
+                    "(geognn predict --allow-partial-occupancy)",
+                )
+            warnings.warn(
+                f"{path}: {len(disordered)} partially occupied site(s) replaced by their majority species", stacklevel=3
+            )
             s = s.copy()
             for i in disordered:
                 majority = max(s[i].species.items(), key=lambda kv: kv[1])[0]
@@ -216,7 +232,7 @@ def to_atoms(structure) -> Atoms:
     if isinstance(structure, Atoms):
         return structure
     try:
-        from pymatgen.core import IStructure, Molecule, IMolecule
+        from pymatgen.core import IMolecule, IStructure, Molecule
     except ImportError:  # pragma: no cover - pymatgen is a dependency
         IStructure = Molecule = IMolecule = ()  # type: ignore
     if isinstance(structure, (IStructure, IMolecule, Molecule)):
@@ -240,8 +256,7 @@ def to_pymatgen(atoms: Atoms):
         return AseAtomsAdaptor.get_structure(atoms)
     if not atoms.pbc.any():
         return AseAtomsAdaptor.get_molecule(atoms)
-    raise StructureError(source_of(atoms), "pymatgen has no type for mixed periodicity "
-                         f"pbc={atoms.pbc.tolist()}")
+    raise StructureError(source_of(atoms), f"pymatgen has no type for mixed periodicity pbc={atoms.pbc.tolist()}")
 
 
 # --------------------------------------------------------------------------- validation
@@ -283,8 +298,9 @@ def validate_atoms(atoms: Atoms, *, check_overlap: bool = True) -> None:
         else:
             independence = 1.0
         if independence < 1e-6:
-            raise StructureError(src, f"singular cell: periodic lattice vectors are linearly "
-                                 f"dependent (cell={cell.round(4).tolist()})")
+            raise StructureError(
+                src, f"singular cell: periodic lattice vectors are linearly dependent (cell={cell.round(4).tolist()})"
+            )
     if check_overlap:
         from .graph.neighbours import neighbour_list
 
@@ -304,5 +320,6 @@ def raise_if_overlapping(source: str, i: np.ndarray, j: np.ndarray, S: np.ndarra
             what = f"atom {a} and the periodic image {shift} of atom {b} are"
         else:
             what = f"atoms {a} and {b} are"
-        raise StructureError(source, f"overlapping atoms: {what} {d[k]:.3g} Å apart "
-                             f"(minimum {MIN_INTERATOMIC_DISTANCE} Å)")
+        raise StructureError(
+            source, f"overlapping atoms: {what} {d[k]:.3g} Å apart (minimum {MIN_INTERATOMIC_DISTANCE} Å)"
+        )

@@ -37,13 +37,18 @@ from torch import nn
 
 from . import conventions as K
 from .backbones import get_backbone_class
+from .backbones.frame_averaging import (
+    FRAME_NODE_FEATURES,
+    FRAME_NODE_INDEX,
+    FRAME_WEIGHTS,
+    FrameAveraging,
+    frame_averaging_options,
+)
 from .graph.build import graph_index, num_graphs
 from .nn.blocks import MLP
 from .nn.scatter import scatter_sum
 from .symmetry.sphere import random_rotation
 from .targets import ENERGY_TARGET, Target, energy_target
-from .backbones.frame_averaging import (FRAME_NODE_FEATURES, FRAME_NODE_INDEX, FRAME_WEIGHTS, FrameAveraging,
-                                        frame_averaging_options)
 
 #: Version of the checkpoint layout written by Model.save; bump when it changes incompatibly.
 #: 1: one energy head (``energy_head``, ``reference``, ``scale``, ``shift``); 2: one head per target.
@@ -156,10 +161,18 @@ class Model(nn.Module):
     asked ``forces`` [N,3] eV/Å and ``stress`` [B,3,3] eV/Å³ (None means the constructor's default).
     """
 
-    def __init__(self, backbone: str = "schnet", cutoff: float = 5.0, max_neighbors: int | None = None,
-                 forces: bool = True, stress: bool = False, backbone_kwargs: dict | None = None,
-                 metadata: dict | None = None, frame_averaging: str | dict | None = None,
-                 targets: Sequence[Target | dict | str] | None = None):
+    def __init__(
+        self,
+        backbone: str = "schnet",
+        cutoff: float = 5.0,
+        max_neighbors: int | None = None,
+        forces: bool = True,
+        stress: bool = False,
+        backbone_kwargs: dict | None = None,
+        metadata: dict | None = None,
+        frame_averaging: str | dict | None = None,
+        targets: Sequence[Target | dict | str] | None = None,
+    ):
         super().__init__()
         backbone_kwargs = dict(backbone_kwargs or {})
         if "cutoff" in backbone_kwargs:
@@ -171,10 +184,15 @@ class Model(nn.Module):
         if len(set(names)) != len(names):
             raise ValueError(f"target names must be unique, got {names}")
         self.energy_target = energy_target(self.targets)
-        if "energy" in names and (self.energy_target is None or self.energy_target.name != "energy") \
-                and any(t.is_energy for t in self.targets):
-            raise ValueError("a target named 'energy' that is not the extensive energy would clash with the "
-                             f"energy output of {self.energy_target.name!r}; rename one")
+        if (
+            "energy" in names
+            and (self.energy_target is None or self.energy_target.name != "energy")
+            and any(t.is_energy for t in self.targets)
+        ):
+            raise ValueError(
+                "a target named 'energy' that is not the extensive energy would clash with the "
+                f"energy output of {self.energy_target.name!r}; rename one"
+            )
         self.backbone_name = backbone
         self.cutoff = float(cutoff)
         self.max_neighbors = max_neighbors
@@ -193,11 +211,17 @@ class Model(nn.Module):
     @property
     def config(self) -> dict[str, Any]:
         """Constructor arguments; ``Model(**model.config)`` rebuilds the architecture."""
-        return dict(backbone=self.backbone_name, cutoff=self.cutoff, max_neighbors=self.max_neighbors,
-                    forces=self.compute_forces, stress=self.compute_stress,
-                    backbone_kwargs=dict(self.backbone_kwargs), metadata=copy.deepcopy(self.metadata),
-                    frame_averaging=copy.deepcopy(self.frame_averaging),
-                    targets=[t.to_dict() for t in self.targets])
+        return dict(
+            backbone=self.backbone_name,
+            cutoff=self.cutoff,
+            max_neighbors=self.max_neighbors,
+            forces=self.compute_forces,
+            stress=self.compute_stress,
+            backbone_kwargs=dict(self.backbone_kwargs),
+            metadata=copy.deepcopy(self.metadata),
+            frame_averaging=copy.deepcopy(self.frame_averaging),
+            targets=[t.to_dict() for t in self.targets],
+        )
 
     @property
     def target_names(self) -> list[str]:
@@ -248,8 +272,10 @@ class Model(nn.Module):
         want_forces = self.compute_forces if forces is None else forces
         want_stress = self.compute_stress if stress is None else stress
         if (want_forces or want_stress) and self.energy_target is None:
-            raise ValueError(f"forces and stress need an extensive energy target (eV, readout sum); this "
-                             f"model's targets are {[t.to_dict() for t in self.targets]}")
+            raise ValueError(
+                f"forces and stress need an extensive energy target (eV, readout sum); this "
+                f"model's targets are {[t.to_dict() for t in self.targets]}"
+            )
         with torch.set_grad_enabled(torch.is_grad_enabled() or want_forces or want_stress):
             return self._forward(batch, want_forces, want_stress)
 
@@ -291,8 +317,7 @@ class Model(nn.Module):
         inputs = ([pos] if want_forces else []) + ([strain] if want_stress else [])
         if inputs:
             energy = out[K.ENERGY]
-            grads = torch.autograd.grad(energy.sum(), inputs, create_graph=self.training,
-                                        allow_unused=True)
+            grads = torch.autograd.grad(energy.sum(), inputs, create_graph=self.training, allow_unused=True)
             grads = [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads)]
             if want_forces:
                 out[K.FORCES] = -grads[0]
@@ -311,8 +336,7 @@ class Model(nn.Module):
 
     def save(self, path: str | os.PathLike, extra: dict | None = None) -> None:
         """Write a checkpoint atomically (temp file + rename): format version, config, weights."""
-        payload = {"format_version": CHECKPOINT_FORMAT_VERSION, "config": self.config,
-                   "state_dict": self.state_dict()}
+        payload = {"format_version": CHECKPOINT_FORMAT_VERSION, "config": self.config, "state_dict": self.state_dict()}
         if extra:
             payload.update(extra)
         atomic_torch_save(payload, path)
@@ -344,11 +368,15 @@ class Ensemble(nn.Module):
         first = members[0]
         for k, m in enumerate(members[1:], start=1):
             if m.targets != first.targets:
-                raise ValueError(f"ensemble member {k} has targets {[t.to_dict() for t in m.targets]}, member 0 "
-                                 f"has {[t.to_dict() for t in first.targets]}: members must learn the same targets")
+                raise ValueError(
+                    f"ensemble member {k} has targets {[t.to_dict() for t in m.targets]}, member 0 "
+                    f"has {[t.to_dict() for t in first.targets]}: members must learn the same targets"
+                )
             if (m.cutoff, m.max_neighbors) != (first.cutoff, first.max_neighbors):
-                raise ValueError(f"ensemble member {k} uses cutoff {m.cutoff} Å / max_neighbors {m.max_neighbors}, "
-                                 f"member 0 {first.cutoff} Å / {first.max_neighbors}: they must build the same graphs")
+                raise ValueError(
+                    f"ensemble member {k} uses cutoff {m.cutoff} Å / max_neighbors {m.max_neighbors}, "
+                    f"member 0 {first.cutoff} Å / {first.max_neighbors}: they must build the same graphs"
+                )
         self.members = nn.ModuleList(members)
         self.metadata = dict(metadata if metadata is not None else {**first.metadata, "ensemble": len(members)})
 
@@ -379,8 +407,11 @@ class Ensemble(nn.Module):
 
     def save(self, path: str | os.PathLike, extra: dict | None = None) -> None:
         """One checkpoint with every member's config and weights (format version, ``ensemble``)."""
-        payload = {"format_version": CHECKPOINT_FORMAT_VERSION, "metadata": copy.deepcopy(self.metadata),
-                   "ensemble": [{"config": m.config, "state_dict": m.state_dict()} for m in self.members]}
+        payload = {
+            "format_version": CHECKPOINT_FORMAT_VERSION,
+            "metadata": copy.deepcopy(self.metadata),
+            "ensemble": [{"config": m.config, "state_dict": m.state_dict()} for m in self.members],
+        }
         if extra:
             payload.update(extra)
         atomic_torch_save(payload, path)
@@ -404,10 +435,17 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
         raise
 
 
-def build_model(backbone: str = "schnet", cutoff: float = 5.0, forces: bool = True, stress: bool = False,
-                max_neighbors: int | None = None, metadata: dict | None = None,
-                frame_averaging: str | dict | None = None, targets: Sequence[Target | dict | str] | None = None,
-                **backbone_kwargs) -> Model:
+def build_model(
+    backbone: str = "schnet",
+    cutoff: float = 5.0,
+    forces: bool = True,
+    stress: bool = False,
+    max_neighbors: int | None = None,
+    metadata: dict | None = None,
+    frame_averaging: str | dict | None = None,
+    targets: Sequence[Target | dict | str] | None = None,
+    **backbone_kwargs,
+) -> Model:
     """A ``Model`` with the named backbone; extra keywords go to the backbone's constructor.
 
     ``frame_averaging`` (None, "all", "stochastic", "det" or a dict of options) wraps the backbone
@@ -418,14 +456,26 @@ def build_model(backbone: str = "schnet", cutoff: float = 5.0, forces: bool = Tr
     >>> faenet = build_model("faenet", frame_averaging="stochastic")  # the FAENet paper's model
     >>> crystal = build_model("schnet", targets=[Target("e_form", "eV/atom", "mean")])
     """
-    return Model(backbone=backbone, cutoff=cutoff, max_neighbors=max_neighbors, forces=forces,
-                 stress=stress, backbone_kwargs=backbone_kwargs, metadata=metadata,
-                 frame_averaging=frame_averaging, targets=targets)
+    return Model(
+        backbone=backbone,
+        cutoff=cutoff,
+        max_neighbors=max_neighbors,
+        forces=forces,
+        stress=stress,
+        backbone_kwargs=backbone_kwargs,
+        metadata=metadata,
+        frame_averaging=frame_averaging,
+        targets=targets,
+    )
 
 
 #: Version-1 state-dict names of the single energy head -> their names under ``heads.energy``.
-_V1_HEAD_KEYS = {"energy_head.": "heads.energy.mlp.", "reference.energies": "heads.energy.reference.energies",
-                 "scale": "heads.energy.scale", "shift": "heads.energy.shift"}
+_V1_HEAD_KEYS = {
+    "energy_head.": "heads.energy.mlp.",
+    "reference.energies": "heads.energy.reference.energies",
+    "scale": "heads.energy.scale",
+    "shift": "heads.energy.shift",
+}
 
 
 def upgrade_state_dict(state_dict: dict) -> dict:
@@ -437,7 +487,7 @@ def upgrade_state_dict(state_dict: dict) -> dict:
         new = key
         for old, replacement in _V1_HEAD_KEYS.items():
             if key == old or (old.endswith(".") and key.startswith(old)):
-                new = replacement + key[len(old):]
+                new = replacement + key[len(old) :]
                 break
         out[new] = value
     return out
@@ -451,8 +501,12 @@ def upgrade_checkpoint(payload: dict) -> dict:
         config = {**payload["config"], "targets": [ENERGY_TARGET.to_dict()]}
         if config.get("backbone") == "egnn":  # version-1 EGNN never moved coordinates (now the default)
             config["backbone_kwargs"] = {"update_coords": False, **(config.get("backbone_kwargs") or {})}
-        payload = {**payload, "format_version": 2, "config": config,
-                   "state_dict": upgrade_state_dict(payload["state_dict"])}
+        payload = {
+            **payload,
+            "format_version": 2,
+            "config": config,
+            "state_dict": upgrade_state_dict(payload["state_dict"]),
+        }
     return payload
 
 
@@ -475,19 +529,22 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
-        raise ValueError(f"{path}: not a readable geognn checkpoint ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
+        raise ValueError(
+            f"{path}: not a readable geognn checkpoint ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from exc
     single = isinstance(payload, dict) and "config" in payload and "state_dict" in payload
     ensemble = isinstance(payload, dict) and isinstance(payload.get("ensemble"), list)
     if not (single or ensemble):
-        raise ValueError(f"{path}: not a geognn checkpoint (expected keys 'config' and 'state_dict', "
-                         "or 'ensemble')")
+        raise ValueError(f"{path}: not a geognn checkpoint (expected keys 'config' and 'state_dict', or 'ensemble')")
     version = payload.get("format_version")
     if version not in READABLE_FORMAT_VERSIONS:
         newer = isinstance(version, int) and version > CHECKPOINT_FORMAT_VERSION
-        raise ValueError(f"{path}: checkpoint format version {version!r}, this geognn reads versions "
-                         f"{', '.join(map(str, READABLE_FORMAT_VERSIONS))}"
-                         + (" (written by a newer geognn: upgrade geognn to read it)" if newer else ""))
+        raise ValueError(
+            f"{path}: checkpoint format version {version!r}, this geognn reads versions "
+            f"{', '.join(map(str, READABLE_FORMAT_VERSIONS))}"
+            + (" (written by a newer geognn: upgrade geognn to read it)" if newer else "")
+        )
     return upgrade_checkpoint(payload) if single else payload
 
 
@@ -510,14 +567,18 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     payload = load_checkpoint(path, map_location)
     try:
         if "ensemble" in payload:
-            members = [_model_from(upgrade_checkpoint({"format_version": payload["format_version"], **m}))
-                       for m in payload["ensemble"]]
+            members = [
+                _model_from(upgrade_checkpoint({"format_version": payload["format_version"], **m}))
+                for m in payload["ensemble"]
+            ]
             return Ensemble(members, payload.get("metadata")).eval()
         return _model_from(payload)
     except (TypeError, KeyError, AttributeError, RuntimeError, ValueError) as exc:  # config or weights it does not take
         first = " ".join(str(exc).split())[:300] or type(exc).__name__
-        raise ValueError(f"{path}: checkpoint (format version {payload.get('format_version')!r}) does not fit "
-                         f"this geognn's Model, written by another geognn version or edited? ({first})") from None
+        raise ValueError(
+            f"{path}: checkpoint (format version {payload.get('format_version')!r}) does not fit "
+            f"this geognn's Model, written by another geognn version or edited? ({first})"
+        ) from None
 
 
 def load_models(paths: Sequence[str | os.PathLike], map_location: str | torch.device = "cpu") -> Model | Ensemble:
@@ -548,10 +609,14 @@ def spread_kind(model) -> str:
         return "frames"
     if isinstance(model, Model) and getattr(model.backbone, "grid", None) is not None:  # PONITA (PNITA has none)
         return "grid"
-    name = "an ensemble" if isinstance(model, Ensemble) else \
-        f"a {getattr(model, 'backbone_name', type(model).__name__)} model without frame averaging"
-    raise ValueError(f"--uncertainty frames needs a frame-averaged (frame_averaging=...) or ponita model; "
-                     f"this is {name}")
+    name = (
+        "an ensemble"
+        if isinstance(model, Ensemble)
+        else f"a {getattr(model, 'backbone_name', type(model).__name__)} model without frame averaging"
+    )
+    raise ValueError(
+        f"--uncertainty frames needs a frame-averaged (frame_averaging=...) or ponita model; this is {name}"
+    )
 
 
 def frame_values(model: Model, batch) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
@@ -656,8 +721,15 @@ class FrameSpread(nn.Module):
         return out
 
 
-def predict_with_spread(model: Model, batch, kind: str | None = None, num_rotations: int = 8, seed: int = 0,
-                        forces: bool | None = None, stress: bool | None = None) -> dict[str, torch.Tensor]:
+def predict_with_spread(
+    model: Model,
+    batch,
+    kind: str | None = None,
+    num_rotations: int = 8,
+    seed: int = 0,
+    forces: bool | None = None,
+    stress: bool | None = None,
+) -> dict[str, torch.Tensor]:
     """``FrameSpread(model, kind, num_rotations, seed)(batch, forces, stress)``: each target's
     prediction ``out[name]`` [B] and its spread over frames or grids ``out[name + "_std"]`` [B]."""
     return FrameSpread(model, kind, num_rotations, seed)(batch, forces=forces, stress=stress)

@@ -155,8 +155,10 @@ def read_predictions(run_dir) -> tuple[dict[str, dict[str, np.ndarray]], dict[st
     run_dir = _run_dir(run_dir)
     path = run_dir / PREDICTIONS
     if not path.is_file():
-        raise PlotError(f"{path}: not found; geognn train writes it at the end of a run since this version: "
-                        f"re-run the training, or finish this run again with: geognn train --resume {run_dir}")
+        raise PlotError(
+            f"{path}: not found; geognn train writes it at the end of a run since this version: "
+            f"re-run the training, or finish this run again with: geognn train --resume {run_dir}"
+        )
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
         rows = list(reader)
@@ -168,8 +170,10 @@ def read_predictions(run_dir) -> tuple[dict[str, dict[str, np.ndarray]], dict[st
         raise PlotError(f"{path}: no rows (the run had no test structures)")
     data = {}
     for name in names:
-        data[name] = {"true": np.array([_float(r[name]) for r in rows]),
-                      "pred": np.array([_float(r[name + "_pred"]) for r in rows])}
+        data[name] = {
+            "true": np.array([_float(r[name]) for r in rows]),
+            "pred": np.array([_float(r[name + "_pred"]) for r in rows]),
+        }
         if name + "_std" in columns:
             data[name]["std"] = np.array([_float(r[name + "_std"]) for r in rows])
     units = {}
@@ -194,8 +198,12 @@ def parity_statistics(run_dir) -> dict[str, dict[str, float]]:
         t, p = d["true"][ok], d["pred"][ok]
         ss_tot = float(((t - t.mean()) ** 2).sum()) if len(t) else 0.0
         r2 = 1.0 - float(((p - t) ** 2).sum()) / ss_tot if len(t) > 1 and ss_tot > 0 else math.nan
-        stats[name] = {"n": int(ok.sum()), "mae": float(np.abs(p - t).mean()) if len(t) else math.nan,
-                       "r2": r2, "unit": units[name]}
+        stats[name] = {
+            "n": int(ok.sum()),
+            "mae": float(np.abs(p - t).mean()) if len(t) else math.nan,
+            "r2": r2,
+            "unit": units[name],
+        }
     return stats
 
 

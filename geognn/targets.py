@@ -31,9 +31,32 @@ TOTAL_ENERGY_UNITS = ("eV", "meV", "Hartree", "Ha", "kcal/mol", "kJ/mol")
 INTENSIVE_ENERGY_WORDS = ("gap", "homo", "lumo", "fermi", "per_atom")
 
 #: Names a target may not take: graph keys, model outputs and the PyG batch's own fields.
-RESERVED_NAMES = frozenset({"z", "pos", "cell", "pbc", "natoms", "batch", "ptr", "edge_index", "edge_shift",
-                            "forces", "stress", "tags", "fixed", "sid", "node_features", "node_vectors",
-                            "x", "y", "edge_attr", "num_nodes", "file", "formula"})
+RESERVED_NAMES = frozenset(
+    {
+        "z",
+        "pos",
+        "cell",
+        "pbc",
+        "natoms",
+        "batch",
+        "ptr",
+        "edge_index",
+        "edge_shift",
+        "forces",
+        "stress",
+        "tags",
+        "fixed",
+        "sid",
+        "node_features",
+        "node_vectors",
+        "x",
+        "y",
+        "edge_attr",
+        "num_nodes",
+        "file",
+        "formula",
+    }
+)
 
 
 def is_per_atom_unit(unit: str) -> bool:
@@ -86,8 +109,9 @@ class Target:
         if not isinstance(name, str) or not name.isidentifier():
             raise ValueError(f"target name {name!r}: use letters, digits and underscores (a Python identifier)")
         if name in RESERVED_NAMES or name.startswith("node_") or name.endswith("_std"):
-            raise ValueError(f"target name {name!r} is reserved (graph keys, outputs, *_std, node_*); "
-                             "choose another name")
+            raise ValueError(
+                f"target name {name!r} is reserved (graph keys, outputs, *_std, node_*); choose another name"
+            )
         if self.readout not in READOUTS:
             raise ValueError(f"target {name!r}: readout {self.readout!r}; choose one of {list(READOUTS)}")
         if not isinstance(self.unit, str):

@@ -43,7 +43,6 @@ import argparse
 import csv
 import datetime as _dt
 import json
-import math
 import os
 import subprocess
 import sys
@@ -62,10 +61,12 @@ MP20 = DATA / "cif" / "mp20_subset"
 TARGET = "formation_energy_per_atom"
 UNIT = "eV/atom"
 DEFAULT_CHECKPOINT = REPO / "geognn" / "checkpoints" / "mp20_schnet_eform_ensemble.pt"
-SOURCE = ("MP-20 subset (Materials Project crystals; split files of CDVAE, Xie et al. ICLR 2022, "
-          "github OPRYAN90/cdvae data/mp_20 at 437566be, cut to 847 train + 123 val rows). "
-          "Licence: cdvae files MIT; Materials Project data CC-BY 4.0 (cite Jain et al., APL Mater. 1, "
-          "011002 (2013)).")
+SOURCE = (
+    "MP-20 subset (Materials Project crystals; split files of CDVAE, Xie et al. ICLR 2022, "
+    "github OPRYAN90/cdvae data/mp_20 at 437566be, cut to 847 train + 123 val rows). "
+    "Licence: cdvae files MIT; Materials Project data CC-BY 4.0 (cite Jain et al., APL Mater. 1, "
+    "011002 (2013))."
+)
 
 
 def read_table(path: Path) -> list[dict]:
@@ -103,10 +104,14 @@ def prepare(work: Path, seed: int, val_fraction: float = 0.1) -> tuple[Path, Pat
     n_train_csv = len(train_rows)
     perm = np.random.default_rng(seed).permutation(n_train_csv).tolist()
     n_val = int(round(val_fraction * n_train_csv))
-    split = {"train": sorted(perm[n_val:]), "val": sorted(perm[:n_val]),
-             "test": list(range(n_train_csv, len(rows)))}
-    split_path = write_split(work / "split_mp20.json", split, ids=ids, seed=seed,
-                             note="train/val: seeded split of MP-20 train.csv; test: all of val.csv")
+    split = {"train": sorted(perm[n_val:]), "val": sorted(perm[:n_val]), "test": list(range(n_train_csv, len(rows)))}
+    split_path = write_split(
+        work / "split_mp20.json",
+        split,
+        ids=ids,
+        seed=seed,
+        note="train/val: seeded split of MP-20 train.csv; test: all of val.csv",
+    )
     by_id = {k: [ids[i] for i in v] for k, v in split.items()}
     return folder, split_path, train_rows, test_rows, by_id
 
@@ -131,8 +136,10 @@ def composition_baselines(train_rows: list[dict], test_rows: list[dict]) -> dict
     y_test = np.array([float(r[TARGET]) for r in test_rows])
     coef = np.linalg.lstsq(fractions(train_rows, index), y_train, rcond=None)[0]
     pred = fractions(test_rows, index) @ coef  # unseen elements contribute 0
-    return {"mean_mae": float(np.abs(y_test - y_train.mean()).mean()),
-            "composition_fit_mae": float(np.abs(y_test - pred).mean())}
+    return {
+        "mean_mae": float(np.abs(y_test - y_train.mean()).mean()),
+        "composition_fit_mae": float(np.abs(y_test - pred).mean()),
+    }
 
 
 @torch.no_grad()
@@ -157,7 +164,7 @@ def evaluate_on_cifs(model, rows: list[dict]) -> dict:
     model.eval()
     preds, sigmas = [], []
     for k in range(0, len(graphs), 32):
-        out = model(collate(graphs[k:k + 32]), forces=False, stress=False)
+        out = model(collate(graphs[k : k + 32]), forces=False, stress=False)
         preds.append(out[TARGET].double())
         if TARGET + "_std" in out:
             sigmas.append(out[TARGET + "_std"].double())
@@ -166,16 +173,24 @@ def evaluate_on_cifs(model, rows: list[dict]) -> dict:
     result = {"n": len(rows), "mae": float(err.mean()), "rmse": float(np.sqrt(((pred - y) ** 2).mean()))}
     if sigmas:
         sig = torch.cat(sigmas).numpy()
-        result.update(within_1sigma=float((err <= sig).mean()), within_2sigma=float((err <= 2 * sig).mean()),
-                      spearman_abs_error_sigma=float(spearmanr(err, sig).statistic),
-                      mean_sigma=float(sig.mean()), median_sigma=float(np.median(sig)))
+        result.update(
+            within_1sigma=float((err <= sig).mean()),
+            within_2sigma=float((err <= 2 * sig).mean()),
+            spearman_abs_error_sigma=float(spearmanr(err, sig).statistic),
+            mean_sigma=float(sig.mean()),
+            median_sigma=float(np.median(sig)),
+        )
     return result
 
 
 def git_commit() -> str | None:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                              text=True, timeout=10).stdout.strip() or None
+        return (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+            or None
+        )
     except Exception:  # pragma: no cover - informational only
         return None
 
@@ -184,8 +199,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--members", type=int, default=3, help="ensemble members (default: 3)")
     parser.add_argument("--epochs", type=int, default=25, help="epochs per member (default: 25)")
-    parser.add_argument("--time-limit", type=float, default=0.0,
-                        help="cap on each member's training seconds (default: 0, none)")
+    parser.add_argument(
+        "--time-limit", type=float, default=0.0, help="cap on each member's training seconds (default: 0, none)"
+    )
     parser.add_argument("--hidden", type=int, default=64, help="SchNet channels and filters (default: 64)")
     parser.add_argument("--cutoff", type=float, default=6.0, help="graph cutoff in Å (default: 6)")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -208,16 +224,35 @@ def main() -> None:
     folder, split_path, train_rows, test_rows, split_ids = prepare(work, args.seed)
     fit_ids = set(split_ids["train"])
     baselines = composition_baselines([r for r in train_rows if r["material_id"] in fit_ids], test_rows)
-    backbone_kwargs = {"hidden_channels": args.hidden, "num_filters": args.hidden, "num_layers": 3,
-                       "num_gaussians": 32}
-    config = TrainConfig(dataset="cif-folder", data_root=str(folder), target=TARGET, unit=UNIT, readout="mean",
-                         backbone="schnet", backbone_kwargs=backbone_kwargs, cutoff=args.cutoff,
-                         loss="mae", scheduler="cosine", warmup_steps=0, lr=args.lr, batch_size=args.batch_size,
-                         epochs=args.epochs, time_limit=args.time_limit, seed=args.seed, threads=args.threads,
-                         split_file=str(split_path), ensemble=args.members, out=str(work / "ensemble"))
-    print(f"training {args.members} SchNet members on {len(split_ids['train'])} MP-20 crystals "
-          f"(validation {len(split_ids['val'])}, test = val.csv {len(split_ids['test'])}), "
-          f"{args.epochs} epochs each, {args.threads} thread(s)", flush=True)
+    backbone_kwargs = {"hidden_channels": args.hidden, "num_filters": args.hidden, "num_layers": 3, "num_gaussians": 32}
+    config = TrainConfig(
+        dataset="cif-folder",
+        data_root=str(folder),
+        target=TARGET,
+        unit=UNIT,
+        readout="mean",
+        backbone="schnet",
+        backbone_kwargs=backbone_kwargs,
+        cutoff=args.cutoff,
+        loss="mae",
+        scheduler="cosine",
+        warmup_steps=0,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        time_limit=args.time_limit,
+        seed=args.seed,
+        threads=args.threads,
+        split_file=str(split_path),
+        ensemble=args.members,
+        out=str(work / "ensemble"),
+    )
+    print(
+        f"training {args.members} SchNet members on {len(split_ids['train'])} MP-20 crystals "
+        f"(validation {len(split_ids['val'])}, test = val.csv {len(split_ids['test'])}), "
+        f"{args.epochs} epochs each, {args.threads} thread(s)",
+        flush=True,
+    )
     tic = time.perf_counter()
     result = train(config, progress=args.progress)
     wall = time.perf_counter() - tic
@@ -226,34 +261,66 @@ def main() -> None:
     ensemble = load_model(result.model_path)
     measured = evaluate_on_cifs(ensemble, test_rows)
     members = [evaluate_on_cifs(m, test_rows)["mae"] for m in ensemble.members]
-    print(f"test (val.csv, {measured['n']} crystals): ensemble MAE {measured['mae']:.4f} eV/atom; members "
-          + ", ".join(f"{m:.4f}" for m in members)
-          + f"; mean {baselines['mean_mae']:.4f}, composition fit {baselines['composition_fit_mae']:.4f} eV/atom")
-    print(f"calibration: {100 * measured['within_1sigma']:.0f}% of |error| within 1 sigma, "
-          f"{100 * measured['within_2sigma']:.0f}% within 2 sigma, Spearman(|error|, sigma) "
-          f"{measured['spearman_abs_error_sigma']:.2f}, mean sigma {measured['mean_sigma']:.4f} eV/atom")
+    print(
+        f"test (val.csv, {measured['n']} crystals): ensemble MAE {measured['mae']:.4f} eV/atom; members "
+        + ", ".join(f"{m:.4f}" for m in members)
+        + f"; mean {baselines['mean_mae']:.4f}, composition fit {baselines['composition_fit_mae']:.4f} eV/atom"
+    )
+    print(
+        f"calibration: {100 * measured['within_1sigma']:.0f}% of |error| within 1 sigma, "
+        f"{100 * measured['within_2sigma']:.0f}% within 2 sigma, Spearman(|error|, sigma) "
+        f"{measured['spearman_abs_error_sigma']:.2f}, mean sigma {measured['mean_sigma']:.4f} eV/atom"
+    )
     trainer_mae = report["per_target"][TARGET]["test_mae"]
     if abs(trainer_mae - measured["mae"]) > 1e-4:  # same model, same structures: only float round-off differs
         raise SystemExit(f"trainer's test MAE {trainer_mae} and the re-measured {measured['mae']} disagree")
 
     metadata = {
-        "trained_on": (f"MP-20 subset (Materials Project crystals), target {TARGET} (eV/atom), "
-                       f"{len(split_ids['train'])} training structures"),
-        "periodic": True, "elements": ensemble.members[0].metadata.get("elements"), "target": TARGET,
-        "units": UNIT, "ensemble": args.members, "seeds": [args.seed + k for k in range(args.members)],
-        "data": {"source": SOURCE, "files": ["cif/mp20_subset/train.csv", "cif/mp20_subset/val.csv"],
-                 "split": {"train": len(split_ids["train"]), "val": len(split_ids["val"]),
-                           "test": len(split_ids["test"]),
-                           "how": f"train/val: seeded ({args.seed}) 90/10 split of train.csv; test: all of val.csv"}},
-        "hyperparameters": {"backbone": "schnet", **backbone_kwargs, "cutoff": args.cutoff, "readout": "mean",
-                            "loss": "mae", "scheduler": "cosine", "warmup_steps": 0, "lr": args.lr, "batch_size": args.batch_size,
-                            "epochs": args.epochs, "time_limit_s": args.time_limit,
-                            "epochs_done": [m["epochs"] for m in report.get("members", [])]},
-        "test_mae": measured["mae"], "test_mae_unit": UNIT, "test_set": f"MP-20 val.csv ({measured['n']} crystals)",
-        "test_member_maes": members, "test_baselines": baselines,
-        "calibration": {k: measured[k] for k in ("within_1sigma", "within_2sigma", "spearman_abs_error_sigma",
-                                                 "mean_sigma", "median_sigma")},
-        "script": "scripts/train_crystal_model.py", "git_commit": git_commit(),
+        "trained_on": (
+            f"MP-20 subset (Materials Project crystals), target {TARGET} (eV/atom), "
+            f"{len(split_ids['train'])} training structures"
+        ),
+        "periodic": True,
+        "elements": ensemble.members[0].metadata.get("elements"),
+        "target": TARGET,
+        "units": UNIT,
+        "ensemble": args.members,
+        "seeds": [args.seed + k for k in range(args.members)],
+        "data": {
+            "source": SOURCE,
+            "files": ["cif/mp20_subset/train.csv", "cif/mp20_subset/val.csv"],
+            "split": {
+                "train": len(split_ids["train"]),
+                "val": len(split_ids["val"]),
+                "test": len(split_ids["test"]),
+                "how": f"train/val: seeded ({args.seed}) 90/10 split of train.csv; test: all of val.csv",
+            },
+        },
+        "hyperparameters": {
+            "backbone": "schnet",
+            **backbone_kwargs,
+            "cutoff": args.cutoff,
+            "readout": "mean",
+            "loss": "mae",
+            "scheduler": "cosine",
+            "warmup_steps": 0,
+            "lr": args.lr,
+            "batch_size": args.batch_size,
+            "epochs": args.epochs,
+            "time_limit_s": args.time_limit,
+            "epochs_done": [m["epochs"] for m in report.get("members", [])],
+        },
+        "test_mae": measured["mae"],
+        "test_mae_unit": UNIT,
+        "test_set": f"MP-20 val.csv ({measured['n']} crystals)",
+        "test_member_maes": members,
+        "test_baselines": baselines,
+        "calibration": {
+            k: measured[k]
+            for k in ("within_1sigma", "within_2sigma", "spearman_abs_error_sigma", "mean_sigma", "median_sigma")
+        },
+        "script": "scripts/train_crystal_model.py",
+        "git_commit": git_commit(),
         "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
     }
     ensemble.metadata = metadata
@@ -264,8 +331,13 @@ def main() -> None:
     ensemble.save(out)
     check = load_model(out)
     assert evaluate_on_cifs(check, test_rows[:5])["mae"] == evaluate_on_cifs(ensemble, test_rows[:5])["mae"]
-    summary = {"checkpoint": str(out), "size_bytes": out.stat().st_size, "wall_s": wall, **metadata,
-               "trainer_report": report}
+    summary = {
+        "checkpoint": str(out),
+        "size_bytes": out.stat().st_size,
+        "wall_s": wall,
+        **metadata,
+        "trainer_report": report,
+    }
     (work / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB); summary {work / 'summary.json'}; {wall:.0f} s")
 

@@ -21,8 +21,7 @@ import numpy as np
 import pytest
 
 #: The shared data folder (may not exist; use :func:`shared_data_dir` to get it checked).
-SHARED_DATA = Path(os.environ.get("GEOGNN_SHARED_DATA")
-                   or Path(__file__).resolve().parents[2] / "shared" / "data")
+SHARED_DATA = Path(os.environ.get("GEOGNN_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 
 #: Small hand-made (broken) files for error tests.
 TEST_DATA = Path(__file__).resolve().parent / "data"
@@ -31,9 +30,11 @@ TEST_DATA = Path(__file__).resolve().parent / "data"
 def shared_data_dir() -> Path:
     """The shared data folder; fails the calling test with a clear message if it is missing."""
     if not SHARED_DATA.is_dir():
-        pytest.fail(f"shared test data not found at {SHARED_DATA}: check out the shared data "
-                    "folder next to the repository (../shared/data) or set GEOGNN_SHARED_DATA",
-                    pytrace=False)
+        pytest.fail(
+            f"shared test data not found at {SHARED_DATA}: check out the shared data "
+            "folder next to the repository (../shared/data) or set GEOGNN_SHARED_DATA",
+            pytrace=False,
+        )
     return SHARED_DATA
 
 
@@ -120,8 +121,13 @@ def _oc20():
     graphs = torch.load(path, weights_only=False).to_data_list()
     out = []
     for g in graphs:
-        a = Atoms(numbers=g.atomic_numbers.long().numpy(), positions=g.pos.numpy(),
-                  cell=g.cell[0].numpy(), pbc=True, tags=g.tags.numpy())
+        a = Atoms(
+            numbers=g.atomic_numbers.long().numpy(),
+            positions=g.pos.numpy(),
+            cell=g.cell[0].numpy(),
+            pbc=True,
+            tags=g.tags.numpy(),
+        )
         a.info["source"] = f"{path.name}:sid-{int(g.sid)}"
         out.append(a)
     return tuple(out), tuple(graphs)

@@ -16,8 +16,16 @@ from conftest import load_jarvis, load_qm9_molecules, oblique_angles
 
 import geognn
 from geognn import testing as T
-from geognn.backbones.dimenetpp import (DimeNetPlusPlus, SphericalBasis, legendre, spherical_jn,
-                                        spherical_jn_zeros, triplet_angles, triplet_cosines, triplets)
+from geognn.backbones.dimenetpp import (
+    DimeNetPlusPlus,
+    SphericalBasis,
+    legendre,
+    spherical_jn,
+    spherical_jn_zeros,
+    triplet_angles,
+    triplet_cosines,
+    triplets,
+)
 from geognn.graph.build import edge_vectors
 
 CUTOFF = 5.0
@@ -37,8 +45,11 @@ def silicon_primitive() -> Atoms:
 
 def triclinic_cell() -> Atoms:
     """A real triclinic-shaped cell (no right angle) from the JARVIS sample, lightly rattled."""
-    chosen = [a for a in load_jarvis(50) if oblique_angles(a) == 3 and 3 <= len(a) <= 6
-              and not np.allclose(a.cell.angles(), a.cell.angles()[0])]
+    chosen = [
+        a
+        for a in load_jarvis(50)
+        if oblique_angles(a) == 3 and 3 <= len(a) <= 6 and not np.allclose(a.cell.angles(), a.cell.angles()[0])
+    ]
     assert chosen, "need a triclinic JARVIS cell"
     atoms = chosen[0]
     atoms.positions += np.random.default_rng(3).normal(scale=0.03, size=atoms.positions.shape)
@@ -178,8 +189,9 @@ def test_spherical_bessel_matches_scipy():
         # float32 in, float32 out, still accurate (computed in float64 inside)
         got32 = spherical_jn(x.float(), l)
         assert got32.dtype == torch.float32
-        np.testing.assert_allclose(got32.numpy(), special.spherical_jn(l, x.float().double().numpy()),
-                                   rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(
+            got32.numpy(), special.spherical_jn(l, x.float().double().numpy()), rtol=1e-5, atol=1e-7
+        )
 
 
 @pytest.mark.parametrize("l", [0, 1, 3, 6])
@@ -213,18 +225,28 @@ def test_spherical_basis_radial_part_is_orthonormal():
     """sqrt(2)/|j_(l+1)(z_ln)| j_l(z_ln x) are orthonormal on [0, 1] with weight x^2 (DimeNet's basis)."""
     basis = SphericalBasis(num_spherical=4, num_radial=5, cutoff=1.0, envelope_exponent=5).double()
     x = torch.linspace(0, 1, 20001, dtype=torch.float64)[1:]
-    radial = torch.stack([basis.norm[l] * spherical_jn(basis.zeros[l] * x[:, None], l)
-                          for l in range(4)], dim=1)  # [X, L, N]
-    gram = torch.trapezoid(x[:, None, None, None] ** 2 * radial[:, :, :, None] * radial[:, :, None, :],
-                           x, dim=0)  # [L, N, N]
+    radial = torch.stack(
+        [basis.norm[l] * spherical_jn(basis.zeros[l] * x[:, None], l) for l in range(4)], dim=1
+    )  # [X, L, N]
+    gram = torch.trapezoid(
+        x[:, None, None, None] ** 2 * radial[:, :, :, None] * radial[:, :, None, :], x, dim=0
+    )  # [L, N, N]
     np.testing.assert_allclose(gram, np.broadcast_to(np.eye(5), (4, 5, 5)), atol=1e-6)
 
 
 # --------------------------------------------------------------------------- the backbone
 def small_model(dtype=torch.float64, **overrides) -> geognn.Model:
     torch.manual_seed(0)
-    kwargs = dict(hidden_channels=16, num_layers=2, out_emb_channels=16, int_emb_size=8,
-                  basis_emb_size=4, num_spherical=3, num_radial=4, num_output_layers=2)
+    kwargs = dict(
+        hidden_channels=16,
+        num_layers=2,
+        out_emb_channels=16,
+        int_emb_size=8,
+        basis_emb_size=4,
+        num_spherical=3,
+        num_radial=4,
+        num_output_layers=2,
+    )
     kwargs.update(overrides)
     model = geognn.build_model("dimenetpp", cutoff=CUTOFF, **kwargs).to(dtype).eval()
     model.set_scale_shift(0.5, 0.1)
@@ -241,8 +263,10 @@ def test_energy_and_forces_continuous_across_the_cutoff():
     def trimer(r):  # i, j 1.3 Å apart; k on the far side of j at distance r from j
         return Atoms("CNO", positions=[[0, 0, 0], [1.3, 0, 0], [1.3 + r * 0.8, r * 0.6, 0]])
 
-    (near,), (far,) = (T.predict(model, [trimer(CUTOFF - eps)], stress=False),
-                       T.predict(model, [trimer(CUTOFF + eps)], stress=False))
+    (near,), (far,) = (
+        T.predict(model, [trimer(CUTOFF - eps)], stress=False),
+        T.predict(model, [trimer(CUTOFF + eps)], stress=False),
+    )
     assert abs(near["energy"] - far["energy"]) < 1e-9
     assert np.abs(near["forces"] - far["forces"]).max() < 1e-6
     (inside,) = T.predict(model, [trimer(CUTOFF - 0.8)], stress=False)
@@ -251,8 +275,15 @@ def test_energy_and_forces_continuous_across_the_cutoff():
 
 def test_node_features_shape_and_out_channels():
     graph = geognn.collate([graph_of(qm9_molecule())])
-    default = DimeNetPlusPlus(hidden_channels=16, num_layers=1, out_emb_channels=8, int_emb_size=4,
-                              basis_emb_size=2, num_spherical=2, num_radial=3).double()
+    default = DimeNetPlusPlus(
+        hidden_channels=16,
+        num_layers=1,
+        out_emb_channels=8,
+        int_emb_size=4,
+        basis_emb_size=2,
+        num_spherical=2,
+        num_radial=3,
+    ).double()
     assert default.out_channels == 16
     assert default(graph)["node_features"].shape == (graph.num_nodes, 16)
     narrow = DimeNetPlusPlus(hidden_channels=16, num_layers=1, out_channels=5).double()
@@ -263,14 +294,26 @@ def test_node_features_shape_and_out_channels():
 def test_repr_and_defaults():
     backbone = DimeNetPlusPlus(num_layers=1)
     text = repr(backbone)
-    for item in ("hidden_channels=128", "out_emb_channels=256", "int_emb_size=64", "basis_emb_size=8",
-                 "num_spherical=7", "num_radial=6", "cutoff=5.0", "envelope_exponent=5",
-                 "num_before_skip=1", "num_after_skip=2", "num_output_layers=3"):
+    for item in (
+        "hidden_channels=128",
+        "out_emb_channels=256",
+        "int_emb_size=64",
+        "basis_emb_size=8",
+        "num_spherical=7",
+        "num_radial=6",
+        "cutoff=5.0",
+        "envelope_exponent=5",
+        "num_before_skip=1",
+        "num_after_skip=2",
+        "num_output_layers=3",
+    ):
         assert item in text
 
 
-@pytest.mark.parametrize("bad", [dict(cutoff=0.0), dict(num_spherical=0), dict(hidden_channels=2.5),
-                                 dict(num_after_skip=-1), dict(out_channels=0)])
+@pytest.mark.parametrize(
+    "bad",
+    [dict(cutoff=0.0), dict(num_spherical=0), dict(hidden_channels=2.5), dict(num_after_skip=-1), dict(out_channels=0)],
+)
 def test_bad_arguments_raise_value_error(bad):
     with pytest.raises(ValueError):
         DimeNetPlusPlus(**bad)
@@ -295,15 +338,36 @@ def test_matches_pyg_dimenetpp_on_molecules(monkeypatch):
     pytest.importorskip("sympy")
     import torch_geometric.nn.models.dimenet as pyg_dimenet
 
-    settings = dict(hidden_channels=16, num_layers=2, out_emb_channels=24, int_emb_size=8,
-                    basis_emb_size=4, num_spherical=4, num_radial=5, envelope_exponent=5,
-                    num_before_skip=1, num_after_skip=2, num_output_layers=2)
+    settings = dict(
+        hidden_channels=16,
+        num_layers=2,
+        out_emb_channels=24,
+        int_emb_size=8,
+        basis_emb_size=4,
+        num_spherical=4,
+        num_radial=5,
+        envelope_exponent=5,
+        num_before_skip=1,
+        num_after_skip=2,
+        num_output_layers=2,
+    )
     torch.manual_seed(0)
     ours = DimeNetPlusPlus(cutoff=CUTOFF, out_channels=1, **settings).double()
     theirs = pyg_dimenet.DimeNetPlusPlus(
-        hidden_channels=16, out_channels=1, num_blocks=2, int_emb_size=8, basis_emb_size=4,
-        out_emb_channels=24, num_spherical=4, num_radial=5, cutoff=CUTOFF, envelope_exponent=5,
-        num_before_skip=1, num_after_skip=2, num_output_layers=2).double()
+        hidden_channels=16,
+        out_channels=1,
+        num_blocks=2,
+        int_emb_size=8,
+        basis_emb_size=4,
+        out_emb_channels=24,
+        num_spherical=4,
+        num_radial=5,
+        cutoff=CUTOFF,
+        envelope_exponent=5,
+        num_before_skip=1,
+        num_after_skip=2,
+        num_output_layers=2,
+    ).double()
 
     radial_scale = (2.0 / CUTOFF) ** 0.5 / CUTOFF  # ours / PyG's, for the Bessel RBF
     parity = torch.tensor([(-1.0) ** l for l in range(4) for _ in range(5)], dtype=torch.float64)
@@ -318,8 +382,7 @@ def test_matches_pyg_dimenetpp_on_molecules(monkeypatch):
                 getattr(ref, name).load_state_dict(getattr(mine, name).state_dict())
             ref.lin_rbf1.weight.copy_(mine.lin_rbf1.weight * radial_scale)
             ref.lin_sbf1.weight.copy_(mine.lin_sbf1.weight * parity)
-            for a, b in zip((*mine.before_skip, *mine.after_skip),
-                            (*ref.layers_before_skip, *ref.layers_after_skip)):
+            for a, b in zip((*mine.before_skip, *mine.after_skip), (*ref.layers_before_skip, *ref.layers_after_skip)):
                 b.load_state_dict(a.state_dict())
         for mine, ref in zip(ours.outputs, theirs.output_blocks):
             ref.lin_rbf.weight.copy_(mine.lin_rbf.weight * radial_scale)

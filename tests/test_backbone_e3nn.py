@@ -57,8 +57,7 @@ def _assert_equivariant(backbone, atoms: Atoms, *, proper: bool = True) -> dict:
         torch.testing.assert_close(out1["node_vectors"], out0["node_vectors"] @ m.T, atol=1e-12, rtol=0)
     if "node_pseudoscalars" in out0:
         det = float(np.linalg.det(mat))
-        torch.testing.assert_close(out1["node_pseudoscalars"], det * out0["node_pseudoscalars"],
-                                   atol=1e-12, rtol=0)
+        torch.testing.assert_close(out1["node_pseudoscalars"], det * out0["node_pseudoscalars"], atol=1e-12, rtol=0)
     return out0
 
 
@@ -117,23 +116,29 @@ def test_mace_higher_correlation_changes_the_output():
     assert (outs[0] - outs[1]).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(max_ell=4), "max_ell must be an integer in 0..3"),
-    (dict(max_ell=-1), "max_ell must be an integer in 0..3"),
-    (dict(hidden_channels=0), "hidden_channels must be a positive integer"),
-    (dict(avg_num_neighbors=0.0), "avg_num_neighbors must be > 0"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(max_ell=4), "max_ell must be an integer in 0..3"),
+        (dict(max_ell=-1), "max_ell must be an integer in 0..3"),
+        (dict(hidden_channels=0), "hidden_channels must be a positive integer"),
+        (dict(avg_num_neighbors=0.0), "avg_num_neighbors must be > 0"),
+    ],
+)
 def test_nequip_rejects_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         NequIP(**kwargs)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(correlation=0), "correlation must be an integer in 1..3"),
-    (dict(correlation=4), "correlation must be an integer in 1..3"),
-    (dict(max_ell=0), "max_ell must be an integer in 1..3"),
-    (dict(max_ell=2, hidden_max_ell=3), "hidden_max_ell must be an integer in 1..max_ell=2"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(correlation=0), "correlation must be an integer in 1..3"),
+        (dict(correlation=4), "correlation must be an integer in 1..3"),
+        (dict(max_ell=0), "max_ell must be an integer in 1..3"),
+        (dict(max_ell=2, hidden_max_ell=3), "hidden_max_ell must be an integer in 1..max_ell=2"),
+    ],
+)
 def test_mace_rejects_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         MACE(**kwargs)
@@ -147,8 +152,11 @@ def test_nequip_parity_tells_mirror_images_apart_with_invariant_energy():
     """
     left, right = _chiral_pair()
     torch.manual_seed(0)
-    model = geognn.build_model("nequip", cutoff=CUTOFF, hidden_channels=4, num_layers=3, max_ell=1,
-                               parity=True).double().eval()
+    model = (
+        geognn.build_model("nequip", cutoff=CUTOFF, hidden_channels=4, num_layers=3, max_ell=1, parity=True)
+        .double()
+        .eval()
+    )
     out_l, out_r = model(_graph(left), forces=True), model(_graph(right), forces=True)
     torch.testing.assert_close(out_r["energy"], out_l["energy"], atol=1e-12, rtol=0)
     mirror = torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64)
@@ -197,15 +205,18 @@ def test_element_self_connection_equals_e3nn_tensor_product_with_one_hot():
             w.copy_(ours.weights[path].permute(1, 0, 2))  # [C_in, Z, C_out]
     z = torch.tensor([1, 6, 6, 8, 1, 9, 6])
     h = torch.randn(len(z), irreps_in.dim, dtype=torch.float64)
-    one_hot = torch.nn.functional.one_hot(z, num_elements).double() * num_elements ** 0.5
+    one_hot = torch.nn.functional.one_hot(z, num_elements).double() * num_elements**0.5
     torch.testing.assert_close(ours(h, z), reference(h, one_hot), rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("name, kwargs", [
-    ("nequip", dict(max_ell=2, parity=True)),
-    ("nequip", dict(max_ell=1, parity=False)),
-    ("mace", dict(max_ell=2, correlation=3)),
-])
+@pytest.mark.parametrize(
+    "name, kwargs",
+    [
+        ("nequip", dict(max_ell=2, parity=True)),
+        ("nequip", dict(max_ell=1, parity=False)),
+        ("mace", dict(max_ell=2, correlation=3)),
+    ],
+)
 def test_channelwise_tensor_product_reproduces_e3nn_in_the_models(name, kwargs):
     """NequIP/MACE built with e3nn's TensorProduct (the implementation before
     ChannelwiseTensorProduct) and with ours: same state_dict keys, the old checkpoint loads
@@ -223,8 +234,11 @@ def test_channelwise_tensor_product_reproduces_e3nn_in_the_models(name, kwargs):
             blocks._USE_E3NN_TENSOR_PRODUCT = False
     old, new = models[True], models[False]
     assert any(isinstance(m, blocks._E3nnTensorProduct) for m in old.modules())
-    assert not any(isinstance(m, o3.TensorProduct) for m in new.backbone.modules()
-                   if not isinstance(m, o3.ElementwiseTensorProduct))  # the gate's product stays e3nn's
+    assert not any(
+        isinstance(m, o3.TensorProduct)
+        for m in new.backbone.modules()
+        if not isinstance(m, o3.ElementwiseTensorProduct)
+    )  # the gate's product stays e3nn's
     assert list(old.state_dict()) == list(new.state_dict())
     torch.manual_seed(1)
     for p in new.parameters():  # scramble, then restore from the old model's checkpoint

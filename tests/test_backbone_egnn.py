@@ -57,7 +57,7 @@ def reference_forward(model: EGNN, atoms: Atoms, avg_num_neighbors: float, updat
             d0 = float(np.linalg.norm(x0[j] + image @ cell - x0[i]))  # input distance: envelope, basis
             diff = x[i] - (x[j] + image @ cell)  # x_i - x_j at this layer (the image of the moved j)
             env = 0.5 * (math.cos(math.pi * d0 / CUTOFF) + 1.0)
-            a = np.concatenate([[s * float(diff @ diff) / CUTOFF ** 2], s * np.exp(-gamma * (d0 - centres) ** 2)])
+            a = np.concatenate([[s * float(diff @ diff) / CUTOFF**2], s * np.exp(-gamma * (d0 - centres) ** 2)])
             m = env * layer.phi_e(torch.cat([h[i], h[j], torch.as_tensor(a)]))  # [H]
             m_sum[i] += m
             move[i] += diff / (np.linalg.norm(diff) + 1.0) * env * float(layer.phi_x(m))
@@ -68,11 +68,17 @@ def reference_forward(model: EGNN, atoms: Atoms, avg_num_neighbors: float, updat
     return h, torch.as_tensor(total)
 
 
-MOLECULE = Atoms(numbers=[6, 1, 8, 7, 1], positions=[[0.0, 0.0, 0.0], [1.1, 0.2, -0.1], [-0.4, 1.3, 0.5],
-                                                     [2.6, 1.9, 0.3], [0.2, -0.9, 2.4]])
+MOLECULE = Atoms(
+    numbers=[6, 1, 8, 7, 1],
+    positions=[[0.0, 0.0, 0.0], [1.1, 0.2, -0.1], [-0.4, 1.3, 0.5], [2.6, 1.9, 0.3], [0.2, -0.9, 2.4]],
+)
 #: a small triclinic crystal whose 3 Å neighbourhoods cross the cell: periodic images matter
-CRYSTAL = Atoms(numbers=[14, 8, 8], positions=[[0.1, 0.0, 0.2], [1.3, 0.9, 0.4], [0.6, 1.9, 1.6]],
-                cell=[[3.2, 0.0, 0.0], [0.7, 3.0, 0.0], [0.4, 0.5, 2.9]], pbc=True)
+CRYSTAL = Atoms(
+    numbers=[14, 8, 8],
+    positions=[[0.1, 0.0, 0.2], [1.3, 0.9, 0.4], [0.6, 1.9, 1.6]],
+    cell=[[3.2, 0.0, 0.0], [0.7, 3.0, 0.0], [0.4, 0.5, 2.9]],
+    pbc=True,
+)
 
 
 @pytest.mark.parametrize("update_coords", [True, False])
@@ -80,8 +86,9 @@ CRYSTAL = Atoms(numbers=[14, 8, 8], positions=[[0.1, 0.0, 0.2], [1.3, 0.9, 0.4],
 def test_forward_matches_equations_written_out(atoms, update_coords):
     torch.manual_seed(0)
     avg = 3.0
-    model = EGNN(hidden_channels=8, num_layers=3, num_rbf=6, cutoff=CUTOFF, avg_num_neighbors=avg,
-                 update_coords=update_coords).double()
+    model = EGNN(
+        hidden_channels=8, num_layers=3, num_rbf=6, cutoff=CUTOFF, avg_num_neighbors=avg, update_coords=update_coords
+    ).double()
     batch = geognn.collate([geognn.build_graph(atoms, CUTOFF, dtype=torch.float64)])
     if not atoms.pbc.any():
         assert batch["edge_index"].shape[1] < len(atoms) * (len(atoms) - 1), "every pair is within the cutoff"
@@ -112,8 +119,9 @@ def test_fixed_coordinates_give_a_distance_only_model():
         torch.manual_seed(0)
         # w / A = 15: visible displacements at random init (~0.3 Å per layer; with the defaults
         # they are ~1e-3 Å and the second-order gap ~1e-11)
-        model = EGNN(hidden_channels=8, num_layers=3, cutoff=3.0, update_coords=update, avg_num_neighbors=2.0,
-                     coords_weight=30.0).double()
+        model = EGNN(
+            hidden_channels=8, num_layers=3, cutoff=3.0, update_coords=update, avg_num_neighbors=2.0, coords_weight=30.0
+        ).double()
         with torch.no_grad():
             h = model(batch)["node_features"]
         pooled[update] = torch.stack([h[:6].sum(0), h[6:].sum(0)])

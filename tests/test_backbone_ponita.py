@@ -24,10 +24,22 @@ from conftest import load_jarvis, load_oc20_slabs, load_qm9_molecules
 import geognn
 from geognn import testing as T
 from geognn.backbones import BACKBONES, PNITA, PONITA
-from geognn.backbones.ponita import (PERP_EPS, PolynomialFeatures, SeparableConv, invariant_attributes,
-                                    sample_kernels, unit_attributes)
-from geognn.symmetry.sphere import (covering_radius, fibonacci_grid, orientation_grid, random_rotation,
-                                    repulsion_grid, thomson_energy)
+from geognn.backbones.ponita import (
+    PERP_EPS,
+    PolynomialFeatures,
+    SeparableConv,
+    invariant_attributes,
+    sample_kernels,
+    unit_attributes,
+)
+from geognn.symmetry.sphere import (
+    covering_radius,
+    fibonacci_grid,
+    orientation_grid,
+    random_rotation,
+    repulsion_grid,
+    thomson_energy,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore::geognn.graph.build.IsolatedAtomWarning")
 
@@ -61,8 +73,9 @@ def model_with(name="ponita", seed=0, dtype=torch.float64, **kwargs):
 
 def same_weights(model, num_ori):
     """``model``'s weights on another grid: no weight depends on the grid, so the state_dict loads."""
-    other = geognn.build_model("ponita", cutoff=CUTOFF,
-                               **{**model.backbone_kwargs, "num_ori": num_ori, "eval_num_ori": None})
+    other = geognn.build_model(
+        "ponita", cutoff=CUTOFF, **{**model.backbone_kwargs, "num_ori": num_ori, "eval_num_ori": None}
+    )
     other = other.double().eval()
     other.load_state_dict(model.state_dict())
     return other
@@ -96,11 +109,14 @@ def test_fibonacci_grid_is_unit_and_near_uniform():
     assert torch.equal(fibonacci_grid(400), grid)  # deterministic
 
 
-@pytest.mark.parametrize("n, energy, dots", [
-    (4, 3.674234614, [-1 / 3]),                        # regular tetrahedron
-    (6, 9.985281374, [0.0, -1.0]),                     # octahedron
-    (12, 49.165253058, [1 / math.sqrt(5), -1 / math.sqrt(5), -1.0]),  # icosahedron
-])
+@pytest.mark.parametrize(
+    "n, energy, dots",
+    [
+        (4, 3.674234614, [-1 / 3]),  # regular tetrahedron
+        (6, 9.985281374, [0.0, -1.0]),  # octahedron
+        (12, 49.165253058, [1 / math.sqrt(5), -1 / math.sqrt(5), -1.0]),  # icosahedron
+    ],
+)
 def test_repulsion_grid_finds_the_known_thomson_minimisers(n, energy, dots):
     """Known solutions of the Thomson problem (energy sum 1/r of unit charges on the unit sphere)."""
     grid = repulsion_grid(n)
@@ -147,13 +163,12 @@ def test_attributes_are_invariant_under_rotations_and_reflections_of_both():
     grid = fibonacci_grid(10)
     for parity in (1, -1):
         m = torch.as_tensor(parity * T.random_rotation(rng))
-        np.testing.assert_allclose(invariant_attributes(r @ m.T, grid @ m.T), invariant_attributes(r, grid),
-                                   atol=1e-13)
+        np.testing.assert_allclose(invariant_attributes(r @ m.T, grid @ m.T), invariant_attributes(r, grid), atol=1e-13)
 
 
 def legendre_scaled(n, t):
     """sqrt(2n + 1) P_n(t) from the closed forms (independent of the recurrence in the code)."""
-    closed = {0: 1.0, 1: t, 2: (3 * t * t - 1) / 2, 3: (5 * t ** 3 - 3 * t) / 2}
+    closed = {0: 1.0, 1: t, 2: (3 * t * t - 1) / 2, 3: (5 * t**3 - 3 * t) / 2}
     return math.sqrt(2 * n + 1) * closed[n]
 
 
@@ -161,8 +176,9 @@ def test_polynomial_features_are_orthonormal_legendre_products_spanning_the_mono
     poly = PolynomialFeatures(num_attributes=2, degree=3)
     x, y = 0.5, -0.3
     got = sorted(poly(torch.tensor([x, y], dtype=torch.float64)).tolist())
-    expected = sorted(legendre_scaled(m, x) * legendre_scaled(n, y)
-                      for m in range(4) for n in range(4) if 1 <= m + n <= 3)
+    expected = sorted(
+        legendre_scaled(m, x) * legendre_scaled(n, y) for m in range(4) for n in range(4) if 1 <= m + n <= 3
+    )
     np.testing.assert_allclose(got, expected, atol=1e-14)
     # orthonormal on [-1, 1]^2 (uniform measure): Gauss-Legendre quadrature, exact for these degrees
     nodes, weights = np.polynomial.legendre.leggauss(4)
@@ -173,8 +189,7 @@ def test_polynomial_features_are_orthonormal_legendre_products_spanning_the_mono
     # with a constant they span the monomials of degree <= 3 (the paper's features): exact fit
     t = torch.rand(50, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 2 - 1
     design = torch.cat([torch.ones(50, 1, dtype=torch.float64), poly(t)], dim=1)
-    monomials = torch.stack([t[:, 0] ** a * t[:, 1] ** b for a in range(4) for b in range(4)
-                             if 1 <= a + b <= 3], dim=1)
+    monomials = torch.stack([t[:, 0] ** a * t[:, 1] ** b for a in range(4) for b in range(4) if 1 <= a + b <= 3], dim=1)
     residual = design @ torch.linalg.lstsq(design, monomials).solution - monomials
     assert float(residual.abs().max()) < 1e-10
     # smooth at 0 to second order (autograd forces in training differentiate twice)
@@ -236,8 +251,11 @@ def test_separable_convolution_matches_the_sums_written_out():
             for c in range(channels):
                 total = 0.0
                 for q in range(num_ori):
-                    inner = sum(float(ws[c] @ spatial[e, q]) * float(h[edge_index[0, e], q, c])
-                                for e in range(4) if edge_index[1, e] == i)
+                    inner = sum(
+                        float(ws[c] @ spatial[e, q]) * float(h[edge_index[0, e], q, c])
+                        for e in range(4)
+                        if edge_index[1, e] == i
+                    )
                     total += float(wf[c] @ sphere[p, q]) * inner
                 expected[i, p, c] = total / num_ori + b[c]
     np.testing.assert_allclose(got.detach(), expected, atol=1e-12)
@@ -304,8 +322,9 @@ def test_node_vector_error_shrinks_as_num_ori_grows(molecules):
     errors = {}
     for n in (4, 16, 64):
         model = same_weights(base, n)
-        errors[n] = max(T.check_vector_equivariance(model, atoms, np.random.default_rng(5)).error
-                        for atoms in molecules[:2])
+        errors[n] = max(
+            T.check_vector_equivariance(model, atoms, np.random.default_rng(5)).error for atoms in molecules[:2]
+        )
     assert errors[64] < errors[16] < errors[4], errors
     del rng
 
@@ -326,14 +345,17 @@ def test_random_grid_rotation_only_in_training(molecules):
     assert torch.equal(fixed(batch)["node_features"], fixed(batch)["node_features"])
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(num_ori=0), "num_ori must be a positive integer, got 0"),
-    (dict(grid="cube"), "unknown grid 'cube'; choose one of: fibonacci, repulsion"),
-    (dict(layer_scale=0.0), "layer_scale must be > 0, got 0.0"),
-    (dict(hidden_channels=0), "hidden_channels must be a positive integer, got 0"),
-    (dict(degree=1.5), "degree must be a positive integer, got 1.5"),
-    (dict(cutoff=-1.0), "cutoff must be > 0, got -1.0"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(num_ori=0), "num_ori must be a positive integer, got 0"),
+        (dict(grid="cube"), "unknown grid 'cube'; choose one of: fibonacci, repulsion"),
+        (dict(layer_scale=0.0), "layer_scale must be > 0, got 0.0"),
+        (dict(hidden_channels=0), "hidden_channels must be a positive integer, got 0"),
+        (dict(degree=1.5), "degree must be a positive integer, got 1.5"),
+        (dict(cutoff=-1.0), "cutoff must be > 0, got -1.0"),
+    ],
+)
 def test_bad_arguments_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         PONITA(**kwargs)
@@ -442,8 +464,16 @@ def test_trains_on_qm9_with_the_trainer(tmp_path):
     from geognn.train.config import TrainConfig
     from geognn.train.loop import train
 
-    config = TrainConfig(backbone="ponita", backbone_kwargs=dict(SMALL["ponita"]), limit=200, epochs=2,
-                         time_limit=0, batch_size=32, out=str(tmp_path / "run"), threads=2)
+    config = TrainConfig(
+        backbone="ponita",
+        backbone_kwargs=dict(SMALL["ponita"]),
+        limit=200,
+        epochs=2,
+        time_limit=0,
+        batch_size=32,
+        out=str(tmp_path / "run"),
+        threads=2,
+    )
     result = train(config, progress=False)
     assert np.isfinite(result.test_mae) and result.test_mae < 10 * result.baseline_test_mae
     model = geognn.load_model(result.model_path)
@@ -458,12 +488,14 @@ def test_eval_num_ori_evaluates_the_same_weights_on_the_finer_grid(molecules):
     coarse, fine = same_weights(model, 4), same_weights(model, 32)
     batch = geognn.collate([geognn.build_graph(a, CUTOFF, dtype=torch.float64) for a in molecules])
     with torch.no_grad():
-        torch.testing.assert_close(model(batch, forces=False)["energy"], fine(batch, forces=False)["energy"],
-                                   rtol=0, atol=1e-12)
+        torch.testing.assert_close(
+            model(batch, forces=False)["energy"], fine(batch, forces=False)["energy"], rtol=0, atol=1e-12
+        )
         model.train()
         coarse.train()
-        torch.testing.assert_close(model(batch, forces=False)["energy"], coarse(batch, forces=False)["energy"],
-                                   rtol=0, atol=1e-12)
+        torch.testing.assert_close(
+            model(batch, forces=False)["energy"], coarse(batch, forces=False)["energy"], rtol=0, atol=1e-12
+        )
     model.eval()
     assert model.backbone.hparams["eval_num_ori"] == 32
     rng = np.random.default_rng(3)

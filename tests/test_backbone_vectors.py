@@ -60,8 +60,9 @@ def test_node_vectors_transform_as_polar_vectors(name, parity, structures):
         assert np.abs(vecs).max() > 1e-6, "node_vectors are all zero: the check would be empty"
         scale = np.abs(vecs).max()  # relative: the check must not pass just because vectors are small
         np.testing.assert_allclose(feats_t, feats, rtol=0, atol=1e-10, err_msg=f"{param.id} M={mat.tolist()}")
-        np.testing.assert_allclose(vecs_t / scale, vecs @ mat.T / scale, rtol=0, atol=1e-10,
-                                   err_msg=f"{param.id} M={mat.tolist()}")
+        np.testing.assert_allclose(
+            vecs_t / scale, vecs @ mat.T / scale, rtol=0, atol=1e-10, err_msg=f"{param.id} M={mat.tolist()}"
+        )
 
 
 @pytest.mark.parametrize("name", EQUIVARIANT)

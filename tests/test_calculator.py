@@ -21,8 +21,11 @@ def random_model():
     """A small randomly initialised SchNet in float64: any smooth energy surface will do for
     checking gradients, energy conservation in MD and that BFGS converges on it."""
     torch.manual_seed(3)
-    return geognn.build_model("schnet", cutoff=4.0, hidden_channels=16, num_filters=16, num_layers=2,
-                              num_gaussians=12).double().eval()
+    return (
+        geognn.build_model("schnet", cutoff=4.0, hidden_channels=16, num_filters=16, num_layers=2, num_gaussians=12)
+        .double()
+        .eval()
+    )
 
 
 def test_forces_are_minus_gradient_of_energy():

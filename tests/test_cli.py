@@ -21,9 +21,15 @@ from geognn.cli import CRYSTAL_CHECKPOINT, DEFAULT_CHECKPOINT, main
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     torch.manual_seed(0)
-    model = geognn.build_model("schnet", cutoff=4.0, hidden_channels=16, num_filters=16, num_layers=2,
-                               num_gaussians=12,
-                               metadata={"trained_on": "test molecules", "periodic": False, "elements": [1, 6, 8]})
+    model = geognn.build_model(
+        "schnet",
+        cutoff=4.0,
+        hidden_channels=16,
+        num_filters=16,
+        num_layers=2,
+        num_gaussians=12,
+        metadata={"trained_on": "test molecules", "periodic": False, "elements": [1, 6, 8]},
+    )
     path = tmp_path_factory.mktemp("ckpt") / "model.pt"
     model.save(path)
     return path
@@ -58,8 +64,14 @@ def test_mixed_folder_predicts_good_files_and_reports_broken_ones(checkpoint, mi
     assert code == 1  # some inputs failed
     rows = list(csv.DictReader(io.StringIO(out)))
     files = sorted(r["file"].split("inputs/")[1] for r in rows)
-    assert files == ["NaCl.cif", "nested/POSCAR-JVASP-1372.vasp", "nested/deeper/frames.extxyz@0",
-                     "nested/deeper/frames.extxyz@1", "nested/deeper/si.traj", "nested/water.xyz"]
+    assert files == [
+        "NaCl.cif",
+        "nested/POSCAR-JVASP-1372.vasp",
+        "nested/deeper/frames.extxyz@0",
+        "nested/deeper/frames.extxyz@1",
+        "nested/deeper/si.traj",
+        "nested/water.xyz",
+    ]
     nacl = next(r for r in rows if r["file"].endswith("NaCl.cif"))
     assert nacl["formula"] == "Cl4Na4" and nacl["natoms"] == "8"  # symmetry-expanded conventional cell
     assert nacl["stress_xx"] != ""
@@ -93,19 +105,27 @@ def test_values_match_the_python_api(checkpoint, tmp_path, capsys):
     assert row["energy"] == pytest.approx(float(expected["energy"][0].detach()), rel=1e-6)
     assert row["max_force"] == pytest.approx(float(expected["forces"].norm(dim=1).max()), rel=1e-5)
     s = expected["stress"][0].detach().numpy() * 160.2176634
-    np.testing.assert_allclose(row["stress"], [s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]],
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        row["stress"], [s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]], rtol=1e-5, atol=1e-6
+    )
 
 
 def test_table_and_output_file(checkpoint, tmp_path, capsys):
     write(tmp_path / "w.xyz", molecule("H2O"))
     code, out, err = run(capsys, "--checkpoint", checkpoint, tmp_path / "w.xyz")
     assert code == 0 and out.splitlines()[0].startswith("file") and "H2O" in out
-    code, out, err = run(capsys, "--checkpoint", checkpoint, "--output", tmp_path / "p.csv", "--format", "csv",
-                         tmp_path / "w.xyz")
+    code, out, err = run(
+        capsys, "--checkpoint", checkpoint, "--output", tmp_path / "p.csv", "--format", "csv", tmp_path / "w.xyz"
+    )
     assert code == 0 and out == "" and "wrote 1 prediction(s)" in err
-    assert (tmp_path / "p.csv").read_text().startswith("file,formula,natoms,energy,energy_per_atom,max_force,"
-                                                       "stress_xx,stress_yy,stress_zz,stress_yz,stress_xz,stress_xy\n")
+    assert (
+        (tmp_path / "p.csv")
+        .read_text()
+        .startswith(
+            "file,formula,natoms,energy,energy_per_atom,max_force,"
+            "stress_xx,stress_yy,stress_zz,stress_yz,stress_xz,stress_xy\n"
+        )
+    )
 
 
 def test_missing_inputs_and_bad_checkpoint(checkpoint, tmp_path, capsys):

@@ -59,10 +59,18 @@ def _in_tmp(tmp_path, monkeypatch):
 def files(tmp_path_factory) -> dict[str, Path]:
     """Broken inputs of every kind, made once."""
     d = tmp_path_factory.mktemp("bad")
-    f = {"dir": d / "folder", "file": d / "plain.txt", "malformed": d / "malformed.yaml",
-         "unknown": d / "unknown.yaml", "mol": d / "water.xyz", "text_pt": d / "text.pt",
-         "state_dict": d / "state_dict.pt", "future": d / "future.pt", "newer_config": d / "newer_config.pt",
-         "notrun": d / "notrun"}
+    f = {
+        "dir": d / "folder",
+        "file": d / "plain.txt",
+        "malformed": d / "malformed.yaml",
+        "unknown": d / "unknown.yaml",
+        "mol": d / "water.xyz",
+        "text_pt": d / "text.pt",
+        "state_dict": d / "state_dict.pt",
+        "future": d / "future.pt",
+        "newer_config": d / "newer_config.pt",
+        "notrun": d / "notrun",
+    }
     f["dir"].mkdir()
     f["notrun"].mkdir()
     f["file"].write_text("just text\n")
@@ -106,7 +114,11 @@ TRAIN_CASES = {  # id: (argv with {placeholders}, exit status, what the message 
     "data root missing": (["--data-root", "{dir}/qm9.csv", *QUICK], 2, ["qm9.csv"]),
     "qm9 root a text file": (["--data-root", "{file}", *QUICK], 2, ["plain.txt", "QM9"]),
     "extxyz root without files": (["--dataset", "extxyz", "--data-root", "{dir}", *QUICK], 2, ["folder", ".xyz"]),
-    "cif-folder root a file": (["--dataset", "cif-folder", "--data-root", "{file}", *QUICK], 2, ["plain.txt", "id_prop"]),
+    "cif-folder root a file": (
+        ["--dataset", "cif-folder", "--data-root", "{file}", *QUICK],
+        2,
+        ["plain.txt", "id_prop"],
+    ),
     "oc20 root a text file": (["--dataset", "oc20-is2re", "--data-root", "{file}", *QUICK], 2, ["plain.txt", "LMDB"]),
     "dataset needs a root": (["--dataset", "extxyz", *QUICK], 2, ["--data-root"]),
     "split file missing": (["--split", "{dir}/split.json", *QUICK], 2, ["split.json"]),
@@ -179,8 +191,11 @@ PREDICT_CASES = {
     "checkpoint a text file": (["--checkpoint", "{text_pt}", "{mol}"], 2, ["text.pt", "torch.save"]),
     "checkpoint a plain state_dict": (["--checkpoint", "{state_dict}", "{mol}"], 2, ["state_dict.pt", "config"]),
     "checkpoint of a future format": (["--checkpoint", "{future}", "{mol}"], 2, ["future.pt", "version 99"]),
-    "checkpoint from another version": (["--checkpoint", "{newer_config}", "{mol}"], 2,
-                                        ["newer_config.pt", "option_from_the_future"]),
+    "checkpoint from another version": (
+        ["--checkpoint", "{newer_config}", "{mol}"],
+        2,
+        ["newer_config.pt", "option_from_the_future"],
+    ),
     "output in a missing folder": (["--output", "{dir}/nowhere/out.csv", "{mol}"], 2, ["--output", "nowhere"]),
     "output a folder": (["--output", "{dir}", "{mol}"], 2, ["--output", "folder"]),
     "batch size 0": (["--batch-size", "0", "{mol}"], 2, ["--batch-size"]),
@@ -286,10 +301,29 @@ def test_ctrl_c_in_predict_is_one_line(files, monkeypatch, capsys):
 def test_ctrl_c_during_training_then_resume_continues_from_the_saved_step(tmp_path, capsys):
     """A real SIGINT to a ``geognn train`` process after its first epoch is logged."""
     out = tmp_path / "run"
-    args = ["--limit", "200", "--batch-size", "4", "--epochs", "3", "--time-limit", "0", "--threads", "1",
-            "--seed", "3", "--out", str(out)]
-    proc = subprocess.Popen([sys.executable, "-m", "geognn.cli", "train", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    args = [
+        "--limit",
+        "200",
+        "--batch-size",
+        "4",
+        "--epochs",
+        "3",
+        "--time-limit",
+        "0",
+        "--threads",
+        "1",
+        "--seed",
+        "3",
+        "--out",
+        str(out),
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "geognn.cli", "train", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     metrics, deadline = out / "metrics.csv", time.monotonic() + 120
     while proc.poll() is None and time.monotonic() < deadline:
         if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:  # header + epoch 1

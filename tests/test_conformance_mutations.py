@@ -74,12 +74,29 @@ class Toy(Backbone):
 
     name = "toy"
 
-    def __init__(self, hidden_channels: int = 8, num_layers: int = 1, cutoff: float = 5.0, num_vectors: int = 4,
-                 vector_scale: float = 1.0, step: float = 0.0, rotation: float = 0.0, translation: float = 0.0,
-                 detach: bool = False):
-        super().__init__(hidden_channels=hidden_channels, num_layers=num_layers, cutoff=cutoff,
-                         num_vectors=num_vectors, vector_scale=vector_scale, step=step, rotation=rotation,
-                         translation=translation, detach=detach)
+    def __init__(
+        self,
+        hidden_channels: int = 8,
+        num_layers: int = 1,
+        cutoff: float = 5.0,
+        num_vectors: int = 4,
+        vector_scale: float = 1.0,
+        step: float = 0.0,
+        rotation: float = 0.0,
+        translation: float = 0.0,
+        detach: bool = False,
+    ):
+        super().__init__(
+            hidden_channels=hidden_channels,
+            num_layers=num_layers,
+            cutoff=cutoff,
+            num_vectors=num_vectors,
+            vector_scale=vector_scale,
+            step=step,
+            rotation=rotation,
+            translation=translation,
+            detach=detach,
+        )
         self.cutoff = float(cutoff)
         self.embedding = nn.Embedding(self.max_z + 1, hidden_channels)
         self.rbf = GaussianRBF(0.0, cutoff, 8)
@@ -215,12 +232,14 @@ def test_calibrated_defects_are_2_meV(molecule, crystal):
 def test_correct_toy_passes_every_check(dtype, molecule, crystal):
     model = toy(dtype)
     rng = np.random.default_rng(0)
-    results = [T.check_cutoff_smoothness(model, molecule, rng),
-               T.check_finite_difference_forces(model, molecule, rng),
-               T.check_finite_difference_forces(model, crystal, rng),
-               T.check_finite_difference_stress(model, crystal),
-               T.check_batching(model, [molecule, crystal]),
-               T.check_determinism(model, [molecule, crystal])]
+    results = [
+        T.check_cutoff_smoothness(model, molecule, rng),
+        T.check_finite_difference_forces(model, molecule, rng),
+        T.check_finite_difference_forces(model, crystal, rng),
+        T.check_finite_difference_stress(model, crystal),
+        T.check_batching(model, [molecule, crystal]),
+        T.check_determinism(model, [molecule, crystal]),
+    ]
     for atoms in (molecule, crystal):
         for check in (T.check_rotation, T.check_reflection, T.check_translation, T.check_permutation):
             results.append(check(model, atoms, rng))
@@ -299,8 +318,10 @@ def test_results_are_in_physical_units(molecule, crystal):
     model = toy(**calibrated("rotation", crystal))
     result = T.check_rotation(model, crystal, np.random.default_rng(0))
     assert [m.unit for m in result.measured] == ["eV/atom", "eV/Å", "eV/Å³"]
-    assert result.unit in ("eV/atom", "eV/Å", "eV/Å³") and result.error == max(
-        result.measured, key=lambda m: m.error / m.tolerance).error
+    assert (
+        result.unit in ("eV/atom", "eV/Å", "eV/Å³")
+        and result.error == max(result.measured, key=lambda m: m.error / m.tolerance).error
+    )
     assert "FAILED" in str(result) and "eV/Å" in str(result)
     # the reference energies do not enter: the same check with references 1000x larger gives the same errors
     model.reference.energies.mul_(1000.0)

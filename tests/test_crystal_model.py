@@ -11,9 +11,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import shared_data_dir
 
 import geognn
-from conftest import shared_data_dir
 from geognn.graph.build import build_graph, collate
 from geognn.io import read_file
 from geognn.model import Ensemble, load_model

@@ -19,8 +19,15 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from conftest import shared_data_dir
 
 from geognn.conventions import HARTREE_TO_EV, KCAL_PER_MOL_TO_EV
-from geognn.datasets import (DATASETS, QM9_TARGETS, open_dataset, qm9_standard_split, random_split,
-                             read_split, write_split)
+from geognn.datasets import (
+    DATASETS,
+    QM9_TARGETS,
+    open_dataset,
+    qm9_standard_split,
+    random_split,
+    read_split,
+    write_split,
+)
 from geognn.datasets.qm9 import QM9_ATOMREF_HARTREE, load_qm9
 from geognn.io import StructureError
 
@@ -111,8 +118,9 @@ def test_qm9_three_layouts_agree(tmp_path):
 
 
 def test_qm9_energy_unit_and_bad_target(tmp_path):
-    ds = open_dataset("qm9", qm9_dir() / "schnetpack_test_qm9.db", cache_dir=tmp_path, energy_unit="Hartree",
-                      target="gap")
+    ds = open_dataset(
+        "qm9", qm9_dir() / "schnetpack_test_qm9.db", cache_dir=tmp_path, energy_unit="Hartree", target="gap"
+    )
     assert ds.targets["U0"] == "Hartree" and ds.targets["mu"] == "D" and ds.targets["energy"] == "Hartree"
     assert ds[0].info["U0"] == pytest.approx(-40.47893, rel=1e-12)
     assert ds[0].info["energy"] == pytest.approx(0.5048, rel=1e-12)
@@ -292,8 +300,9 @@ def test_cif_folder_header_several_labels_units_and_write_round_trip(tmp_path):
         assert ds[k].info["e_form"] == pytest.approx(labels["e_form"][k] * 1e-3, rel=1e-12)
         assert ds[k].info["etot"] == pytest.approx(labels["etot"][k] * HARTREE_2018, rel=1e-8)  # CODATA 2018, rounded
         assert ds[k].info["tc"] == labels["tc"][k]
-        np.testing.assert_allclose(ds[k].get_scaled_positions() % 1.0, structures[k].get_scaled_positions() % 1.0,
-                                   atol=1e-6)  # CIF writes 6+ decimals
+        np.testing.assert_allclose(
+            ds[k].get_scaled_positions() % 1.0, structures[k].get_scaled_positions() % 1.0, atol=1e-6
+        )  # CIF writes 6+ decimals
     one = open_dataset("cif-folder", tmp_path, target="tc", energy_unit="K")
     assert one.targets == {"energy": "K", "tc": "K"} and one[2].info["energy"] == 92.0  # single label: also energy
     with pytest.raises(ValueError, match=r"has no label 'gap'; its labels are e_form, etot, tc"):
@@ -321,15 +330,23 @@ def test_extxyz_stress_units_and_missing_label(tmp_path):
     frames = []
     for k in range(3):
         a = Atoms("Si2", positions=[[0, 0, 0], [1.4, 1.4, 1.4]], cell=np.eye(3) * 5.43, pbc=True)
-        a.calc = SinglePointCalculator(a, energy=-10.0 - k, forces=np.full((2, 3), 0.1 * k),
-                                       stress=np.array([1.0, 2.0, 3.0, 0.4, 0.5, 0.6]) * (k + 1))
+        a.calc = SinglePointCalculator(
+            a,
+            energy=-10.0 - k,
+            forces=np.full((2, 3), 0.1 * k),
+            stress=np.array([1.0, 2.0, 3.0, 0.4, 0.5, 0.6]) * (k + 1),
+        )
         frames.append(a)
     path = tmp_path / "si.extxyz"
     ase.io.write(path, frames)
     ds = open_dataset("extxyz", path, stress_unit="GPa")
     assert ds.targets == {"energy": "eV", "forces": "eV/Å", "stress": "eV/Å^3"}
     s = ds[1].info["stress"]
-    assert s.shape == (3, 3) and s[0, 0] == pytest.approx(2.0 * ase.units.GPa) and s[0, 1] == pytest.approx(1.2 * ase.units.GPa)
+    assert (
+        s.shape == (3, 3)
+        and s[0, 0] == pytest.approx(2.0 * ase.units.GPa)
+        and s[0, 1] == pytest.approx(1.2 * ase.units.GPa)
+    )
     # a frame without its energy in the middle of a file
     lines = path.read_text().splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("Lattice") and i > 3)
@@ -353,8 +370,13 @@ def test_extxyz_several_info_labels_with_their_units(tmp_path):
     path = tmp_path / "x.extxyz"
     ase.io.write(path, frames)
     with pytest.warns(UserWarning, match="skipped 1 bad"):
-        ds = open_dataset("extxyz", path, target=["energy", "e_form", "gap"], on_error="skip",
-                          units={"energy": "eV", "e_form": "meV/atom", "gap": "eV"})
+        ds = open_dataset(
+            "extxyz",
+            path,
+            target=["energy", "e_form", "gap"],
+            on_error="skip",
+            units={"energy": "eV", "e_form": "meV/atom", "gap": "eV"},
+        )
     assert ds.labels == ["energy", "e_form", "gap"] and ds.ids == ["x.extxyz@0", "x.extxyz@2"]
     assert ds.targets == {"energy": "eV", "e_form": "eV/atom", "gap": "eV"}
     assert ds.skipped[0][0] == "x.extxyz@1" and "non-finite gap" in ds.skipped[0][1]
@@ -374,9 +396,11 @@ def test_ase_db_oc20_frame_and_oxides():
 
 
 def test_items_follow_the_interface(tmp_path):
-    kinds = [("qm9", qm9_dir() / "schnetpack_test_qm9.db", {"cache_dir": tmp_path}),
-             ("cif-folder", shared_data_dir() / "cif" / "cgcnn_sample_cod", {}),
-             ("ase-db", shared_data_dir() / "other" / "fairchem_oxides_pbe_eos.db", {"limit": 3})]
+    kinds = [
+        ("qm9", qm9_dir() / "schnetpack_test_qm9.db", {"cache_dir": tmp_path}),
+        ("cif-folder", shared_data_dir() / "cif" / "cgcnn_sample_cod", {}),
+        ("ase-db", shared_data_dir() / "other" / "fairchem_oxides_pbe_eos.db", {"limit": 3}),
+    ]
     for kind, root, opts in kinds:
         ds = open_dataset(kind, root, **opts)
         a = ds[-1]
@@ -428,8 +452,10 @@ def test_data_loading_never_imports_the_models():
     import subprocess
     import sys
 
-    code = ("import sys, geognn, geognn.datasets, geognn.io, geognn.graph.build; "
-            "print(sorted(m for m in sys.modules if m.startswith(('geognn.model', 'geognn.backbones', "
-            "'geognn.symmetry', 'geognn.train'))))")
+    code = (
+        "import sys, geognn, geognn.datasets, geognn.io, geognn.graph.build; "
+        "print(sorted(m for m in sys.modules if m.startswith(('geognn.model', 'geognn.backbones', "
+        "'geognn.symmetry', 'geognn.train'))))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -36,8 +36,15 @@ def test_doctor_passes_here_and_names_everything(report):
         assert any(line.split()[:2] == [name, "ok"] for line in lines), name
     # versions as the installed distributions report them
     assert f"  python          {platform.python_version()}" in lines
-    for shown, dist in [("torch", "torch"), ("torch-geometric", "torch_geometric"), ("e3nn", "e3nn"), ("ase", "ase"),
-                        ("pymatgen", "pymatgen"), ("vesin", "vesin"), ("numpy", "numpy")]:
+    for shown, dist in [
+        ("torch", "torch"),
+        ("torch-geometric", "torch_geometric"),
+        ("e3nn", "e3nn"),
+        ("ase", "ase"),
+        ("pymatgen", "pymatgen"),
+        ("vesin", "vesin"),
+        ("numpy", "numpy"),
+    ]:
         assert f"  {shown:<16}{importlib.metadata.version(dist)}" in lines, shown
     assert lines[-1] == f"all {len(BACKBONES)} backbones pass"
 
@@ -106,9 +113,10 @@ class _NaN(SchNet):
         return out
 
 
-@pytest.mark.parametrize("broken, message", [(_Raises, "RuntimeError: planted failure"),
-                                             (_Absolute, "molecule forces sum to"),
-                                             (_NaN, "energy not finite")])
+@pytest.mark.parametrize(
+    "broken, message",
+    [(_Raises, "RuntimeError: planted failure"), (_Absolute, "molecule forces sum to"), (_NaN, "energy not finite")],
+)
 def test_planted_failure_gives_exit_1_and_names_the_backbone(monkeypatch, broken, message):
     monkeypatch.setitem(BACKBONES, "egnn", broken)
     stream = io.StringIO()

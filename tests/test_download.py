@@ -132,8 +132,13 @@ def test_resume_with_range(serve, blob, tmp_path):
     half = len(blob) // 2
     dest.with_name("blob.bin.part").write_bytes(blob[:half])
     notes = []
-    download(srv.url + "blob.bin", dest, expected={"sha256": hashlib.sha256(blob).hexdigest()},
-             progress=False, log=notes.append)
+    download(
+        srv.url + "blob.bin",
+        dest,
+        expected={"sha256": hashlib.sha256(blob).hexdigest()},
+        progress=False,
+        log=notes.append,
+    )
     assert dest.read_bytes() == blob
     assert not dest.with_name("blob.bin.part").exists()
     # one request, asking for (and getting) only the missing bytes
@@ -172,8 +177,9 @@ def test_interrupted_download_then_resume(serve, blob, tmp_path):
     assert part.read_bytes() == blob[: len(blob) // 2]
     assert not dest.exists()
     good = serve("range", www)
-    download(good.url + "blob.bin", dest, expected={"sha256": hashlib.sha256(blob).hexdigest()},
-             progress=False, log=None)
+    download(
+        good.url + "blob.bin", dest, expected={"sha256": hashlib.sha256(blob).hexdigest()}, progress=False, log=None
+    )
     assert dest.read_bytes() == blob
     assert good.requests[0][1] == f"bytes={len(blob) // 2}-"
 
@@ -208,8 +214,13 @@ def test_unreachable_host(tmp_path):
 
 def test_file_url_mirror(blob, tmp_path):
     dest = tmp_path / "copy" / "blob.bin"
-    download((tmp_path / "www" / "blob.bin").as_uri(), dest, expected={"md5": hashlib.md5(blob).hexdigest()},
-             progress=False, log=None)
+    download(
+        (tmp_path / "www" / "blob.bin").as_uri(),
+        dest,
+        expected={"md5": hashlib.md5(blob).hexdigest()},
+        progress=False,
+        log=None,
+    )
     assert dest.read_bytes() == blob
 
 
@@ -309,7 +320,7 @@ def _parse_qm9_by_hand(path: Path):
     lines = path.read_text().splitlines()
     n = int(lines[0])
     header = lines[1].split()
-    rows = [line.split() for line in lines[2:2 + n]]
+    rows = [line.split() for line in lines[2 : 2 + n]]
     pos = np.array([[float(v.replace("*^", "e")) for v in r[1:4]] for r in rows])
     return int(header[1]), [r[0] for r in rows], pos, float(header[2 + 10])  # U0, Hartree
 
@@ -320,8 +331,9 @@ def test_qm9_script_end_to_end(serve, qm9_www, tmp_path, monkeypatch, capsys):
     out = tmp_path / "qm9"
     # the script itself, run as __main__ in this process (a new interpreter would spend ~10 s
     # importing torch on a loaded CI machine)
-    monkeypatch.setattr(sys, "argv", ["download_qm9.py", "--out", str(out), "--mirror", srv.url,
-                                      "--skip-checksum", "--quiet"])
+    monkeypatch.setattr(
+        sys, "argv", ["download_qm9.py", "--out", str(out), "--mirror", srv.url, "--skip-checksum", "--quiet"]
+    )
     with pytest.raises(SystemExit) as done:
         runpy.run_path(str(REPO / "scripts" / "download_qm9.py"), run_name="__main__")
     assert done.value.code == 0
@@ -357,11 +369,12 @@ def test_qm9_checksums_verified_and_mismatch(serve, qm9_www, tmp_path, capsys):
     www, _ = qm9_www
     srv = serve("range", www)
     sums = tmp_path / "SHA256SUMS"
-    sums.write_text(f"{_sha256(www / 'dsgdb9nsd.xyz.tar.bz2')}  dsgdb9nsd.xyz.tar.bz2\n"
-                    f"{_md5(www / 'uncharacterized.txt')}  uncharacterized.txt\n")
+    sums.write_text(
+        f"{_sha256(www / 'dsgdb9nsd.xyz.tar.bz2')}  dsgdb9nsd.xyz.tar.bz2\n"
+        f"{_md5(www / 'uncharacterized.txt')}  uncharacterized.txt\n"
+    )
     out = tmp_path / "ok"
-    assert qm9_main(["--out", str(out), "--mirror", srv.url, "--checksums", str(sums), "--no-extract",
-                     "--quiet"]) == 0
+    assert qm9_main(["--out", str(out), "--mirror", srv.url, "--checksums", str(sums), "--no-extract", "--quiet"]) == 0
     tarball = out / "dsgdb9nsd.xyz.tar.bz2"
     assert tarball.read_bytes() == (www / "dsgdb9nsd.xyz.tar.bz2").read_bytes()
     assert f"--data-root {tarball}" in capsys.readouterr().out
@@ -372,9 +385,10 @@ def test_qm9_checksums_verified_and_mismatch(serve, qm9_www, tmp_path, capsys):
     bad = tmp_path / "bad"
     assert qm9_main(["--out", str(bad), "--mirror", srv.url, "--quiet"]) == 1
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: checksum mismatch for uncharacterized.txt: expected sha256 "
-                          "3aa5115d540b356de94791d4a74c3bf1ed91c469ecf52a4f5d7cc0506fe02e24, got "
-                          + _sha256(www / "uncharacterized.txt"))
+    assert err.startswith(
+        "error: checksum mismatch for uncharacterized.txt: expected sha256 "
+        "3aa5115d540b356de94791d4a74c3bf1ed91c469ecf52a4f5d7cc0506fe02e24, got " + _sha256(www / "uncharacterized.txt")
+    )
     assert "\n" not in err
     assert not (bad / "uncharacterized.txt").exists() and (bad / "uncharacterized.txt.part").exists()
 
@@ -429,8 +443,10 @@ def test_oc20_is2re(serve, is2re_www, is2re_graphs, tmp_path, capsys):
     sums = tmp_path / "MD5SUMS"
     sums.write_text(f"{_md5(is2re_www / 'is2res_train_val_test_lmdbs.tar.gz')}  is2res_train_val_test_lmdbs.tar.gz\n")
     out = tmp_path / "oc20"
-    assert oc20_main(["--out", str(out), "--split", "is2re", "--mirror", srv.url, "--checksums", str(sums),
-                      "--quiet"]) == 0
+    assert (
+        oc20_main(["--out", str(out), "--split", "is2re", "--mirror", srv.url, "--checksums", str(sums), "--quiet"])
+        == 0
+    )
     printed = capsys.readouterr().out
     train, val = out / "is2re" / "10k" / "train", out / "is2re" / "all" / "val_id"
     assert (f"geognn train --dataset oc20-is2re --data-root {train} --val-data-root {val}") in printed
@@ -443,8 +459,24 @@ def test_oc20_is2re(serve, is2re_www, is2re_graphs, tmp_path, capsys):
 def test_oc20_is2re_subset_and_bad_md5(serve, is2re_www, is2re_graphs, tmp_path, capsys):
     srv = serve("range", is2re_www)
     out = tmp_path / "sub"
-    assert oc20_main(["--out", str(out), "--split", "is2re", "--subset", "all/val_id", "--mirror", srv.url,
-                      "--skip-checksum", "--keep-archive", "--quiet"]) == 0
+    assert (
+        oc20_main(
+            [
+                "--out",
+                str(out),
+                "--split",
+                "is2re",
+                "--subset",
+                "all/val_id",
+                "--mirror",
+                srv.url,
+                "--skip-checksum",
+                "--keep-archive",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert not (out / "is2re" / "10k").exists()
     _check_is2re(open_dataset("oc20-is2re", out / "is2re" / "all" / "val_id"), is2re_graphs[5:])
     assert (out / "is2res_train_val_test_lmdbs.tar.gz").is_file()  # --keep-archive
@@ -452,7 +484,9 @@ def test_oc20_is2re_subset_and_bad_md5(serve, is2re_www, is2re_graphs, tmp_path,
     # the official MD5 (fairchem's table) does not match the test archive
     assert oc20_main(["--out", str(tmp_path / "md5"), "--split", "is2re", "--mirror", srv.url, "--quiet"]) == 1
     err = capsys.readouterr().err
-    assert "checksum mismatch for is2res_train_val_test_lmdbs.tar.gz: expected md5 cfc04dd2f87b4102ab2f607240d25fb1" in err
+    assert (
+        "checksum mismatch for is2res_train_val_test_lmdbs.tar.gz: expected md5 cfc04dd2f87b4102ab2f607240d25fb1" in err
+    )
 
 
 # --------------------------------------------------------------------------- OC20 S2EF
@@ -544,8 +578,9 @@ def test_s2ef_log_mismatch_is_an_error(serve, s2ef_www, tmp_path, capsys):
             tar.addfile(info, io.BytesIO(data))
     srv = serve("range", www)
     out = tmp_path / "oc20"
-    assert oc20_main(["--out", str(out), "--split", "s2ef_val_id", "--mirror", srv.url, "--skip-checksum",
-                      "--quiet"]) == 1
+    assert (
+        oc20_main(["--out", str(out), "--split", "s2ef_val_id", "--mirror", srv.url, "--skip-checksum", "--quiet"]) == 1
+    )
     assert "more frames than lines in 1.txt.xz" in capsys.readouterr().err
     assert (out / "s2ef" / "val_id" / "data.0000.lmdb").is_file()  # the good shard is kept for a rerun
     assert not list((out / "s2ef" / "val_id").glob("*.tmp"))

@@ -109,15 +109,20 @@ def test_train_ensemble_into_one_checkpoint(tmp_path, capsys):
     out = tmp_path / "run"
     model = load_model(out / "model.pt")
     assert isinstance(model, Ensemble) and len(model.members) == 2 and model.metadata["seeds"] == [5, 6]
-    assert json.loads((out / "member_0" / "split.json").read_text())["ids"] == \
-        json.loads((out / "member_1" / "split.json").read_text())["ids"]  # one split for all members
+    assert (
+        json.loads((out / "member_0" / "split.json").read_text())["ids"]
+        == json.loads((out / "member_1" / "split.json").read_text())["ids"]
+    )  # one split for all members
     for k in (0, 1):
         assert (out / f"member_{k}" / "model.pt").is_file()
     a, b = (member_.state_dict() for member_ in model.members)
     assert any(not torch.equal(a[k], b[k]) for k in a)  # different seeds, different weights
     report = json.loads((out / "result.json").read_text())
-    assert report["ensemble"] == 2 and set(report["calibration"]["energy"]) >= {"within_1sigma", "within_2sigma",
-                                                                                 "spearman_abs_error_sigma"}
+    assert report["ensemble"] == 2 and set(report["calibration"]["energy"]) >= {
+        "within_1sigma",
+        "within_2sigma",
+        "spearman_abs_error_sigma",
+    }
     assert 0 <= report["calibration"]["energy"]["within_2sigma"] <= 1
     assert result.model_path == out / "model.pt" and np.isfinite(result.test_mae)
 
@@ -127,9 +132,29 @@ def test_train_ensemble_from_the_command_line(tmp_path, capsys):
 
     root = _write_dataset("extxyz", tmp_path)
     out = tmp_path / "run"
-    code = main(["train", "--dataset", "extxyz", "--data-root", str(root), "--ensemble", "2", "--epochs", "1",
-                 "--time-limit", "0", "--cutoff", "3", "--batch-size", "4", "--out", str(out), "--set",
-                 "backbone_kwargs={hidden_channels: 8, num_filters: 8, num_layers: 1, num_gaussians: 8}"])
+    code = main(
+        [
+            "train",
+            "--dataset",
+            "extxyz",
+            "--data-root",
+            str(root),
+            "--ensemble",
+            "2",
+            "--epochs",
+            "1",
+            "--time-limit",
+            "0",
+            "--cutoff",
+            "3",
+            "--batch-size",
+            "4",
+            "--out",
+            str(out),
+            "--set",
+            "backbone_kwargs={hidden_channels: 8, num_filters: 8, num_layers: 1, num_gaussians: 8}",
+        ]
+    )
     stdout, err = capsys.readouterr()
     assert code == 0, err
     assert "ensemble member 2/2 (seed 1)" in stdout and "within 1 sigma" in stdout and "test MAE of energy" in stdout

@@ -20,8 +20,9 @@ ONE_LAYER = ("painn", "egnn", "nequip")  # the backbones that declare "vector su
 def trigonal(polar_deg: float):
     """Centre with three neighbours at one distance, at polar angle ``polar_deg`` from z, 120° apart."""
     t = np.radians(polar_deg)
-    return _star_graph([[np.sin(t) * np.cos(p), np.sin(t) * np.sin(p), np.cos(t)]
-                        for p in np.radians([0.0, 120.0, 240.0])])
+    return _star_graph(
+        [[np.sin(t) * np.cos(p), np.sin(t) * np.sin(p), np.cos(t)] for p in np.radians([0.0, 120.0, 240.0])]
+    )
 
 
 def test_gram_of_the_vector_sums_by_hand():

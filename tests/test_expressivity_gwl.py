@@ -13,14 +13,29 @@ from scipy.spatial.transform import Rotation
 
 from geognn.expressivity import gwl_test, isometric_copy, load_pairs
 from geognn.expressivity.gwl import graph_from_atoms, graph_from_bonds
-from geognn.expressivity.pairs import (CHAIN_LENGTHS, FCC_HCP_NEIGHBOUR_DISTANCE, FOLDS, HOMOMETRIC_OCTAGON_SUBSETS,
-                                       TESTS, chiral_pair, fcc_hcp_pair, k_chain_pair, rotational_symmetry_pair,
-                                       same_crystal_two_cells_pair, three_body_degenerate_pair,
-                                       two_body_degenerate_pair)
+from geognn.expressivity.pairs import (
+    CHAIN_LENGTHS,
+    FCC_HCP_NEIGHBOUR_DISTANCE,
+    FOLDS,
+    HOMOMETRIC_OCTAGON_SUBSETS,
+    TESTS,
+    chiral_pair,
+    fcc_hcp_pair,
+    k_chain_pair,
+    rotational_symmetry_pair,
+    same_crystal_two_cells_pair,
+    three_body_degenerate_pair,
+    two_body_degenerate_pair,
+)
 from geognn.graph.build import edge_vectors
 
-OPTIONS = {"GWL": dict(invariant=False), "IGWL": dict(invariant=True), "IGWL_(2)": dict(invariant=True, body_order=2),
-           "IGWL_(3)": dict(invariant=True, body_order=3), "IGWL_(4)": dict(invariant=True, body_order=4)}
+OPTIONS = {
+    "GWL": dict(invariant=False),
+    "IGWL": dict(invariant=True),
+    "IGWL_(2)": dict(invariant=True, body_order=2),
+    "IGWL_(3)": dict(invariant=True, body_order=3),
+    "IGWL_(4)": dict(invariant=True, body_order=4),
+}
 PAIRS = load_pairs()
 
 
@@ -64,8 +79,11 @@ def _random_isometry(data, seed, reflect):
     return isometric_copy(data, rotation, rng.normal(size=3) * 3, rng.permutation(data.num_nodes))
 
 
-@pytest.mark.parametrize("pair", [k_chain_pair(5), rotational_symmetry_pair(5), chiral_pair(), fcc_hcp_pair(),
-                                  three_body_degenerate_pair()], ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "pair",
+    [k_chain_pair(5), rotational_symmetry_pair(5), chiral_pair(), fcc_hcp_pair(), three_body_degenerate_pair()],
+    ids=lambda p: p.name,
+)
 def test_graph_and_moved_permuted_copy_are_never_distinguished(pair):
     for g in (pair.g1, pair.g2):
         for test in TESTS:
@@ -135,8 +153,12 @@ def _angles_at_each_node(g):
     for i in range(g.num_nodes):
         v = vec[centre == i]
         u = v / np.linalg.norm(v, axis=1, keepdims=True)
-        per_node.append(tuple(np.round(np.degrees(np.arccos(np.clip(u[a] @ u[b], -1, 1))), 6)
-                              for a, b in combinations(range(len(u)), 2)))
+        per_node.append(
+            tuple(
+                np.round(np.degrees(np.arccos(np.clip(u[a] @ u[b], -1, 1))), 6)
+                for a, b in combinations(range(len(u)), 2)
+            )
+        )
     return sorted(tuple(sorted(a)) for a in per_node)
 
 
@@ -183,8 +205,10 @@ def test_two_body_pair_facts_equal_distances_different_angles():
 def _three_body(g, centre=0):
     """Multiset over ordered neighbour pairs of (|x_a|, |x_b|, x_a . x_b) at the centre, rounded."""
     v = edge_vectors(g).double().numpy()[g.edge_index[1].numpy() == centre]
-    return sorted((round(float(np.linalg.norm(v[a])), 9), round(float(np.linalg.norm(v[b])), 9),
-                   round(float(v[a] @ v[b]), 9)) for a, b in permutations(range(len(v)), 2))
+    return sorted(
+        (round(float(np.linalg.norm(v[a])), 9), round(float(np.linalg.norm(v[b])), 9), round(float(v[a] @ v[b]), 9))
+        for a, b in permutations(range(len(v)), 2)
+    )
 
 
 def _four_body(g, centre=0, signed=False):

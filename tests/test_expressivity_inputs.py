@@ -20,17 +20,23 @@ import numpy as np
 import pytest
 import torch
 from ase import Atoms
+from backbone_configs import SMALL
 from scipy.spatial.transform import Rotation
 from torch_geometric.data import Data
 
-from backbone_configs import SMALL
 from geognn import BACKBONES
 from geognn.cli import main
-from geognn.expressivity import (as_graph, distinguishes, gwl_test, identifies_orientation, isometric_copy,
-                                 layers_needed, separation)
+from geognn.expressivity import (
+    as_graph,
+    distinguishes,
+    gwl_test,
+    identifies_orientation,
+    isometric_copy,
+    layers_needed,
+    separation,
+)
 from geognn.expressivity import models as models_module
 from geognn.expressivity.pairs import k_chain_pair, rotational_symmetry_pair, two_body_degenerate_pair
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -54,8 +60,9 @@ def float32_copy(graph: Data, seed: int) -> Data:
     """A rotated, translated, permuted copy computed in float32, as a user would make it."""
     rng = np.random.default_rng(seed)
     rotation = torch.tensor(Rotation.random(random_state=seed).as_matrix(), dtype=torch.float32)
-    return isometric_copy(graph, rotation, torch.tensor(rng.normal(size=3) * 3, dtype=torch.float32),
-                          rng.permutation(graph.pos.shape[0]))
+    return isometric_copy(
+        graph, rotation, torch.tensor(rng.normal(size=3) * 3, dtype=torch.float32), rng.permutation(graph.pos.shape[0])
+    )
 
 
 def _small(name):
@@ -79,8 +86,10 @@ def test_every_entry_point_gives_the_same_answer_on_dojo_layouts(labels):
     chain = k_chain_pair(2)
     d1, d2 = dojo_layout(chain.g1, labels), dojo_layout(chain.g2, labels)
     for invariant in (False, True):
-        assert gwl_test(d1, d2, invariant=invariant).iterations == gwl_test(chain.g1, chain.g2,
-                                                                            invariant=invariant).iterations
+        assert (
+            gwl_test(d1, d2, invariant=invariant).iterations
+            == gwl_test(chain.g1, chain.g2, invariant=invariant).iterations
+        )
     settings = dict(hidden_channels=8)
     assert not distinguishes("painn", d1, d2, num_layers=1, seeds=1, **settings)
     assert distinguishes("painn", d1, d2, num_layers=2, seeds=1, **settings)
@@ -111,12 +120,19 @@ def test_ase_atoms_with_a_cutoff_and_periodic_data():
         gwl_test(bent, linear)
     # a periodic PyG Data with cell, pbc and edge_shift (in the dojo's float32): a crystal and its
     # own float32-rotated copy are the same for GWL and for a backbone
-    from geognn.graph.build import build_graph
     from ase.build import bulk
 
+    from geognn.graph.build import build_graph
+
     crystal = build_graph(bulk("NaCl", "rocksalt", a=5.64), 3.4, dtype=torch.float32)
-    data = Data(pos=crystal.pos, edge_index=crystal.edge_index, z=crystal.z, cell=crystal.cell[0],
-                pbc=crystal.pbc[0], edge_shift=crystal.edge_shift)
+    data = Data(
+        pos=crystal.pos,
+        edge_index=crystal.edge_index,
+        z=crystal.z,
+        cell=crystal.cell[0],
+        pbc=crystal.pbc[0],
+        edge_shift=crystal.edge_shift,
+    )
     copy = float32_copy(data, 1)
     assert not gwl_test(data, copy).distinguished
     assert not distinguishes("painn", data, copy, 1, seeds=1, hidden_channels=8)
@@ -131,14 +147,22 @@ def test_anything_else_is_a_clear_error_saying_what_is_missing():
         (Data(pos=good.pos, edge_index=good.edge_index), "g1: no node labels: expected z .*atoms .*one-hot x"),
         (Data(pos=good.pos, atoms=good.atoms), "g1: no edge_index"),
         (Data(pos=good.pos, edge_index=good.edge_index, x=torch.randn(4, 3)), "g1: x must be one-hot node labels"),
-        (Data(pos=good.pos, edge_index=good.edge_index, z=torch.zeros(4, dtype=torch.long)),
-         "g1: z holds 0: atomic numbers are >= 1"),
-        (Data(pos=good.pos, edge_index=good.edge_index, atoms=good.atoms, cell=torch.eye(3) * 5),
-         "g1: periodic .* but no edge_shift"),
-        (Data(pos=good.pos[:, :2], edge_index=good.edge_index, atoms=good.atoms),
-         "g1: pos must be a floating \\[N, 3\\]"),
-        (Data(pos=good.pos, edge_index=good.edge_index + 10, atoms=good.atoms),
-         "g1: edge_index refers to nodes outside"),
+        (
+            Data(pos=good.pos, edge_index=good.edge_index, z=torch.zeros(4, dtype=torch.long)),
+            "g1: z holds 0: atomic numbers are >= 1",
+        ),
+        (
+            Data(pos=good.pos, edge_index=good.edge_index, atoms=good.atoms, cell=torch.eye(3) * 5),
+            "g1: periodic .* but no edge_shift",
+        ),
+        (
+            Data(pos=good.pos[:, :2], edge_index=good.edge_index, atoms=good.atoms),
+            "g1: pos must be a floating \\[N, 3\\]",
+        ),
+        (
+            Data(pos=good.pos, edge_index=good.edge_index + 10, atoms=good.atoms),
+            "g1: edge_index refers to nodes outside",
+        ),
     ]
     for bad, message in cases:
         with pytest.raises(ValueError, match=message):
@@ -212,8 +236,9 @@ def test_projection_removes_first_order_round_off_only():
             assert gap <= 1e-12 * scale, gap
 
 
-@pytest.mark.parametrize("name,k", [("painn", 4), ("painn", 8), ("egnn", 4), ("egnn", 8), ("dimenetpp", None),
-                                    ("mace", 3), ("nequip", 6)])
+@pytest.mark.parametrize(
+    "name,k", [("painn", 4), ("painn", 8), ("egnn", 4), ("egnn", 8), ("dimenetpp", None), ("mace", 3), ("nequip", 6)]
+)
 def test_float32_pairs_that_theory_separates_are_still_separated(name, k):
     """Dojo-layout float32: k-chains by equivariant backbones at exactly floor(k/2)+1 layers (not
     one fewer), the 2-body pair by angle-aware DimeNet++ at 1 layer.
@@ -244,18 +269,69 @@ def test_cli_runs_a_users_pair_from_files(tmp_path, capsys):
     torch.save(dojo_layout(chain.g1), tmp_path / "u.pt")
     torch.save(dojo_layout(chain.g2), tmp_path / "s.pt")
     out = tmp_path / "report"
-    assert main(["expressivity", "--backbones", "schnet,painn", "--pair", str(tmp_path / "u.pt"),
-                 str(tmp_path / "s.pt"), "--max-layers", "2", "--seeds", "1", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "expressivity",
+                "--backbones",
+                "schnet,painn",
+                "--pair",
+                str(tmp_path / "u.pt"),
+                str(tmp_path / "s.pt"),
+                "--max-layers",
+                "2",
+                "--seeds",
+                "1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     markdown = (out / "report.md").read_text()
     assert "| u.pt vs s.pt | 2 (2) | ✗ (✗) | ✗ (✗) | ✗ (✗) | ✗ (✗) | ✗ (✗) | 2 (2) |" in markdown
     ase_pair = [tmp_path / "bent.xyz", tmp_path / "linear.xyz"]
     Atoms("OH2", positions=[[0, 0, 0], [0.96, 0, 0], BENT_H]).write(ase_pair[0])
     Atoms("OH2", positions=[[0, 0, 0], [0.96, 0, 0], [-0.96, 0, 0]]).write(ase_pair[1])
-    assert main(["expressivity", "--backbones", "schnet", "--pair", *map(str, ase_pair), "--max-layers", "1",
-                 "--seeds", "1", "--out", str(out)]) == 2
+    assert (
+        main(
+            [
+                "expressivity",
+                "--backbones",
+                "schnet",
+                "--pair",
+                *map(str, ase_pair),
+                "--max-layers",
+                "1",
+                "--seeds",
+                "1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
     assert "needs --graph-cutoff" in capsys.readouterr().err
-    assert main(["expressivity", "--backbones", "schnet", "--pair", *map(str, ase_pair), "--graph-cutoff", "1.2",
-                 "--max-layers", "1", "--seeds", "1", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "expressivity",
+                "--backbones",
+                "schnet",
+                "--pair",
+                *map(str, ase_pair),
+                "--graph-cutoff",
+                "1.2",
+                "--max-layers",
+                "1",
+                "--seeds",
+                "1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     torch.save({"pos": 1}, tmp_path / "bad.pt")
     assert main(["expressivity", "--pair", str(tmp_path / "bad.pt"), str(tmp_path / "s.pt"), "--out", str(out)]) == 2
     assert "bad.pt: got a dict" in capsys.readouterr().err
@@ -264,7 +340,25 @@ def test_cli_runs_a_users_pair_from_files(tmp_path, capsys):
 def test_cli_float32_library_pairs_keep_the_theoretical_answers(tmp_path):
     """``--dtype float32`` rounds the library's pairs as the dojo stores them; EGNN (coordinate
     updates) still needs exactly 3 layers for the 4-chain and distance-only SchNet never separates it."""
-    assert main(["expressivity", "--backbones", "schnet,egnn", "--pairs", "4-chain", "--dtype", "float32",
-                 "--max-layers", "3", "--seeds", "2", "--out", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "expressivity",
+                "--backbones",
+                "schnet,egnn",
+                "--pairs",
+                "4-chain",
+                "--dtype",
+                "float32",
+                "--max-layers",
+                "3",
+                "--seeds",
+                "2",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     markdown = (tmp_path / "report.md").read_text()
     assert "| 4-chain | 3 (3) | ✗ (✗) | ✗ (✗) | ✗ (✗) | ✗ (✗) | ✗ (✗) | 3 (3) |" in markdown

@@ -8,21 +8,25 @@ import csv
 
 import pytest
 import torch
-
 from backbone_configs import SMALL
+
 from geognn import BACKBONES
 from geognn.cli import main
-from geognn.expressivity import (distinguishes, graph_from_bonds, identifies_orientation, isometric_copy,
-                                 layers_needed)
+from geognn.expressivity import distinguishes, graph_from_bonds, identifies_orientation, isometric_copy, layers_needed
 from geognn.expressivity import report as report_module
 from geognn.expressivity.models import build_backbone, readout_order, separation, uses_global_frame
 from geognn.expressivity.pairs import k_chain_pair, rotational_symmetry_pair, two_body_degenerate_pair
 
 E3NN_TINY = dict(hidden_channels=4, radial_hidden=(8,))
-EQUIVARIANT = {"painn": dict(hidden_channels=8), "nequip": dict(E3NN_TINY, max_ell=1),
-               "mace": dict(E3NN_TINY, max_ell=1, correlation=2)}
-INVARIANT = {"schnet": dict(hidden_channels=8, num_filters=8, num_gaussians=8),
-             "dimenetpp": {k: v for k, v in SMALL["dimenetpp"].items() if k != "num_layers"}}
+EQUIVARIANT = {
+    "painn": dict(hidden_channels=8),
+    "nequip": dict(E3NN_TINY, max_ell=1),
+    "mace": dict(E3NN_TINY, max_ell=1, correlation=2),
+}
+INVARIANT = {
+    "schnet": dict(hidden_channels=8, num_filters=8, num_gaussians=8),
+    "dimenetpp": {k: v for k, v in SMALL["dimenetpp"].items() if k != "num_layers"},
+}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -33,8 +37,7 @@ def _small(name):
 
 
 # --------------------------------------------------------------------------- k-chains
-@pytest.mark.parametrize("name,k", [("painn", 2), ("painn", 3), ("painn", 4), ("painn", 5), ("nequip", 3),
-                                    ("mace", 4)])
+@pytest.mark.parametrize("name,k", [("painn", 2), ("painn", 3), ("painn", 4), ("painn", 5), ("nequip", 3), ("mace", 4)])
 def test_equivariant_backbones_need_exactly_floor_k_over_2_plus_1_layers(name, k):
     pair = k_chain_pair(k)
     depth = k // 2 + 1
@@ -69,8 +72,7 @@ def test_egnn_with_fixed_coordinates_is_a_distance_only_model():
     pair = k_chain_pair(4)
     assert not distinguishes("egnn", pair.g1, pair.g2, num_layers=4, seeds=2, update_coords=False, **EGNN_PROBE)
     two_body = two_body_degenerate_pair()
-    assert not distinguishes("egnn", two_body.g1, two_body.g2, num_layers=2, seeds=2, update_coords=False,
-                             **EGNN_PROBE)
+    assert not distinguishes("egnn", two_body.g1, two_body.g2, num_layers=2, seeds=2, update_coords=False, **EGNN_PROBE)
 
 
 def test_distance_only_schnet_fails_the_two_body_pair_but_angle_aware_dimenet_separates_it():
@@ -80,9 +82,20 @@ def test_distance_only_schnet_fails_the_two_body_pair_but_angle_aware_dimenet_se
 
 
 # --------------------------------------------------------------------------- rotational symmetry
-@pytest.mark.parametrize("name,max_ell,fold", [("nequip", 1, 2), ("nequip", 2, 2), ("nequip", 2, 3), ("nequip", 3, 3),
-                                               ("nequip", 3, 5), ("mace", 1, 2), ("mace", 2, 2), ("mace", 2, 3),
-                                               ("mace", 3, 3)])
+@pytest.mark.parametrize(
+    "name,max_ell,fold",
+    [
+        ("nequip", 1, 2),
+        ("nequip", 2, 2),
+        ("nequip", 2, 3),
+        ("nequip", 3, 3),
+        ("nequip", 3, 5),
+        ("mace", 1, 2),
+        ("mace", 2, 2),
+        ("mace", 2, 3),
+        ("mace", 3, 3),
+    ],
+)
 def test_orientation_of_l_fold_structure_needs_tensor_order_l(name, max_ell, fold):
     pair = rotational_symmetry_pair(fold)
     settings = dict(E3NN_TINY, max_ell=max_ell)
@@ -118,8 +131,9 @@ def test_every_backbone_respects_the_gwl_bound_and_isometries(name):
     pair = k_chain_pair(2)  # GWL needs 2 iterations: no 1-layer message-passing model may separate it
     if not uses_global_frame(build_backbone(name, 1, 3.0, 0, settings)):  # frame averaging is global
         assert not distinguishes(name, pair.g1, pair.g2, num_layers=1, seeds=1, **settings)
-    copy = isometric_copy(pair.g1, torch.tensor([[0.0, 1, 0], [1, 0, 0], [0, 0, 1]]), [0.3, -1.0, 2.0],
-                          [3, 1, 0, 2])  # a reflection, a translation and a permutation
+    copy = isometric_copy(
+        pair.g1, torch.tensor([[0.0, 1, 0], [1, 0, 0], [0, 0, 1]]), [0.3, -1.0, 2.0], [3, 1, 0, 2]
+    )  # a reflection, a translation and a permutation
     assert not distinguishes(name, pair.g1, copy, num_layers=2, seeds=1, **settings)
     # the probe is not vacuous: two triangles with different bond lengths are separated in one layer.
     # Not for approximately equivariant backbones (PONITA's grid): at random initialisation their
@@ -172,13 +186,16 @@ def test_bad_arguments_raise_value_errors_naming_the_problem():
 
 # --------------------------------------------------------------------------- report and CLI
 def test_report_writes_table_csv_and_heatmap(tmp_path):
-    result = report_module.write_report(tmp_path, ["schnet", "painn"], ["2-chain", "2-fold"], max_layers=2, seeds=1,
-                                        progress=False)
+    result = report_module.write_report(
+        tmp_path, ["schnet", "painn"], ["2-chain", "2-fold"], max_layers=2, seeds=1, progress=False
+    )
     markdown = result["markdown"].read_text()
     assert "| 2-chain | 2 (2) | ✗ (✗) | ✗ (✗) | ✗ (✗) | ✗ (✗) | ✗ (✗) | 2 (2) |" in markdown
     assert "| 2-fold |" in markdown and "orientation needs tensor order ≥ 2" in markdown
     rows = list(csv.DictReader(open(result["csv"])))
-    painn = {(r["pair"], r["column"], r["measured"], r["expected"], r["status"]) for r in rows if r["column"] == "painn"}
+    painn = {
+        (r["pair"], r["column"], r["measured"], r["expected"], r["status"]) for r in rows if r["column"] == "painn"
+    }
     assert painn == {("2-chain", "painn", "2", "2", "ok"), ("2-fold", "painn", "False", "False", "ok")}
     assert result["heatmap"] is not None and result["heatmap"].stat().st_size > 1000
     assert result["violations"] == []
@@ -199,9 +216,17 @@ def test_every_backbone_declares_its_geometry_and_the_report_reads_it():
     from geognn.backbones.base import GEOMETRIES
 
     declared = {name: cls.geometry for name, cls in BACKBONES.items()}
-    assert declared == {"schnet": "distances", "dimenetpp": "angles", "egnn": "vectors", "painn": "vectors",
-                        "nequip": "spherical tensors", "mace": "spherical tensors", "faenet": "frame",
-                        "ponita": "orientation grid", "pnita": "distances"}
+    assert declared == {
+        "schnet": "distances",
+        "dimenetpp": "angles",
+        "egnn": "vectors",
+        "painn": "vectors",
+        "nequip": "spherical tensors",
+        "mace": "spherical tensors",
+        "faenet": "frame",
+        "ponita": "orientation grid",
+        "pnita": "distances",
+    }
     assert set(declared.values()) <= set(GEOMETRIES)
     for name in BACKBONES:
         settings = report_module.PROBE_SETTINGS[name]
@@ -223,8 +248,24 @@ def test_a_backbone_without_a_declared_geometry_is_a_clear_error(monkeypatch):
 
 
 def test_cli_expressivity(tmp_path, capsys):
-    assert main(["expressivity", "--backbones", "schnet", "--pairs", "3-chain", "--max-layers", "1", "--seeds", "1",
-                 "--out", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "expressivity",
+                "--backbones",
+                "schnet",
+                "--pairs",
+                "3-chain",
+                "--max-layers",
+                "1",
+                "--seeds",
+                "1",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "report.md").exists() and (tmp_path / "report.csv").exists()
     assert main(["expressivity", "--backbones", "schnett", "--out", str(tmp_path)]) == 2
     assert "unknown backbone(s) schnett" in capsys.readouterr().err

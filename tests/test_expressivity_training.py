@@ -59,8 +59,25 @@ def test_each_seed_starts_from_a_fresh_model_and_the_callers_rng_is_untouched():
 
 
 def test_cli_train_writes_the_table_and_json(tmp_path, capsys):
-    assert main(["expressivity", "--train", "--backbones", "schnet", "--k", "2", "--seeds", "2", "--epochs", "2",
-                 "--out", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "expressivity",
+                "--train",
+                "--backbones",
+                "schnet",
+                "--k",
+                "2",
+                "--seeds",
+                "2",
+                "--epochs",
+                "2",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     payload = json.loads((tmp_path / "trained.json").read_text())
     accuracies = payload["results"]["schnet"]["accuracies"]
     assert sorted(accuracies) == ["1", "2", "3", "4"]  # floor(2/2) .. 2 + 2 layers

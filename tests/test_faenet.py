@@ -15,16 +15,26 @@ from geognn import testing as T
 from geognn.backbones.faenet import FAENet, period_and_group
 from geognn.backbones.frame_averaging import FrameAveraging
 
-pytestmark = [pytest.mark.filterwarnings("ignore::geognn.graph.build.IsolatedAtomWarning"),
-              pytest.mark.filterwarnings("ignore::geognn.symmetry.frames.DegenerateFrameWarning")]
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::geognn.graph.build.IsolatedAtomWarning"),
+    pytest.mark.filterwarnings("ignore::geognn.symmetry.frames.DegenerateFrameWarning"),
+]
 
 CUTOFF = 4.0
 
 
 def faenet_model(frame_averaging="all", dtype=torch.float64, seed=0, **kwargs):
     torch.manual_seed(seed)
-    model = geognn.build_model("faenet", cutoff=CUTOFF, frame_averaging=frame_averaging,
-                               **(SMALL["faenet"] | {"tag_hidden_channels": 4} | kwargs)).to(dtype).eval()
+    model = (
+        geognn.build_model(
+            "faenet",
+            cutoff=CUTOFF,
+            frame_averaging=frame_averaging,
+            **(SMALL["faenet"] | {"tag_hidden_channels": 4} | kwargs),
+        )
+        .to(dtype)
+        .eval()
+    )
     model.reference.energies[1:] = -torch.arange(1, model.reference.energies.numel(), dtype=dtype) * 0.3
     model.set_scale_shift(0.5, 0.1)
     return model
@@ -65,8 +75,14 @@ def test_conformance_suite_with_frame_averaging(crystals):
     rng = np.random.default_rng(1)
     molecules = load_qm9_molecules(40)[-2:]
     for atoms in crystals[:2]:
-        for check in (T.check_rotation, T.check_reflection, T.check_translation, T.check_permutation,
-                      T.check_wrapping, T.check_cell_basis_change):
+        for check in (
+            T.check_rotation,
+            T.check_reflection,
+            T.check_translation,
+            T.check_permutation,
+            T.check_wrapping,
+            T.check_cell_basis_change,
+        ):
             T.assert_check(check(model, atoms, rng))
     for atoms in molecules:
         for check in (T.check_rotation, T.check_reflection, T.check_translation, T.check_permutation):
@@ -134,20 +150,28 @@ def _train(tmp_path, structures, **kw):
     from geognn.train.config import TrainConfig
     from geognn.train.loop import train
 
-    config = TrainConfig(backbone="faenet", frame_averaging="stochastic", backbone_kwargs=SMALL["faenet"],
-                         out=str(tmp_path / "run"), time_limit=0, threads=1, **kw)
+    config = TrainConfig(
+        backbone="faenet",
+        frame_averaging="stochastic",
+        backbone_kwargs=SMALL["faenet"],
+        out=str(tmp_path / "run"),
+        time_limit=0,
+        threads=1,
+        **kw,
+    )
     return train(config, progress=False, dataset=structures)
 
 
 def test_faenet_sfa_trains_on_qm9(tmp_path):
-    from geognn.train.config import DEFAULT_QM9
-
     import csv
+
+    from geognn.train.config import DEFAULT_QM9
 
     # MSE: 32 steps on 64 molecules lower its epoch mean steadily; the default L1's is flat within noise
     # (4 epochs: 0.747 0.753 0.751 0.748 with L1, 1.027 0.994 0.996 0.991 with MSE)
-    result = _train(tmp_path, None, dataset="qm9", data_root=str(DEFAULT_QM9), limit=80, epochs=4,
-                    batch_size=8, lr=3e-3, loss="mse")
+    result = _train(
+        tmp_path, None, dataset="qm9", data_root=str(DEFAULT_QM9), limit=80, epochs=4, batch_size=8, lr=3e-3, loss="mse"
+    )
     model = geognn.load_model(result.model_path)
     assert isinstance(model.backbone, FrameAveraging) and model.config["frame_averaging"] == {"frames": "stochastic"}
     losses = [float(r["train_loss"]) for r in csv.DictReader((tmp_path / "run" / "metrics.csv").open())]
@@ -163,9 +187,17 @@ def test_faenet_sfa_trains_on_the_oc20_sample(tmp_path):
     for atoms, graph in zip(load_oc20_slabs(), load_oc20_reference_graphs()):
         atoms.info.update(energy=float(graph.y_relaxed), id=f"sid-{int(graph.sid)}")
         structures.append(atoms)
-    result = _train(tmp_path, StructureList(structures, {"energy": "eV"}), dataset="extxyz",
-                    data_root=str(tmp_path), cutoff=CUTOFF, epochs=2, batch_size=2, val_fraction=0.25,
-                    test_fraction=0.25)
+    result = _train(
+        tmp_path,
+        StructureList(structures, {"energy": "eV"}),
+        dataset="extxyz",
+        data_root=str(tmp_path),
+        cutoff=CUTOFF,
+        epochs=2,
+        batch_size=2,
+        val_fraction=0.25,
+        test_fraction=0.25,
+    )
     assert np.isfinite(result.test_mae) and np.isfinite(result.val_mae)
 
 
@@ -194,14 +226,20 @@ def test_untrained_default_faenet_has_ev_scale_energies_and_forces():
     seed = 0
     torch.manual_seed(seed)
     model = geognn.build_model("faenet", cutoff=6.0).eval()  # no references fitted: E is the network's
-    sets = {"QM9": load_qm9_molecules(8), "JARVIS": load_jarvis(10)[::3], "mlearn Si": _mlearn_si(2),
-            "OC20": load_oc20_slabs()[::3]}
+    sets = {
+        "QM9": load_qm9_molecules(8),
+        "JARVIS": load_jarvis(10)[::3],
+        "mlearn Si": _mlearn_si(2),
+        "OC20": load_oc20_slabs()[::3],
+    }
     for name, structures in sets.items():
         outs = T.predict(model, structures, stress=False)
         per_atom = max(abs(o["energy"]) / len(a) for o, a in zip(outs, structures))
         forces = np.concatenate([np.linalg.norm(o["forces"], axis=-1) for o in outs])
-        where = f"{name}, seed {seed}: max |E|/atom {per_atom:.3g} eV, mean |F| {forces.mean():.3g} eV/Å, " \
-                f"max |F| {forces.max():.3g} eV/Å"
+        where = (
+            f"{name}, seed {seed}: max |E|/atom {per_atom:.3g} eV, mean |F| {forces.mean():.3g} eV/Å, "
+            f"max |F| {forces.max():.3g} eV/Å"
+        )
         assert 0.01 < per_atom < 3.0, where
         assert 0.02 < forces.mean() < 3.0 and forces.max() < 10.0, where
     # frame averaging (an average of the network over frames) keeps the scale

@@ -25,14 +25,16 @@ import geognn
 from geognn import conventions as K
 from geognn import testing as T
 from geognn.backbones import BACKBONES, Backbone
+from geognn.backbones.frame_averaging import FrameAveraging
 from geognn.graph.build import edge_vectors
 from geognn.graph.features import cosine_cutoff
 from geognn.nn.scatter import scatter_sum
-from geognn.backbones.frame_averaging import FrameAveraging
 from geognn.symmetry.frames import DegenerateFrameWarning
 
-pytestmark = [pytest.mark.filterwarnings("ignore::geognn.graph.build.IsolatedAtomWarning"),
-              pytest.mark.filterwarnings("ignore::geognn.symmetry.frames.DegenerateFrameWarning")]
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::geognn.graph.build.IsolatedAtomWarning"),
+    pytest.mark.filterwarnings("ignore::geognn.symmetry.frames.DegenerateFrameWarning"),
+]
 
 CUTOFF = 4.0
 
@@ -166,14 +168,20 @@ def test_degenerate_spectra_are_detected_counted_and_warned():
         warnings.simplefilter("error", DegenerateFrameWarning)  # warned once only
         T.predict(model, [methane()])
     ideal_methane = molecule("CH4")  # exactly tetrahedral (QM9's is so to ~1e-4 Å only)
-    batch = geognn.collate([geognn.build_graph(a, CUTOFF, dtype=torch.float64)
-                            for a in (ideal_methane, methane(), cubic_perovskite(), load_qm9_molecules(40)[-1])])
+    batch = geognn.collate(
+        [
+            geognn.build_graph(a, CUTOFF, dtype=torch.float64)
+            for a in (ideal_methane, methane(), cubic_perovskite(), load_qm9_molecules(40)[-1])
+        ]
+    )
     frames = fa.frame_set(batch)
     assert frames.degenerate.tolist() == [True, True, True, False]
     assert frames.rotations.shape[0] == 8  # 8 passes over the batch; the rest as extra copies
     counts = [int((frames.weights[:, b] > 0).sum()) + len(frames.extra.get(b, [])) for b in range(4)]
-    total = [float(frames.weights[:, b].sum()) + frames.extra_weight.get(b, 0) * len(frames.extra.get(b, []))
-             for b in range(4)]
+    total = [
+        float(frames.weights[:, b].sum()) + frames.extra_weight.get(b, 0) * len(frames.extra.get(b, []))
+        for b in range(4)
+    ]
     assert total == pytest.approx([1.0] * 4, abs=1e-12)
     # CH4, isotropic covariance (QM9's to < 1%, its C-H lengths equal to < 1e-4 relative): the 4 H->C
     # anchor bonds give 12 ordered pairs x 2 handednesses
@@ -331,16 +339,19 @@ def test_save_load_round_trip_keeps_frame_averaging(tmp_path, crystals):
     assert geognn.build_model("schnet").config["frame_averaging"] is None
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("sometimes", r"frame_averaging must be None, one of all, stochastic, det"),
-    ({"frames": "all", "dims": 2}, r"unknown frame_averaging option\(s\) \['dims'\]"),
-    ({"frames": "every"}, r"frames must be one of all, stochastic, det; got 'every'"),
-    ({"frames": "all", "dim": 4}, r"dim must be 2 \(slabs\) or 3"),
-    ({"frames": "all", "group": "SE3"}, r"group must be one of O3, SO3"),
-    ({"frames": "stochastic", "eval_frames": 0}, r"eval_frames must be 'all' or a positive integer"),
-    ({"frames": "all", "degenerate_tol": 2.0}, r"degenerate_tol must be in \(0, 1\)"),
-    (3, r"frame_averaging must be None, a mode name"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("sometimes", r"frame_averaging must be None, one of all, stochastic, det"),
+        ({"frames": "all", "dims": 2}, r"unknown frame_averaging option\(s\) \['dims'\]"),
+        ({"frames": "every"}, r"frames must be one of all, stochastic, det; got 'every'"),
+        ({"frames": "all", "dim": 4}, r"dim must be 2 \(slabs\) or 3"),
+        ({"frames": "all", "group": "SE3"}, r"group must be one of O3, SO3"),
+        ({"frames": "stochastic", "eval_frames": 0}, r"eval_frames must be 'all' or a positive integer"),
+        ({"frames": "all", "degenerate_tol": 2.0}, r"degenerate_tol must be in \(0, 1\)"),
+        (3, r"frame_averaging must be None, a mode name"),
+    ],
+)
 def test_bad_options_are_named(spec, message):
     with pytest.raises(ValueError, match=message):
         geognn.build_model("schnet", frame_averaging=spec)

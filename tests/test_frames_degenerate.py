@@ -19,8 +19,6 @@ non-degenerate structures, in float32 and float64.
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
 import torch
@@ -35,8 +33,10 @@ from geognn import testing as T
 from geognn.backbones import BACKBONES
 from geognn.symmetry.frames import _EighWithDegenerateSafeBackward
 
-pytestmark = [pytest.mark.filterwarnings("ignore::geognn.graph.build.IsolatedAtomWarning"),
-              pytest.mark.filterwarnings("ignore::geognn.symmetry.frames.DegenerateFrameWarning")]
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::geognn.graph.build.IsolatedAtomWarning"),
+    pytest.mark.filterwarnings("ignore::geognn.symmetry.frames.DegenerateFrameWarning"),
+]
 
 CUTOFF = 4.5
 
@@ -57,8 +57,7 @@ def _one_thread():
 
 def fa_model(name="faenet", dtype=torch.float64, seed=0, **fa):
     torch.manual_seed(seed)
-    model = geognn.build_model(name, cutoff=CUTOFF, frame_averaging=fa or "all", stress=True,
-                               **SMALL.get(name, {}))
+    model = geognn.build_model(name, cutoff=CUTOFF, frame_averaging=fa or "all", stress=True, **SMALL.get(name, {}))
     return model.to(dtype).eval()
 
 
@@ -87,9 +86,14 @@ def ac16_tetragonal(x):
 
 
 def ideal_crystals():
-    return {"sc Po": simple_cubic(), "fcc Cu": bulk("Cu", "fcc", a=3.6), "rock-salt NaCl": bulk("NaCl", "rocksalt", a=5.64),
-            "hcp Ac2": ac2_hcp(), "hcp Mg 2x1x1": bulk("Mg", "hcp", a=3.21, c=5.21) * (2, 1, 1),
-            "Ac10Bi3Pb3": ac16_tetragonal("Bi")}
+    return {
+        "sc Po": simple_cubic(),
+        "fcc Cu": bulk("Cu", "fcc", a=3.6),
+        "rock-salt NaCl": bulk("NaCl", "rocksalt", a=5.64),
+        "hcp Ac2": ac2_hcp(),
+        "hcp Mg 2x1x1": bulk("Mg", "hcp", a=3.21, c=5.21) * (2, 1, 1),
+        "Ac10Bi3Pb3": ac16_tetragonal("Bi"),
+    }
 
 
 def batched_equals_one_by_one(model, structures, *, rtol, atol):
@@ -109,8 +113,9 @@ def batched_equals_one_by_one(model, structures, *, rtol, atol):
             assert np.isfinite(x).all(), f"{label}: non-finite {key} in the batch"
             assert np.isfinite(y).all(), f"{label}: non-finite {key} alone"
             err = np.abs(x - y)
-            assert np.all(err <= atol + rtol * np.abs(y).max()), \
+            assert np.all(err <= atol + rtol * np.abs(y).max()), (
                 f"{label}: {key} batched vs alone differ by {err.max():.3e}"
+            )
             worst = max(worst, float(err.max() / max(np.abs(y).max(), atol)))
     return worst
 
@@ -124,14 +129,16 @@ def test_safe_eigh_backward_equals_torch_where_eigenvalues_are_distinct():
 
     def loss(fn, m):
         values, vectors = fn(m)
-        return (values.pow(2).sum() + ((vectors * w[:len(m)]).sum(1) ** 2).sum())  # sign-invariant in each vector
+        return values.pow(2).sum() + ((vectors * w[: len(m)]).sum(1) ** 2).sum()  # sign-invariant in each vector
 
-    ours, = torch.autograd.grad(loss(lambda m: _EighWithDegenerateSafeBackward.apply(m, 1e-2), a), a)
-    theirs, = torch.autograd.grad(loss(torch.linalg.eigh, a), a)
+    (ours,) = torch.autograd.grad(loss(lambda m: _EighWithDegenerateSafeBackward.apply(m, 1e-2), a), a)
+    (theirs,) = torch.autograd.grad(loss(torch.linalg.eigh, a), a)
     torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
     sym = lambda m: (m + m.transpose(-1, -2)) / 2  # noqa: E731
-    assert torch.autograd.gradgradcheck(lambda m: loss(lambda x: _EighWithDegenerateSafeBackward.apply(sym(x), 1e-2), m),
-                                        (a.detach()[:2].clone().requires_grad_(),))
+    assert torch.autograd.gradgradcheck(
+        lambda m: loss(lambda x: _EighWithDegenerateSafeBackward.apply(sym(x), 1e-2), m),
+        (a.detach()[:2].clone().requires_grad_(),),
+    )
 
 
 def test_safe_eigh_backward_is_finite_and_exact_at_an_exact_tie():
@@ -144,7 +151,7 @@ def test_safe_eigh_backward_is_finite_and_exact_at_an_exact_tie():
     assert torch.isnan(torch.autograd.grad((vectors[0, :, 2] @ w) ** 2, a)[0]).all()  # the bug
     sym = lambda m: (m + m.transpose(-1, -2)) / 2  # noqa: E731
     f = lambda m: (_EighWithDegenerateSafeBackward.apply(sym(m), 1e-2)[1][0, :, 2] @ w) ** 2  # noqa: E731
-    grad, = torch.autograd.grad(f(a), a)
+    (grad,) = torch.autograd.grad(f(a), a)
     assert torch.isfinite(grad).all()
     assert torch.autograd.gradcheck(f, (base.clone().requires_grad_(),), eps=1e-7, atol=1e-6)
 
@@ -167,8 +174,12 @@ def test_issue_16_faenet_supercell_forces_are_exact():
     """Rattled 3-atom cells (hexagonal layer of Ac, an Ac3 chain cell) whose spectrum is degenerate:
     forces on the 2x1x1 supercell differed from the cell's by 1e-3 - 1e-2 relative (float64)."""
     model = fa_model("faenet")
-    chain = Atoms("Ac3", scaled_positions=[[0, 0, 0], [0.33, 0, 0], [0.66, 0, 0]],
-                  cell=[[9.0, 0, 0], [0, 3.7, 0], [0, 0, 3.7]], pbc=True)
+    chain = Atoms(
+        "Ac3",
+        scaled_positions=[[0, 0, 0], [0.33, 0, 0], [0.66, 0, 0]],
+        cell=[[9.0, 0, 0], [0, 3.7, 0], [0, 0, 3.7]],
+        pbc=True,
+    )
     for atoms in (rattled(chain, 0, 0.05), rattled(ac2_hcp(), 0, 0.05)):
         ref, sc = T.predict(model, [atoms, atoms.repeat((2, 1, 1))])
         assert model.backbone.stats["degenerate"] > 0
@@ -216,8 +227,12 @@ def test_forces_and_stress_exact_under_supercells_cell_changes_permutations(name
 
 
 # --------------------------------------------------------------------------- every wrapper, any mix
-WRAPPERS = [dict(frames="all"), dict(frames="all", group="SO3"), dict(frames="det"),
-            dict(frames="stochastic", eval_frames="all")]
+WRAPPERS = [
+    dict(frames="all"),
+    dict(frames="all", group="SO3"),
+    dict(frames="det"),
+    dict(frames="stochastic", eval_frames="all"),
+]
 
 
 @pytest.mark.parametrize("fa", WRAPPERS, ids=lambda fa: "-".join(map(str, fa.values())))
@@ -225,8 +240,15 @@ WRAPPERS = [dict(frames="all"), dict(frames="all", group="SO3"), dict(frames="de
 def test_batched_equals_one_by_one_for_every_wrapper(fa, dtype):
     """Mixes of ideal (degenerate) and rattled crystals and molecules, in several orders."""
     model = fa_model("edge_mlp", dtype, **fa)
-    pool = [simple_cubic(), bulk("Cu", "fcc", a=3.6), ac2_hcp(), bulk("NaCl", "rocksalt", a=5.64),
-            rattled(bulk("Si", "diamond", a=5.43), 2), molecule("CH4"), load_qm9_molecules(12)[-1]]
+    pool = [
+        simple_cubic(),
+        bulk("Cu", "fcc", a=3.6),
+        ac2_hcp(),
+        bulk("NaCl", "rocksalt", a=5.64),
+        rattled(bulk("Si", "diamond", a=5.43), 2),
+        molecule("CH4"),
+        load_qm9_molecules(12)[-1],
+    ]
     if fa["frames"] == "all" and "group" not in fa:
         pool.append(ac16_tetragonal("Ge"))  # the issue's Ac10X3Pb3-like cell, once
     rng = np.random.default_rng(0)

@@ -94,26 +94,33 @@ def test_read_folder_recursively(shared_data, tmp_path):
     (tmp_path / "a" / "b").mkdir(parents=True)
     shutil.copy(cod / "1000041.cif", tmp_path / "a" / "NaCl.cif")
     shutil.copy(cod / "9011998.cif", tmp_path / "a" / "b" / "Si.CIF")  # suffixes are case-insensitive
-    shutil.copy(shared_data / "cif" / "jarvis_alignn_sample" / "POSCAR-JVASP-10.vasp",
-                tmp_path / "a" / "b" / "POSCAR")
+    shutil.copy(shared_data / "cif" / "jarvis_alignn_sample" / "POSCAR-JVASP-10.vasp", tmp_path / "a" / "b" / "POSCAR")
     ase.io.write(tmp_path / "two.xyz", load_qm9_molecules(2), format="extxyz")
     (tmp_path / "a" / "notes.txt").write_text("not a structure")
     (tmp_path / "a" / "b" / "id_prop.csv").write_text("NaCl,1.0\n")
 
     structures = read_structures(tmp_path)
     sources = [a.info["source"] for a in structures]
-    assert sorted(sources) == sorted([str(tmp_path / "a" / "NaCl.cif"), str(tmp_path / "a" / "b" / "Si.CIF"),
-                                      str(tmp_path / "a" / "b" / "POSCAR"), f"{tmp_path / 'two.xyz'}@0",
-                                      f"{tmp_path / 'two.xyz'}@1"])
+    assert sorted(sources) == sorted(
+        [
+            str(tmp_path / "a" / "NaCl.cif"),
+            str(tmp_path / "a" / "b" / "Si.CIF"),
+            str(tmp_path / "a" / "b" / "POSCAR"),
+            f"{tmp_path / 'two.xyz'}@0",
+            f"{tmp_path / 'two.xyz'}@1",
+        ]
+    )
     assert sources == [a.info["source"] for a in read_structures(str(tmp_path))]  # reproducible order
     counts = {Path(s.split("@")[0]).name: len(a) for s, a in zip(sources, structures)}
     assert counts["NaCl.cif"] == 8 and counts["Si.CIF"] == 8 and counts["POSCAR"] == 3
 
 
 def test_read_list_of_paths(shared_data):
-    paths = [shared_data / "cif" / "cgcnn_sample_cod" / "1000041.cif",
-             str(shared_data / "cif" / "jarvis_alignn_sample" / "POSCAR-JVASP-10.vasp"),
-             shared_data / "qm9" / "schnetpack_test_qm9.db"]
+    paths = [
+        shared_data / "cif" / "cgcnn_sample_cod" / "1000041.cif",
+        str(shared_data / "cif" / "jarvis_alignn_sample" / "POSCAR-JVASP-10.vasp"),
+        shared_data / "qm9" / "schnetpack_test_qm9.db",
+    ]
     structures = read_structures(paths)
     assert len(structures) == 1 + 1 + 20
     assert [a.info["source"] for a in structures[:3]] == [str(paths[0]), paths[1], f"{paths[2]}@0"]
@@ -161,8 +168,9 @@ def test_read_ase_db(shared_data):
 def test_read_traj(tmp_path):
     frames = []
     for k, a in enumerate(load_mp20_crystals(2)):
-        a.calc = SinglePointCalculator(a, energy=-1.5 * (k + 1), forces=np.full((len(a), 3), 0.1 * k),
-                                       stress=np.arange(6.0) * 0.01)
+        a.calc = SinglePointCalculator(
+            a, energy=-1.5 * (k + 1), forces=np.full((len(a), 3), 0.1 * k), stress=np.arange(6.0) * 0.01
+        )
         frames.append(a)
     path = tmp_path / "two.traj"
     ase.io.write(path, frames)
@@ -197,25 +205,30 @@ def test_structure_error_is_value_error():
     assert str(err) == "x.cif: broken" and err.source == "x.cif" and err.problem == "broken"
 
 
-@pytest.mark.parametrize("name, match", [
-    ("garbage.cif", r"malformed or truncated CIF"),
-    ("truncated_symops.cif", r"malformed or truncated CIF"),
-    ("unknown_element.xyz", r"unknown element 'Xx'"),
-    ("unknown_element.cif", r"unknown element 'Xx'"),
-    ("POSCAR_unknown_element", r"unknown element 'Xx'"),
-    ("dummy_element.xyz", r"unknown element \(atomic number 0\) at atom 1"),
-    ("nan_coordinates.xyz", r"non-finite \(NaN or inf\) coordinates at atom 1"),
-    ("nan_cell.xyz", r"non-finite \(NaN or inf\) lattice vectors"),
-    ("overlapping.xyz", r"overlapping atoms: atoms 0 and 1 are 0\.05 Å apart"),
-    ("overlapping_image.xyz",
-     r"overlapping atoms: atom 0 and the periodic image \[0, 0, -1\] of atom 1 are 0\.07 Å apart"),
-    ("zero_atoms.xyz", r"empty structure \(no atoms\)"),
-    ("empty.xyz", r"file is empty"),
-    ("singular_cell.xyz", r"singular cell"),
-    ("zero_lattice_vector.xyz", r"periodic along lattice vector 1 but that vector is zero"),
-    ("structure.pdb", r"unknown file type '\.pdb'"),
-    ("partial_occupancy.cif", r"partial occupancies on 2 site\(s\).*allow_partial_occupancy=True"),
-])
+@pytest.mark.parametrize(
+    "name, match",
+    [
+        ("garbage.cif", r"malformed or truncated CIF"),
+        ("truncated_symops.cif", r"malformed or truncated CIF"),
+        ("unknown_element.xyz", r"unknown element 'Xx'"),
+        ("unknown_element.cif", r"unknown element 'Xx'"),
+        ("POSCAR_unknown_element", r"unknown element 'Xx'"),
+        ("dummy_element.xyz", r"unknown element \(atomic number 0\) at atom 1"),
+        ("nan_coordinates.xyz", r"non-finite \(NaN or inf\) coordinates at atom 1"),
+        ("nan_cell.xyz", r"non-finite \(NaN or inf\) lattice vectors"),
+        ("overlapping.xyz", r"overlapping atoms: atoms 0 and 1 are 0\.05 Å apart"),
+        (
+            "overlapping_image.xyz",
+            r"overlapping atoms: atom 0 and the periodic image \[0, 0, -1\] of atom 1 are 0\.07 Å apart",
+        ),
+        ("zero_atoms.xyz", r"empty structure \(no atoms\)"),
+        ("empty.xyz", r"file is empty"),
+        ("singular_cell.xyz", r"singular cell"),
+        ("zero_lattice_vector.xyz", r"periodic along lattice vector 1 but that vector is zero"),
+        ("structure.pdb", r"unknown file type '\.pdb'"),
+        ("partial_occupancy.cif", r"partial occupancies on 2 site\(s\).*allow_partial_occupancy=True"),
+    ],
+)
 def test_bad_file(name, match):
     err = expect_error(TEST_DATA / name, match)
     assert err.source == str(TEST_DATA / name)
@@ -230,8 +243,10 @@ def test_truncated_cif_in_atom_loop(name):
 
 def test_cif_cut_between_atom_rows_is_caught_by_its_formula():
     """A CIF that lost whole rows parses, but its atoms contradict _chemical_formula_sum."""
-    expect_error(TEST_DATA / "truncated_between_rows.cif",
-                 r"atoms do not match the CIF's own formula \(Missing elements Cl.*truncated")
+    expect_error(
+        TEST_DATA / "truncated_between_rows.cif",
+        r"atoms do not match the CIF's own formula \(Missing elements Cl.*truncated",
+    )
 
 
 def test_truncated_cif_in_atom_loop_is_still_a_structure_error():
@@ -281,11 +296,16 @@ def test_folder_without_structure_files(tmp_path):
 # --------------------------------------------------------------------------- in-memory structures
 def test_bad_cells_in_memory():
     with pytest.raises(StructureError, match=r"singular cell"):
-        build_graph(Atoms("H2", positions=[[0, 0, 0], [1, 1, 1]], cell=[[3, 0, 0], [0, 3, 0], [3, 3, 0]],
-                          pbc=True), 3.0)
+        build_graph(
+            Atoms("H2", positions=[[0, 0, 0], [1, 1, 1]], cell=[[3, 0, 0], [0, 3, 0], [3, 3, 0]], pbc=True), 3.0
+        )
     with pytest.raises(StructureError, match=r"singular cell"):  # slab with parallel in-plane vectors
-        build_graph(Atoms("H2", positions=[[0, 0, 0], [1, 1, 1]], cell=[[3, 0, 0], [6, 0, 0], [0, 0, 9]],
-                          pbc=(True, True, False)), 3.0)
+        build_graph(
+            Atoms(
+                "H2", positions=[[0, 0, 0], [1, 1, 1]], cell=[[3, 0, 0], [6, 0, 0], [0, 0, 9]], pbc=(True, True, False)
+            ),
+            3.0,
+        )
     with pytest.raises(StructureError, match=r"periodic along lattice vector 2 but that vector is zero"):
         build_graph(Atoms("H", cell=[[3, 0, 0], [0, 3, 0], [0, 0, 0]], pbc=True), 3.0)
     with pytest.raises(StructureError, match=r"overlapping atoms"):  # an atom on its own image

@@ -73,6 +73,8 @@ def rotation_checks(name):
     if name not in EXACT:
         return ()
     return (T.check_rotation, T.check_reflection) if BACKBONES[name].reflection_invariant else (T.check_rotation,)
+
+
 DTYPES = [pytest.param(torch.float64, id="float64"), pytest.param(torch.float32, id="float32")]
 
 
@@ -82,8 +84,12 @@ def test_symmetries_on_crystals(name, dtype, crystals):
     model = small_model(name, dtype)
     rng = np.random.default_rng(0)
     for atoms in crystals:
-        for check in (T.check_translation, T.check_permutation, T.check_wrapping,
-                      T.check_cell_basis_change) + rotation_checks(name):
+        for check in (
+            T.check_translation,
+            T.check_permutation,
+            T.check_wrapping,
+            T.check_cell_basis_change,
+        ) + rotation_checks(name):
             T.assert_check(check(model, atoms, rng))
 
 

@@ -18,8 +18,15 @@ import torch
 from ase import Atoms
 from ase.build import bulk
 from ase.neighborlist import neighbor_list
-from conftest import (exit_code_in_child, load_jarvis, load_mp20_crystals, load_oc20_reference_graphs, load_oc20_slabs,
-                      load_qm9_molecules, oblique_angles)
+from conftest import (
+    exit_code_in_child,
+    load_jarvis,
+    load_mp20_crystals,
+    load_oc20_reference_graphs,
+    load_oc20_slabs,
+    load_qm9_molecules,
+    oblique_angles,
+)
 
 from geognn import StructureError, build_graph, collate, edge_vectors
 from geognn.graph.build import IsolatedAtomWarning, NeighbourCapWarning
@@ -32,8 +39,10 @@ VEC_TOL = 1e-10  # Å, float64 edge vectors against ASE's D
 # --------------------------------------------------------------------------- helpers
 def describe(atoms: Atoms) -> str:
     src = atoms.info.get("source", atoms.get_chemical_formula())
-    return (f"{src} ({atoms.get_chemical_formula()}, {len(atoms)} atoms, pbc={atoms.pbc.tolist()}, "
-            f"cell lengths/angles={np.round(atoms.cell.cellpar(), 3).tolist()})")
+    return (
+        f"{src} ({atoms.get_chemical_formula()}, {len(atoms)} atoms, pbc={atoms.pbc.tolist()}, "
+        f"cell lengths/angles={np.round(atoms.cell.cellpar(), 3).tolist()})"
+    )
 
 
 def graph(atoms, cutoff, **kw):
@@ -89,23 +98,25 @@ def compare(ours: dict, ref: dict, what: str, tol: float = VEC_TOL) -> list[str]
     missing, extra = sorted(ref.keys() - ours.keys()), sorted(ours.keys() - ref.keys())
     errors = []
     if missing or extra:
-        errors.append(f"{what}: {len(ours)} edges vs {len(ref)} in the reference; "
-                      f"missing {len(missing)} e.g. {missing[:4]}; extra {len(extra)} e.g. {extra[:4]}")
+        errors.append(
+            f"{what}: {len(ours)} edges vs {len(ref)} in the reference; "
+            f"missing {len(missing)} e.g. {missing[:4]}; extra {len(extra)} e.g. {extra[:4]}"
+        )
     common = sorted(ours.keys() & ref.keys())
     if common:
         diff = np.abs(np.array([ours[e] for e in common]) - np.array([ref[e] for e in common]))
         if diff.max() > tol:
             worst = common[int(diff.max(axis=1).argmax())]
-            errors.append(f"{what}: edge vectors differ by up to {diff.max():.3g} Å (> {tol}) "
-                          f"at (i, j, S) = {worst}")
+            errors.append(f"{what}: edge vectors differ by up to {diff.max():.3g} Å (> {tol}) at (i, j, S) = {worst}")
     return errors
 
 
 def check_against_ase(structures, cutoff) -> None:
     errors = []
     for atoms in structures:
-        errors += compare(graph_edges(graph(atoms, cutoff)), ase_edges(atoms, cutoff),
-                          f"{describe(atoms)} at cutoff {cutoff}")
+        errors += compare(
+            graph_edges(graph(atoms, cutoff)), ase_edges(atoms, cutoff), f"{describe(atoms)} at cutoff {cutoff}"
+        )
     assert not errors, "build_graph differs from ase.neighborlist:\n" + "\n".join(errors)
 
 
@@ -145,11 +156,15 @@ def test_large_cluster_matches_ase():
     check_against_ase([cluster], 5.0)
 
 
-@pytest.mark.parametrize("atoms, cutoff", [
-    (Atoms("H3", positions=[[0, 0, 0], [0, 0, 1.5], [0, 0, 3.0]]), 1.5),  # molecule
-    (Atoms("H", cell=np.eye(3) * 3.0, pbc=True), 3.0),  # simple cubic, a == cutoff
-    (Atoms("H2", positions=[[0, 0, 0], [0, 0, 1.5]], cell=[0, 0, 3.0], pbc=(False, False, True)), 1.5),
-], ids=["molecule", "crystal", "wire"])
+@pytest.mark.parametrize(
+    "atoms, cutoff",
+    [
+        (Atoms("H3", positions=[[0, 0, 0], [0, 0, 1.5], [0, 0, 3.0]]), 1.5),  # molecule
+        (Atoms("H", cell=np.eye(3) * 3.0, pbc=True), 3.0),  # simple cubic, a == cutoff
+        (Atoms("H2", positions=[[0, 0, 0], [0, 0, 1.5]], cell=[0, 0, 3.0], pbc=(False, False, True)), 1.5),
+    ],
+    ids=["molecule", "crystal", "wire"],
+)
 def test_pairs_exactly_at_the_cutoff(atoms, cutoff):
     """Pairs at exactly the cutoff are excluded, as ASE does; a hair more includes them."""
     check_against_ase([atoms], cutoff)
@@ -182,8 +197,7 @@ def test_oc20_reference_graph_is_contained():
         stored = [(int(p), int(q), *map(int, s)) for p, q, s in zip(i, j, S)]
         absent = [e for e in stored if e not in ours]
         if absent:
-            errors.append(f"{describe(a)}: {len(absent)} of {len(stored)} stored edges absent, "
-                          f"e.g. {absent[:3]}")
+            errors.append(f"{describe(a)}: {len(absent)} of {len(stored)} stored edges absent, e.g. {absent[:3]}")
             continue
         lengths = np.array([np.linalg.norm(ours[e]) for e in stored])
         dmax = np.abs(lengths - ref.distances.numpy()).max()
@@ -212,14 +226,14 @@ def test_both_directions_present():
     slab = load_oc20_slabs()[0]
     slab.pbc = (True, True, False)
     errors = []
-    for a, cutoff in [(x, 6.0) for x in load_jarvis()] + [(x, 4.0) for x in load_qm9_molecules(20)] \
-            + [(slab, 6.0)]:
+    for a, cutoff in [(x, 6.0) for x in load_jarvis()] + [(x, 4.0) for x in load_qm9_molecules(20)] + [(slab, 6.0)]:
         edges = graph_edges(graph(a, cutoff))
         for (i, j, *S), v in edges.items():
             back = edges.get((j, i, *(-s for s in S)))
             if back is None or np.abs(back + v).max() > VEC_TOL:
-                errors.append(f"{describe(a)}: edge (i, j, S) = {(i, j, *S)} has no reverse "
-                              f"(j, i, -S) with the opposite vector")
+                errors.append(
+                    f"{describe(a)}: edge (i, j, S) = {(i, j, *S)} has no reverse (j, i, -S) with the opposite vector"
+                )
                 break
     assert not errors, "\n".join(errors)
 
@@ -246,15 +260,23 @@ def _fcc_primitive():
 
 
 def _triclinic_pair():
-    return Atoms("SiO", scaled_positions=[[0.1, 0.2, 0.05], [0.55, 0.35, 0.7]],
-                 cell=[[3.1, 0.0, 0.0], [1.4, 2.9, 0.0], [-0.9, 1.1, 3.4]], pbc=True)
+    return Atoms(
+        "SiO",
+        scaled_positions=[[0.1, 0.2, 0.05], [0.55, 0.35, 0.7]],
+        cell=[[3.1, 0.0, 0.0], [1.4, 2.9, 0.0], [-0.9, 1.1, 3.4]],
+        pbc=True,
+    )
 
 
-@pytest.mark.parametrize("make, cutoff", [
-    (_si_primitive, 12.0),  # 2 atoms, cell vectors 3.84 Å
-    (_fcc_primitive, 4 * 3.6),  # 1 atom, cutoff 4 lattice constants
-    (_triclinic_pair, 9.0),
-], ids=["Si-primitive-12A", "fcc-1-atom-4a", "triclinic-2-atoms-9A"])
+@pytest.mark.parametrize(
+    "make, cutoff",
+    [
+        (_si_primitive, 12.0),  # 2 atoms, cell vectors 3.84 Å
+        (_fcc_primitive, 4 * 3.6),  # 1 atom, cutoff 4 lattice constants
+        (_triclinic_pair, 9.0),
+    ],
+    ids=["Si-primitive-12A", "fcc-1-atom-4a", "triclinic-2-atoms-9A"],
+)
 def test_tiny_cell_large_cutoff(make, cutoff):
     atoms = make()
     g = graph(atoms, cutoff)
@@ -267,10 +289,12 @@ def test_tiny_cell_large_cutoff(make, cutoff):
     assert g.edge_shift.abs().max() >= 3  # several cells away
 
 
-@pytest.mark.parametrize("pbc", [(True, True, False), (False, False, True), (True, False, True),
-                                 (False, True, False)], ids=["slab", "wire", "TFT", "FTF"])
-@pytest.mark.parametrize("make", [_triclinic_pair, _si_primitive, _fcc_primitive],
-                         ids=["triclinic", "Si", "fcc"])
+@pytest.mark.parametrize(
+    "pbc",
+    [(True, True, False), (False, False, True), (True, False, True), (False, True, False)],
+    ids=["slab", "wire", "TFT", "FTF"],
+)
+@pytest.mark.parametrize("make", [_triclinic_pair, _si_primitive, _fcc_primitive], ids=["triclinic", "Si", "fcc"])
 def test_mixed_pbc(make, pbc):
     atoms = make()
     atoms.pbc = pbc
@@ -285,8 +309,9 @@ def test_mixed_pbc(make, pbc):
     assert g.edge_shift[:, torch.from_numpy(~free)].abs().max() >= 1
 
 
-@pytest.mark.parametrize("pbc, zero_rows", [((True, True, False), [2]), ((False, False, True), [0, 1])],
-                         ids=["slab-c=0", "wire-a=b=0"])
+@pytest.mark.parametrize(
+    "pbc, zero_rows", [((True, True, False), [2]), ((False, False, True), [0, 1])], ids=["slab-c=0", "wire-a=b=0"]
+)
 def test_mixed_pbc_with_zero_vectors_along_free_axes(pbc, zero_rows):
     """ASE users often leave the non-periodic lattice vectors at zero."""
     atoms = bulk("Si", "diamond", a=5.43, cubic=True)
@@ -315,8 +340,7 @@ def _build_far_apart(pbc, free_axis, distance):
         pass  # a clear refusal is fine too
 
 
-@pytest.mark.parametrize("pbc, free_axis", [((True, True, False), 2), ((False, False, True), 0)],
-                         ids=["slab", "wire"])
+@pytest.mark.parametrize("pbc, free_axis", [((True, True, False), 2), ((False, False, True), 0)], ids=["slab", "wire"])
 def test_far_apart_atoms_along_a_free_axis_do_not_crash(pbc, free_axis):
     code = exit_code_in_child(_build_far_apart, pbc, free_axis, 1e6, timeout=30)
     assert code == 0, f"build_graph died with exit code {code} (negative: killed by signal {-code})"
@@ -347,8 +371,10 @@ def test_atoms_outside_the_cell(seed):
         assert np.array_equal(atoms.cell[:], before.cell[:]) and np.array_equal(atoms.pbc, before.pbc)
 
         # same geometry: (i, j, S) in the wrapped structure is (i, j, S - n_j + n_i) here
-        ref = {(i, j, *(np.array(S) - n[j] + n[i]).tolist()): v
-               for (i, j, *S), v in graph_edges(graph(wrapped, 6.0)).items()}
+        ref = {
+            (i, j, *(np.array(S) - n[j] + n[i]).tolist()): v
+            for (i, j, *S), v in graph_edges(graph(wrapped, 6.0)).items()
+        }
         ours = graph_edges(g)
         errors = compare(ours, ref, f"{where} vs the wrapped structure", tol=1e-9)
         errors += compare(ours, ase_edges(atoms, 6.0), f"{where} vs ASE")
@@ -376,8 +402,7 @@ def expected_cap(ase: dict, k: int, tie: float = 1e-4) -> set:
     d <= max(r_i, r_j) + tie, r_a = distance of atom a's k-th nearest pair (inf if it has <= k)."""
     per = _per_centre(ase)
     radius = {i: (sorted(v.values())[k - 1] if len(v) > k else np.inf) for i, v in per.items()}
-    return {e for e, v in ase.items()
-            if np.linalg.norm(v) <= max(radius[e[0]], radius[e[1]]) + tie}
+    return {e for e, v in ase.items() if np.linalg.norm(v) <= max(radius[e[0]], radius[e[1]]) + tie}
 
 
 def environment(g, atoms, decimals=6) -> list:
@@ -407,7 +432,12 @@ def test_max_neighbors_follows_the_documented_rule(k):
     """Kept pairs = the rule applied to ASE's pairs; every centre keeps at least its k nearest;
     the warning counts the dropped edges."""
     slab = load_oc20_slabs()[0]
-    cases = [slab, load_jarvis(5)[4], bulk("Cu", "fcc", a=3.6) * (2, 2, 2), _rattled(bulk("Cu", "fcc", a=3.6) * (2, 2, 2), 0)]
+    cases = [
+        slab,
+        load_jarvis(5)[4],
+        bulk("Cu", "fcc", a=3.6) * (2, 2, 2),
+        _rattled(bulk("Cu", "fcc", a=3.6) * (2, 2, 2), 0),
+    ]
     for atoms in cases:
         ase = ase_edges(atoms, 6.0)
         expected = expected_cap(ase, k)
@@ -421,7 +451,7 @@ def test_max_neighbors_follows_the_documented_rule(k):
         full, mine = _per_centre(ase), _per_centre(kept)
         for i, all_i in full.items():
             nearest = sorted(all_i.values())[:k]
-            assert sorted(mine[i].values())[:len(nearest)] == pytest.approx(nearest, abs=1e-12), f"{where}, centre {i}"
+            assert sorted(mine[i].values())[: len(nearest)] == pytest.approx(nearest, abs=1e-12), f"{where}, centre {i}"
         # deterministic
         with pytest.warns(NeighbourCapWarning):
             g2 = build_graph(atoms, 6.0, max_neighbors=k, dtype=F64)
@@ -452,14 +482,27 @@ def test_issue_16_fcc_cap_keeps_ties_and_both_directions():
 @pytest.mark.parametrize("k", [1, 3, 5, 8, 13])
 def test_max_neighbors_keeps_both_directions(k):
     """Every kept edge (i, j, S) has its reverse (j, i, -S) with the opposite vector."""
-    structures = [bulk("Cu", "fcc", a=3.6), _nacl(), _rattled(_nacl(), 1), _hexagonal(), _rattled(_hexagonal() * (2, 1, 1), 2),
-                  *load_jarvis(8)[::2], load_oc20_slabs()[1], *load_qm9_molecules(4)]
+    structures = [
+        bulk("Cu", "fcc", a=3.6),
+        _nacl(),
+        _rattled(_nacl(), 1),
+        _hexagonal(),
+        _rattled(_hexagonal() * (2, 1, 1), 2),
+        *load_jarvis(8)[::2],
+        load_oc20_slabs()[1],
+        *load_qm9_molecules(4),
+    ]
     for atoms in structures:
         edges = graph_edges(capped(atoms, 4.5, k))
-        missing = [e for e, v in edges.items()
-                   if (e[1], e[0], *(-s for s in e[2:])) not in edges
-                   or np.abs(edges[(e[1], e[0], *(-s for s in e[2:]))] + v).max() > VEC_TOL]
-        assert not missing, f"{describe(atoms)}, max_neighbors={k}: {len(missing)} edges without reverse, e.g. {missing[:3]}"
+        missing = [
+            e
+            for e, v in edges.items()
+            if (e[1], e[0], *(-s for s in e[2:])) not in edges
+            or np.abs(edges[(e[1], e[0], *(-s for s in e[2:]))] + v).max() > VEC_TOL
+        ]
+        assert not missing, (
+            f"{describe(atoms)}, max_neighbors={k}: {len(missing)} edges without reverse, e.g. {missing[:3]}"
+        )
 
 
 @pytest.mark.parametrize("k", [1, 5, 8])
@@ -467,8 +510,15 @@ def test_max_neighbors_is_permutation_invariant(k):
     """Relabelling atoms relabels the kept edges: the multiset of (z_i, z_j, r_ij) is unchanged
     (the old cap broke ties by atom index, so NaCl 2x1x1 with k=5 kept other bonds)."""
     rng = np.random.default_rng(3)
-    structures = [_nacl(), _rattled(_nacl(), 4), bulk("Cu", "fcc", a=3.6) * (2, 1, 1), _hexagonal() * (1, 2, 1),
-                  _rattled(_hexagonal() * (1, 2, 1), 5), load_jarvis(6)[5], load_qm9_molecules(3)[2]]
+    structures = [
+        _nacl(),
+        _rattled(_nacl(), 4),
+        bulk("Cu", "fcc", a=3.6) * (2, 1, 1),
+        _hexagonal() * (1, 2, 1),
+        _rattled(_hexagonal() * (1, 2, 1), 5),
+        load_jarvis(6)[5],
+        load_qm9_molecules(3)[2],
+    ]
     for atoms in structures:
         for _ in range(3):
             perm = rng.permutation(len(atoms))
@@ -522,7 +572,7 @@ def test_max_neighbors_matches_fairchem_cap():
         centre, ref_centre, ref_d = g.edge_index[1].numpy(), ref.edge_index[1].numpy(), ref.distances.numpy()
         for i in range(len(a)):
             ours, theirs = np.sort(d[centre == i]), np.sort(ref_d[ref_centre == i])
-            if len(theirs) > len(ours) or np.abs(ours[:len(theirs)] - theirs).max(initial=0) > 1e-5:
+            if len(theirs) > len(ours) or np.abs(ours[: len(theirs)] - theirs).max(initial=0) > 1e-5:
                 errors.append(f"{describe(a)} centre {i}: {len(ours)} vs {len(theirs)} stored")
     assert not errors, "\n".join(errors[:10])
 
@@ -544,8 +594,13 @@ def test_conformance_suite_with_a_cap(name):
         warnings.simplefilter("ignore", NeighbourCapWarning)
         T.assert_check(T.check_permutation(issue, _nacl(), rng))
         for atoms in (_nacl(), _rattled(_nacl(), 8), _rattled(_hexagonal(), 9)):
-            for check in (T.check_permutation, T.check_rotation, T.check_translation, T.check_wrapping,
-                          T.check_cell_basis_change):
+            for check in (
+                T.check_permutation,
+                T.check_rotation,
+                T.check_translation,
+                T.check_wrapping,
+                T.check_cell_basis_change,
+            ):
                 T.assert_check(check(model, atoms, rng))
             T.assert_check(T.check_supercell(model, atoms, (2, 1, 1)))
         T.assert_check(T.check_batching(model, [_rattled(_nacl(), 8), _hexagonal(), load_qm9_molecules(2)[1]]))
@@ -563,6 +618,7 @@ def _lengths_fn(g):
         h = g.clone()
         h.pos, h.cell = pos, cell
         return edge_vectors(h).norm(dim=-1)
+
     return lengths
 
 
@@ -606,8 +662,12 @@ def test_rotation_and_translation(seed):
 # --------------------------------------------------------------------------- batching
 def test_collate_edge_vectors():
     slab = load_oc20_slabs()[3]
-    graphs = [graph(load_jarvis(2)[1], 5.0), graph(load_qm9_molecules(5)[4], 3.0),
-              graph(slab, 6.0), graph(_triclinic_pair(), 8.0)]
+    graphs = [
+        graph(load_jarvis(2)[1], 5.0),
+        graph(load_qm9_molecules(5)[4], 3.0),
+        graph(slab, 6.0),
+        graph(_triclinic_pair(), 8.0),
+    ]
     batch = collate(graphs)
     assert batch.cell.shape == (4, 3, 3)
     expected = torch.cat([edge_vectors(g) for g in graphs])
@@ -619,8 +679,9 @@ def test_collate_edge_vectors():
     assert torch.equal(batch.edge_index, expected_index)
 
 
-@pytest.mark.parametrize("pbc", [(True, True, False), (False, False, True), (False, False, False)],
-                         ids=["slab", "wire", "large-molecule"])
+@pytest.mark.parametrize(
+    "pbc", [(True, True, False), (False, False, True), (False, False, False)], ids=["slab", "wire", "large-molecule"]
+)
 def test_far_atoms_along_free_axes_give_ase_edges(pbc):
     """Empty stretches of 1e5 Å along free directions are closed before the cell-list search
     (vesin would stall or crash); the edges, shifts and vectors must still equal ASE's."""
@@ -638,8 +699,9 @@ def test_far_atoms_along_free_axes_give_ase_edges(pbc):
     graph = build_graph(far, 6.0, dtype=torch.float64)
     i, j, S, D = neighbor_list("ijSD", far, 6.0)
     expected = sorted(zip(i.tolist(), j.tolist(), map(tuple, S.tolist())))
-    got = sorted(zip(graph.edge_index[1].tolist(), graph.edge_index[0].tolist(),
-                     map(tuple, graph.edge_shift.long().tolist())))
+    got = sorted(
+        zip(graph.edge_index[1].tolist(), graph.edge_index[0].tolist(), map(tuple, graph.edge_shift.long().tolist()))
+    )
     assert got == expected
     mine = _sorted_edges(graph)
     order = np.lexsort((S[:, 2], S[:, 1], S[:, 0], j, i))
@@ -681,7 +743,6 @@ def test_collate_fills_optional_atom_keys_for_mixed_batches():
     assert "tags" in g_slab and "tags" not in g_mol
     for graphs in ([g_slab, g_mol], [g_mol, g_slab]):
         batch = collate(graphs)
-        expected = torch.cat([g.tags if "tags" in g else torch.zeros(g.num_nodes, dtype=torch.long)
-                              for g in graphs])
+        expected = torch.cat([g.tags if "tags" in g else torch.zeros(g.num_nodes, dtype=torch.long) for g in graphs])
         assert torch.equal(batch.tags, expected)
     assert "tags" not in g_mol  # the caller's graph is untouched

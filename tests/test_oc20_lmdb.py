@@ -124,8 +124,12 @@ def test_pyg1_pickles(tmp_path, monkeypatch):
     legacy = []
     for g in graphs:
         d = Data()
-        d.__dict__.update({key: g[key] for key in ("atomic_numbers", "pos", "cell", "natoms", "tags",
-                                                  "fixed", "sid", "y_init", "y_relaxed")})
+        d.__dict__.update(
+            {
+                key: g[key]
+                for key in ("atomic_numbers", "pos", "cell", "natoms", "tags", "fixed", "sid", "y_init", "y_relaxed")
+            }
+        )
         d.__dict__["__num_nodes__"] = None
         legacy.append(d)
     monkeypatch.setattr(pyg_data, "Data", Data)
@@ -157,8 +161,11 @@ def test_shards_and_missing_length_key(tmp_path):
     assert [ds[k].info["sid"] for k in range(8)] == SIDS and ds[-1].info["id"] == "data.0001.lmdb/2"
     assert len(open_dataset("oc20-is2re", folder, limit=6)) == 6
     n = write_lmdb(tmp_path / "sharded", [ds[k] for k in range(8)], task="is2re", shard_size=3, progress=False)
-    assert n == 8 and sorted(p.name for p in (tmp_path / "sharded").iterdir()) == \
-        ["data.0000.lmdb", "data.0001.lmdb", "data.0002.lmdb"]
+    assert n == 8 and sorted(p.name for p in (tmp_path / "sharded").iterdir()) == [
+        "data.0000.lmdb",
+        "data.0001.lmdb",
+        "data.0002.lmdb",
+    ]
     back = open_dataset("oc20-is2re", tmp_path / "sharded")
     assert [back[k].info["energy"] for k in range(8)] == [float(g.y_relaxed) for g in graphs]
 
@@ -205,6 +212,7 @@ def test_dataloader_workers_reopen_the_lmdb(tmp_path):
     ds[0]  # the parent has the environment open
     clone = pickle.loads(pickle.dumps(ds))
     assert clone[3].info["sid"] == SIDS[3]
-    loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=2, collate_fn=_sids,
-                                         multiprocessing_context="fork")
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=4, num_workers=2, collate_fn=_sids, multiprocessing_context="fork"
+    )
     assert [s for batch in loader for s in batch] == SIDS

@@ -19,14 +19,35 @@ import numpy as np
 import pytest
 
 from geognn.cli import main
-from geognn.plot import (PlotError, format_r2, parity_statistics, parity_title, plot_learning_curves, plot_parity,
-                         read_metrics)
+from geognn.plot import (
+    PlotError,
+    format_r2,
+    parity_statistics,
+    parity_title,
+    plot_learning_curves,
+    plot_parity,
+    read_metrics,
+)
 from geognn.train.predictions import FILE_NAME
 
 
 def _train(out, *extra) -> None:
-    args = ["train", "--limit", "40", "--epochs", "2", "--time-limit", "0", "--threads", "1", "--batch-size", "8",
-            "--out", str(out), *extra]
+    args = [
+        "train",
+        "--limit",
+        "40",
+        "--epochs",
+        "2",
+        "--time-limit",
+        "0",
+        "--threads",
+        "1",
+        "--batch-size",
+        "8",
+        "--out",
+        str(out),
+        *extra,
+    ]
     assert main(args) == 0
 
 
@@ -114,8 +135,11 @@ def test_parity_numbers_equal_numpy(run, monkeypatch):
 
     titles = []
     save = Figure.savefig
-    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: (titles.extend(ax.get_title() for ax in fig.axes),
-                                                                 save(fig, *a, **k))[1])
+    monkeypatch.setattr(
+        Figure,
+        "savefig",
+        lambda fig, *a, **k: (titles.extend(ax.get_title() for ax in fig.axes), save(fig, *a, **k))[1],
+    )
     plot_parity(run)
     assert titles[0].startswith(parity_title("U0", stats))
     assert f"MAE {mae * 1000:.4g} meV" in titles[0]

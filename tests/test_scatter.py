@@ -135,8 +135,11 @@ def _both_paths(fn, monkeypatch):
 EXACT = dict(rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("shape, dim_size", [((40,), 9), ((40, 5), 9), ((40, 4, 3), 12), ((0, 3), 4), ((1, 2), 1)],
-                         ids=["1d", "2d", "3d-larger-dim_size", "no-rows", "one-row"])
+@pytest.mark.parametrize(
+    "shape, dim_size",
+    [((40,), 9), ((40, 5), 9), ((40, 4, 3), 12), ((0, 3), 4), ((1, 2), 1)],
+    ids=["1d", "2d", "3d-larger-dim_size", "no-rows", "one-row"],
+)
 def test_torch_scatter_path_equals_pure_torch(stand_in, monkeypatch, shape, dim_size):
     """Values, gradients and second derivatives, on random data with empty buckets and a
     dim_size larger than the largest index."""
@@ -151,8 +154,8 @@ def test_torch_scatter_path_equals_pure_torch(stand_in, monkeypatch, shape, dim_
         out = scatter.scatter_sum(src, index, dim_size)
         mean = scatter.scatter_mean(src, index, dim_size)
         loss = (weight * out.pow(2)).sum() + (weight * mean).sum()
-        grad, = torch.autograd.grad(loss, src, create_graph=True)  # like forces
-        grad2, = torch.autograd.grad(grad.pow(2).sum(), src) if shape[0] else (torch.zeros_like(src),)
+        (grad,) = torch.autograd.grad(loss, src, create_graph=True)  # like forces
+        (grad2,) = torch.autograd.grad(grad.pow(2).sum(), src) if shape[0] else (torch.zeros_like(src),)
         return out.detach(), mean.detach(), grad.detach(), grad2
 
     calls_before = len(stand_in.calls)
@@ -162,7 +165,7 @@ def test_torch_scatter_path_equals_pure_torch(stand_in, monkeypatch, shape, dim_
         assert a.shape == b.shape, what
         torch.testing.assert_close(a, b, **EXACT, msg=lambda m: f"{what}: {m}")
     torch.testing.assert_close(fast[0], reference_sum(src.detach(), index, dim_size), **EXACT)
-    assert torch.all(fast[0][int(index.max()) + 1 if index.numel() else 0:] == 0)  # beyond the largest index
+    assert torch.all(fast[0][int(index.max()) + 1 if index.numel() else 0 :] == 0)  # beyond the largest index
 
 
 def test_model_energy_and_forces_equal_on_both_paths(stand_in, monkeypatch):

@@ -86,21 +86,29 @@ def test_heads_are_independent_and_default_is_the_energy_model():
         model.head("nope")
 
 
-@pytest.mark.parametrize("targets, message", [
-    ([Target("a"), Target("a")], "target names must be unique"),
-    ([], "at least one target"),
-    ([{"name": "x", "units": "eV"}], "expected keys name, unit, readout"),
-])
+@pytest.mark.parametrize(
+    "targets, message",
+    [
+        ([Target("a"), Target("a")], "target names must be unique"),
+        ([], "at least one target"),
+        ([{"name": "x", "units": "eV"}], "expected keys name, unit, readout"),
+    ],
+)
 def test_bad_targets_are_clear_errors(targets, message):
     with pytest.raises(ValueError, match=message):
         Model("schnet", targets=targets, backbone_kwargs=TINY)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(name="forces"), "reserved"), (dict(name="gap_std"), "reserved"), (dict(name="node_x"), "reserved"),
-    (dict(name="band gap"), "identifier"),
-    (dict(name="gap", readout="max"), r"readout 'max'; choose one of \['sum', 'mean'\]"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(name="forces"), "reserved"),
+        (dict(name="gap_std"), "reserved"),
+        (dict(name="node_x"), "reserved"),
+        (dict(name="band gap"), "identifier"),
+        (dict(name="gap", readout="max"), r"readout 'max'; choose one of \['sum', 'mean'\]"),
+    ],
+)
 def test_target_validation(kwargs, message):
     with pytest.raises(ValueError, match=message):
         Target(**kwargs)
@@ -142,8 +150,12 @@ def test_reference_fit_by_counts_or_fractions_matches_lstsq_by_hand(readout):
 # --------------------------------------------------------------------------- checkpoints
 def test_multi_target_save_load_round_trip(tmp_path):
     crystals = load_mp20_crystals(3)
-    model = randomised(geognn.build_model("schnet", cutoff=4.0, targets=CRYSTAL_TARGETS, stress=True,
-                                          metadata={"trained_on": "test"}, **TINY), seed=3)
+    model = randomised(
+        geognn.build_model(
+            "schnet", cutoff=4.0, targets=CRYSTAL_TARGETS, stress=True, metadata={"trained_on": "test"}, **TINY
+        ),
+        seed=3,
+    )
     path = tmp_path / "m.pt"
     model.save(path)
     payload = torch.load(path, weights_only=True)
@@ -192,8 +204,14 @@ def test_version_1_egnn_checkpoint_keeps_fixed_coordinates(tmp_path):
 
     torch.manual_seed(0)
     old = geognn.build_model("egnn", cutoff=4.0, hidden_channels=16, num_layers=2, update_coords=False)
-    state = {("energy_head." + k[len("heads.energy.mlp."):] if k.startswith("heads.energy.mlp.") else
-              k.replace("heads.energy.", "")): v for k, v in old.state_dict().items()}
+    state = {
+        (
+            "energy_head." + k[len("heads.energy.mlp.") :]
+            if k.startswith("heads.energy.mlp.")
+            else k.replace("heads.energy.", "")
+        ): v
+        for k, v in old.state_dict().items()
+    }
     config = {k: v for k, v in old.config.items() if k != "targets"}
     config["backbone_kwargs"] = {k: v for k, v in config["backbone_kwargs"].items() if k != "update_coords"}
     payload = {"format_version": 1, "config": config, "state_dict": state}

@@ -25,10 +25,13 @@ TOL = dict(rtol=1e-12, atol=1e-12)
 def _all_paths(irreps1, irreps2, irreps_out, mode, has_weight=True):
     """Every allowed instruction (i1, i2, o) of ``mode`` between the three irreps, block-major."""
     irreps1, irreps2, irreps_out = o3.Irreps(irreps1), o3.Irreps(irreps2), o3.Irreps(irreps_out)
-    return [(i1, i2, o, mode, has_weight)
-            for i1, (m1, ir1) in enumerate(irreps1) for i2, (m2, ir2) in enumerate(irreps2)
-            for o, (mo, ir) in enumerate(irreps_out)
-            if ir in ir1 * ir2 and mo == m1 and (mode == "uvu" or m1 == m2)]
+    return [
+        (i1, i2, o, mode, has_weight)
+        for i1, (m1, ir1) in enumerate(irreps1)
+        for i2, (m2, ir2) in enumerate(irreps2)
+        for o, (mo, ir) in enumerate(irreps_out)
+        if ir in ir1 * ir2 and mo == m1 and (mode == "uvu" or m1 == m2)
+    ]
 
 
 def _one_path_per_output(irreps1, irreps2, mode):
@@ -47,31 +50,73 @@ def _cases():
     sh3 = o3.Irreps.spherical_harmonics(3)
     both2 = "4x0e + 4x0o + 4x1o + 4x1e + 4x2e + 4x2o"
     cases = {
-        "uvu_nequip_lmax2_both_parities": (both2, "0e + 1o + 2e", both2, _all_paths(both2, "0e + 1o + 2e", both2, "uvu")),
+        "uvu_nequip_lmax2_both_parities": (
+            both2,
+            "0e + 1o + 2e",
+            both2,
+            _all_paths(both2, "0e + 1o + 2e", both2, "uvu"),
+        ),
         "uvu_one_output_per_path_lmax3": _one_path_per_output("3x0e + 2x1o + 2x2e + 3x3o", sh3, "uvu"),
-        "uvu_multiplicity_1_lmax3": ("0e + 1o + 2e + 3o", sh3, "0e + 0o + 1o + 1e + 2e + 2o + 3o + 3e",
-                                     _all_paths("0e + 1o + 2e + 3o", sh3, "0e + 0o + 1o + 1e + 2e + 2o + 3o + 3e",
-                                                "uvu")),
-        "uvu_second_input_multiplicity_3": ("3x0e + 2x1o + 3x1e", "2x0e + 3x1o + 2x2e", "3x0e + 2x1e + 2x1o + 3x2o",
-                                            _all_paths("3x0e + 2x1o + 3x1e", "2x0e + 3x1o + 2x2e",
-                                                       "3x0e + 2x1e + 2x1o + 3x2o", "uvu")),
-        "uvu_scalars_only": ("5x0e + 5x0o", "0e + 0o", "5x0o + 5x0e", _all_paths("5x0e + 5x0o", "0e + 0o",
-                                                                                   "5x0o + 5x0e", "uvu")),
+        "uvu_multiplicity_1_lmax3": (
+            "0e + 1o + 2e + 3o",
+            sh3,
+            "0e + 0o + 1o + 1e + 2e + 2o + 3o + 3e",
+            _all_paths("0e + 1o + 2e + 3o", sh3, "0e + 0o + 1o + 1e + 2e + 2o + 3o + 3e", "uvu"),
+        ),
+        "uvu_second_input_multiplicity_3": (
+            "3x0e + 2x1o + 3x1e",
+            "2x0e + 3x1o + 2x2e",
+            "3x0e + 2x1e + 2x1o + 3x2o",
+            _all_paths("3x0e + 2x1o + 3x1e", "2x0e + 3x1o + 2x2e", "3x0e + 2x1e + 2x1o + 3x2o", "uvu"),
+        ),
+        "uvu_scalars_only": (
+            "5x0e + 5x0o",
+            "0e + 0o",
+            "5x0o + 5x0e",
+            _all_paths("5x0e + 5x0o", "0e + 0o", "5x0o + 5x0e", "uvu"),
+        ),
         # paths without weights, instructions out of block order, an unused input block, an output
         # block nobody writes (zeros), several instructions into one output
-        "uvu_mixed_weights_unordered": ("2x0e + 2x1o + 2x2e + 2x3o", "0e + 1o + 2e", "2x1o + 2x1e + 2x2e + 2x0o",
-                                        [(2, 1, 0, "uvu", True), (0, 1, 0, "uvu", False), (1, 0, 0, "uvu", True),
-                                         (1, 1, 1, "uvu", False), (2, 2, 2, "uvu", True), (1, 2, 0, "uvu", True),
-                                         (2, 0, 2, "uvu", False), (1, 1, 2, "uvu", True)]),
-        "uuu_mace_lmax3": ("3x0e + 3x1o + 3x2e + 3x3o", "3x0e + 3x1o + 3x2e + 3x3o",
-                           "3x0e + 3x1o + 3x1e + 3x2e + 3x2o + 3x3o + 3x3e",
-                           _all_paths("3x0e + 3x1o + 3x2e + 3x3o", "3x0e + 3x1o + 3x2e + 3x3o",
-                                      "3x0e + 3x1o + 3x1e + 3x2e + 3x2o + 3x3o + 3x3e", "uuu")),
+        "uvu_mixed_weights_unordered": (
+            "2x0e + 2x1o + 2x2e + 2x3o",
+            "0e + 1o + 2e",
+            "2x1o + 2x1e + 2x2e + 2x0o",
+            [
+                (2, 1, 0, "uvu", True),
+                (0, 1, 0, "uvu", False),
+                (1, 0, 0, "uvu", True),
+                (1, 1, 1, "uvu", False),
+                (2, 2, 2, "uvu", True),
+                (1, 2, 0, "uvu", True),
+                (2, 0, 2, "uvu", False),
+                (1, 1, 2, "uvu", True),
+            ],
+        ),
+        "uuu_mace_lmax3": (
+            "3x0e + 3x1o + 3x2e + 3x3o",
+            "3x0e + 3x1o + 3x2e + 3x3o",
+            "3x0e + 3x1o + 3x1e + 3x2e + 3x2o + 3x3o + 3x3e",
+            _all_paths(
+                "3x0e + 3x1o + 3x2e + 3x3o",
+                "3x0e + 3x1o + 3x2e + 3x3o",
+                "3x0e + 3x1o + 3x1e + 3x2e + 3x2o + 3x3o + 3x3e",
+                "uuu",
+            ),
+        ),
         "uuu_multiplicity_1_cross_product": ("1o", "1o", "0e + 1e + 2e", _all_paths("1o", "1o", "0e + 1e + 2e", "uuu")),
-        "uuu_mixed_multiplicities_and_weights": ("3x0e + 2x1o + 2x1e", "2x1o + 3x0o + 2x2e", "3x0o + 2x1e + 2x1o + 2x0e",
-                                                 [(0, 1, 0, "uuu", True), (1, 0, 3, "uuu", False),
-                                                  (2, 0, 2, "uuu", True), (1, 0, 1, "uuu", True),
-                                                  (1, 2, 2, "uuu", False), (2, 2, 1, "uuu", True)]),
+        "uuu_mixed_multiplicities_and_weights": (
+            "3x0e + 2x1o + 2x1e",
+            "2x1o + 3x0o + 2x2e",
+            "3x0o + 2x1e + 2x1o + 2x0e",
+            [
+                (0, 1, 0, "uuu", True),
+                (1, 0, 3, "uuu", False),
+                (2, 0, 2, "uuu", True),
+                (1, 0, 1, "uuu", True),
+                (1, 2, 2, "uuu", False),
+                (2, 2, 1, "uuu", True),
+            ],
+        ),
     }
     return cases
 
@@ -82,8 +127,9 @@ CASES = _cases()
 def _pair(irreps1, irreps2, irreps_out, instructions):
     """(ours, e3nn's) in float64 with exact Clebsch-Gordan constants."""
     ours = ChannelwiseTensorProduct(irreps1, irreps2, irreps_out, instructions).double()
-    ref = o3.TensorProduct(irreps1, irreps2, irreps_out, instructions, shared_weights=False,
-                           internal_weights=False).double()
+    ref = o3.TensorProduct(
+        irreps1, irreps2, irreps_out, instructions, shared_weights=False, internal_weights=False
+    ).double()
     refresh_wigner_3j(ours)
     refresh_wigner_3j(ref)
     return ours, ref
@@ -154,8 +200,10 @@ def test_leading_dimensions_are_kept():
     torch.testing.assert_close(out, ref(x, y, w), **TOL)
 
 
-@pytest.mark.parametrize("name", ["uvu_nequip_lmax2_both_parities", "uvu_second_input_multiplicity_3",
-                                  "uuu_mixed_multiplicities_and_weights"])
+@pytest.mark.parametrize(
+    "name",
+    ["uvu_nequip_lmax2_both_parities", "uvu_second_input_multiplicity_3", "uuu_mixed_multiplicities_and_weights"],
+)
 def test_index_sums_the_products_per_bucket(name):
     """tp(x, y, w, index, dim_size) = scatter_sum(e3nn's tp(x, y, w), index), with an empty bucket,
     and the same gradients."""
@@ -193,12 +241,15 @@ def test_couplings_follow_dtype_changes_and_refresh():
     torch.testing.assert_close(ours(x, y, w), ref(x, y, w), **TOL)
 
 
-@pytest.mark.parametrize("instructions, match", [
-    ([(0, 0, 0, "uvw", True)], "one mode"),
-    ([(0, 0, 0, "uvu", True), (0, 0, 0, "uuu", True)], "one mode"),
-    ([(0, 0, 0, "uvu")], "tuples"),
-    ([(0, 1, 0, "uvu", True)], "cannot give"),  # 0e x 1o -> 0e breaks the selection rule
-])
+@pytest.mark.parametrize(
+    "instructions, match",
+    [
+        ([(0, 0, 0, "uvw", True)], "one mode"),
+        ([(0, 0, 0, "uvu", True), (0, 0, 0, "uuu", True)], "one mode"),
+        ([(0, 0, 0, "uvu")], "tuples"),
+        ([(0, 1, 0, "uvu", True)], "cannot give"),  # 0e x 1o -> 0e breaks the selection rule
+    ],
+)
 def test_rejects_bad_instructions(instructions, match):
     with pytest.raises(ValueError, match=match):
         ChannelwiseTensorProduct("2x0e", "0e + 1o", "2x0e", instructions)

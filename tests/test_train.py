@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +21,8 @@ import geognn
 from geognn.cli import main
 from geognn.train.config import DEFAULT_QM9, TrainConfig
 from geognn.train.data import StructureList
-from geognn.train.losses import LossSpec, combine, compute_loss, loss_counts, loss_sums
 from geognn.train.loop import split_indices, train
+from geognn.train.losses import LossSpec, combine, compute_loss, loss_counts, loss_sums
 from geognn.train.optim import EMA, LRSchedule, auto_warmup
 
 
@@ -39,6 +40,18 @@ def test_training_beats_composition_baseline(tmp_path):
     assert 0.2 < result.baseline_test_mae < 2.0  # eV: the known scale of this baseline on QM9 U0
     model = geognn.load_model(result.model_path)
     assert model.metadata["periodic"] is False and 6 in model.metadata["elements"]
+
+
+def test_summary_names_the_baseline_it_compares_with(tmp_path):
+    """Without reference energies (fit_reference off, the OC20 IS2RE recipe) the baseline predicts
+    0 and the summary says so instead of claiming a composition fit."""
+    config = TrainConfig(limit=60, time_limit=0, epochs=1, batch_size=16, out=str(tmp_path / "run"), threads=1)
+    fitted = train(config, progress=False)
+    assert "linear fit on composition" in fitted.summary("U0")
+    unfitted = train(replace(config, fit_reference=False, out=str(tmp_path / "zero")), progress=False)
+    assert "no reference energies (predicting 0)" in unfitted.summary("U0")
+    assert "composition" not in unfitted.summary("U0")
+    assert unfitted.baseline_test_mae > 100 * fitted.baseline_test_mae  # |U0| ~ 1e4 eV vs a fit within ~1 eV
 
 
 def test_run_folder_and_resume(tmp_path):
@@ -87,11 +100,29 @@ TINY = {"hidden_channels": 8, "num_filters": 8, "num_layers": 1, "num_gaussians"
 
 def test_yaml_config_then_options_then_set(tmp_path, capsys):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("limit: 40\nlr: 0.01\nbatch_size: 8\nepochs: 1\ntime_limit: 0\nseed: 3\n"
-                   "backbone_kwargs: {hidden_channels: 8, num_filters: 8, num_layers: 1, num_gaussians: 8}\n")
+    cfg.write_text(
+        "limit: 40\nlr: 0.01\nbatch_size: 8\nepochs: 1\ntime_limit: 0\nseed: 3\n"
+        "backbone_kwargs: {hidden_channels: 8, num_filters: 8, num_layers: 1, num_gaussians: 8}\n"
+    )
     out = tmp_path / "run"
-    assert main(["train", "--config", str(cfg), "--lr", "0.002", "--set", "batch_size=4", "--set", "ema-decay=0.9",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                str(cfg),
+                "--lr",
+                "0.002",
+                "--set",
+                "batch_size=4",
+                "--set",
+                "ema-decay=0.9",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     resolved = json.loads((out / "config.json").read_text())
     assert resolved["lr"] == 0.002  # option beats file
     assert resolved["batch_size"] == 4 and resolved["ema_decay"] == 0.9  # --set beats file
@@ -101,12 +132,15 @@ def test_yaml_config_then_options_then_set(tmp_path, capsys):
     assert "test MAE of U0" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--set", "learning_rate=0.1"], "unknown config keys ['learning_rate']; known: ["),
-    (["--set", "scheduler=linear"], "scheduler='linear': choose one of ['plateau', 'cosine', 'constant']"),
-    (["--set", "batch_size=0"], "batch_size=0 must be > 0"),
-    (["--set", "nothing"], "expected KEY=VALUE"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--set", "learning_rate=0.1"], "unknown config keys ['learning_rate']; known: ["),
+        (["--set", "scheduler=linear"], "scheduler='linear': choose one of ['plateau', 'cosine', 'constant']"),
+        (["--set", "batch_size=0"], "batch_size=0 must be > 0"),
+        (["--set", "nothing"], "expected KEY=VALUE"),
+    ],
+)
 def test_bad_config_is_one_line_error(tmp_path, capsys, args, message):
     assert main(["train", *args, "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
@@ -137,9 +171,11 @@ def _batch_with_labels():
     g1.stress = torch.full((1, 3, 3), float("nan"))  # no label
     g2.stress = torch.zeros(1, 3, 3)
     batch = collate([g1, g2])
-    out = {"energy": torch.tensor([3.0, -1.0]),
-           "forces": torch.tensor([[9.0, 9, 9], [1, 0, 0], [0, 2, 0]]),  # atom 0 is fixed: ignored
-           "stress": torch.full((2, 3, 3), 0.5)}
+    out = {
+        "energy": torch.tensor([3.0, -1.0]),
+        "forces": torch.tensor([[9.0, 9, 9], [1, 0, 0], [0, 2, 0]]),  # atom 0 is fixed: ignored
+        "stress": torch.full((2, 3, 3), 0.5),
+    }
     return batch, out
 
 
@@ -209,8 +245,18 @@ def emt_structures(n: int, seed: int = 0, fixed: bool = True):
 
 
 def tiny_config(tmp_path, **kw) -> TrainConfig:
-    base = dict(dataset="extxyz", data_root=str(tmp_path), backbone_kwargs=TINY, cutoff=3.0, batch_size=4,
-                epochs=2, time_limit=0, out=str(tmp_path / "run"), val_fraction=0.2, test_fraction=0.2)
+    base = dict(
+        dataset="extxyz",
+        data_root=str(tmp_path),
+        backbone_kwargs=TINY,
+        cutoff=3.0,
+        batch_size=4,
+        epochs=2,
+        time_limit=0,
+        out=str(tmp_path / "run"),
+        val_fraction=0.2,
+        test_fraction=0.2,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -220,8 +266,16 @@ def test_forces_and_stress_run_writes_all_metrics(tmp_path):
     result = train(tiny_config(tmp_path, forces_weight=10.0, stress_weight=1.0), progress=False, dataset=data)
     rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
     assert len(rows) == 2
-    for col in ("val_energy_mae_meV", "val_energy_rmse_meV", "val_energy_ewt", "val_forces_mae_meV_A",
-                "val_forces_rmse_meV_A", "val_forces_cos", "val_efwt", "val_stress_mae_meV_A3"):
+    for col in (
+        "val_energy_mae_meV",
+        "val_energy_rmse_meV",
+        "val_energy_ewt",
+        "val_forces_mae_meV_A",
+        "val_forces_rmse_meV_A",
+        "val_forces_cos",
+        "val_efwt",
+        "val_stress_mae_meV_A3",
+    ):
         assert np.isfinite(float(rows[-1][col])), col
     assert -1 <= float(rows[-1]["val_forces_cos"]) <= 1
     assert set(result.test_metrics) >= {"forces_mae_meV_A", "efwt", "stress_mae_meV_A3"}
@@ -234,8 +288,11 @@ def test_gradient_accumulation_equals_one_big_batch(tmp_path):
     data = emt_structures(6)  # 4 train, 1 val, 1 test
     common = dict(epochs=1, val_fraction=1 / 6, test_fraction=1 / 6, forces_weight=5.0, grad_clip=0, seed=1)
     train(tiny_config(tmp_path, out=str(tmp_path / "big"), batch_size=4, **common), progress=False, dataset=data)
-    train(tiny_config(tmp_path, out=str(tmp_path / "acc"), batch_size=2, accumulate=2, **common),
-          progress=False, dataset=data)
+    train(
+        tiny_config(tmp_path, out=str(tmp_path / "acc"), batch_size=2, accumulate=2, **common),
+        progress=False,
+        dataset=data,
+    )
     big = torch.load(tmp_path / "big" / "state.pt", weights_only=True, map_location="cpu")
     acc = torch.load(tmp_path / "acc" / "state.pt", weights_only=True, map_location="cpu")
     assert big["step"] == acc["step"] == 1
@@ -269,16 +326,20 @@ def test_ema_weights_are_validated_and_saved(tmp_path):
 
 def test_early_stopping(tmp_path):
     data = emt_structures(10)
-    train(tiny_config(tmp_path, epochs=20, lr=1e-12, early_stopping=2, scheduler="constant"),
-          progress=False, dataset=data)
+    train(
+        tiny_config(tmp_path, epochs=20, lr=1e-12, early_stopping=2, scheduler="constant"), progress=False, dataset=data
+    )
     rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
     assert len(rows) == 3  # best at epoch 1, no improvement in epochs 2 and 3
 
 
 def test_cosine_schedule_is_applied_per_step(tmp_path):
     data = emt_structures(10)  # 6 train structures, batch 2: 3 steps per epoch
-    train(tiny_config(tmp_path, epochs=2, batch_size=2, scheduler="cosine", warmup_steps=2, min_lr_ratio=0.1),
-          progress=False, dataset=data)
+    train(
+        tiny_config(tmp_path, epochs=2, batch_size=2, scheduler="cosine", warmup_steps=2, min_lr_ratio=0.1),
+        progress=False,
+        dataset=data,
+    )
     rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
     schedule = LRSchedule(1e-3, "cosine", warmup_steps=2, total_steps=6, min_lr_ratio=0.1)
     assert [int(r["step"]) for r in rows] == [3, 6]
@@ -345,8 +406,11 @@ def _cosine(lr, ratio, p):
 def test_schedule_anneals_over_the_epochs_without_a_time_limit(tmp_path, monkeypatch):
     calls = _record_schedule(monkeypatch)
     data = emt_structures(10)  # 6 train structures, batch 2: 3 steps per epoch, 9 in all
-    train(tiny_config(tmp_path, epochs=3, batch_size=2, warmup_steps=0, min_lr_ratio=0.1, time_limit=0),
-          progress=False, dataset=data)
+    train(
+        tiny_config(tmp_path, epochs=3, batch_size=2, warmup_steps=0, min_lr_ratio=0.1, time_limit=0),
+        progress=False,
+        dataset=data,
+    )
     assert [c[0] for c in calls] == list(range(9)) and all(c[1] is None for c in calls)  # no clock read
     assert [c[2] for c in calls] == pytest.approx([_cosine(1e-3, 0.1, s / 9) for s in range(9)], rel=1e-9)
 
@@ -390,8 +454,11 @@ def test_bad_structures_skipped_and_logged_or_stop_the_run(tmp_path, capsys):
     assert {r["id"] for r in skipped} <= {"cu-3", "cu-7"} and skipped
     assert all(r["reason"] == "corrupt record" for r in skipped)
     with pytest.raises(geognn.StructureError, match=r"cu-[37]: corrupt record \(state.pt holds the last good step"):
-        train(tiny_config(tmp_path, out=str(tmp_path / "r2"), cache_graphs=False, batch_size=2, epochs=1),
-              progress=False, dataset=data)
+        train(
+            tiny_config(tmp_path, out=str(tmp_path / "r2"), cache_graphs=False, batch_size=2, epochs=1),
+            progress=False,
+            dataset=data,
+        )
     assert (tmp_path / "r2" / "state.pt").is_file()
 
 
@@ -413,8 +480,12 @@ def _write_dataset(kind: str, root: Path) -> Path:
         a.set_tags(np.where(np.arange(len(a)) == 0, 0, 1))
     if kind == "extxyz":
         for a in frames:
-            a.calc = SinglePointCalculator(a, energy=a.info.pop("energy"), forces=a.arrays.pop("forces"),
-                                           stress=a.info.pop("stress")[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]])
+            a.calc = SinglePointCalculator(
+                a,
+                energy=a.info.pop("energy"),
+                forces=a.arrays.pop("forces"),
+                stress=a.info.pop("stress")[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]],
+            )
         write(root / "data.extxyz", frames)
         return root / "data.extxyz"
     if kind == "cif-folder":
@@ -431,19 +502,44 @@ def _write_dataset(kind: str, root: Path) -> Path:
     return root / "data.lmdb"
 
 
-@pytest.mark.parametrize("kind, extra, column", [
-    ("extxyz", ["--forces-weight", "10", "--stress-weight", "1"], "val_stress_mae_meV_A3"),
-    ("cif-folder", ["--set", "energy_normalisation=per_structure"], "val_energy_mae_meV"),
-    ("oc20-is2re", ["--set", "energy_normalisation=per_structure", "--set", "fit_reference=false"],
-     "val_energy_ewt"),
-    ("oc20-s2ef", ["--forces-weight", "10", "--num-workers", "1"], "val_efwt"),
-])
+@pytest.mark.parametrize(
+    "kind, extra, column",
+    [
+        ("extxyz", ["--forces-weight", "10", "--stress-weight", "1"], "val_stress_mae_meV_A3"),
+        ("cif-folder", ["--set", "energy_normalisation=per_structure"], "val_energy_mae_meV"),
+        (
+            "oc20-is2re",
+            ["--set", "energy_normalisation=per_structure", "--set", "fit_reference=false"],
+            "val_energy_ewt",
+        ),
+        ("oc20-s2ef", ["--forces-weight", "10", "--num-workers", "1"], "val_efwt"),
+    ],
+)
 def test_train_each_dataset_kind_from_the_command_line(tmp_path, kind, extra, column, capsys):
     root = _write_dataset(kind, tmp_path)
     out = tmp_path / "run"
-    code = main(["train", "--dataset", kind, "--data-root", str(root), "--epochs", "2", "--time-limit", "0",
-                 "--cutoff", "3", "--batch-size", "4", "--out", str(out), *extra,
-                 "--set", "backbone_kwargs={hidden_channels: 8, num_filters: 8, num_layers: 1, num_gaussians: 8}"])
+    code = main(
+        [
+            "train",
+            "--dataset",
+            kind,
+            "--data-root",
+            str(root),
+            "--epochs",
+            "2",
+            "--time-limit",
+            "0",
+            "--cutoff",
+            "3",
+            "--batch-size",
+            "4",
+            "--out",
+            str(out),
+            *extra,
+            "--set",
+            "backbone_kwargs={hidden_channels: 8, num_filters: 8, num_layers: 1, num_gaussians: 8}",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "test MAE of energy" in captured.out
@@ -462,8 +558,11 @@ def test_shipped_example_configs_are_valid():
 
 
 def test_frame_averaging_reaches_the_model(tmp_path):
-    result = train(tiny_config(tmp_path, epochs=1, frame_averaging="det", val_fraction=0.25, test_fraction=0.25),
-                   progress=False, dataset=emt_structures(4))
+    result = train(
+        tiny_config(tmp_path, epochs=1, frame_averaging="det", val_fraction=0.25, test_fraction=0.25),
+        progress=False,
+        dataset=emt_structures(4),
+    )
     assert geognn.load_model(result.model_path).frame_averaging is not None
     assert TrainConfig().frame_averaging is None  # default: the plain backbone
 
@@ -473,11 +572,37 @@ def test_separate_validation_source(tmp_path, capsys):
     (tmp_path / "b").mkdir()
     train_file, val_file = _write_dataset("extxyz", tmp_path / "a"), _write_dataset("extxyz", tmp_path / "b")
     out = tmp_path / "run"
-    assert main(["train", "--dataset", "extxyz", "--data-root", str(train_file), "--val-data-root", str(val_file),
-                 "--limit", "6", "--epochs", "1", "--time-limit", "0", "--cutoff", "3", "--out", str(out),
-                 "--set", "backbone_kwargs={hidden_channels: 8, num_filters: 8, num_layers: 1, num_gaussians: 8}"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                "extxyz",
+                "--data-root",
+                str(train_file),
+                "--val-data-root",
+                str(val_file),
+                "--limit",
+                "6",
+                "--epochs",
+                "1",
+                "--time-limit",
+                "0",
+                "--cutoff",
+                "3",
+                "--out",
+                str(out),
+                "--set",
+                "backbone_kwargs={hidden_channels: 8, num_filters: 8, num_layers: 1, num_gaussians: 8}",
+            ]
+        )
+        == 0
+    )
     split = json.loads((out / "split.json").read_text())
-    assert {k: split[k] for k in ("train", "val", "test")} == {"train": list(range(6)), "val": list(range(6, 12)),
-                                                               "test": []}
+    assert {k: split[k] for k in ("train", "val", "test")} == {
+        "train": list(range(6)),
+        "val": list(range(6, 12)),
+        "test": [],
+    }
     result = json.loads((out / "result.json").read_text())
     assert result["test_mae_eV"] == pytest.approx(result["val_mae_eV"], rel=1e-5)  # no test set: val reported

@@ -17,8 +17,20 @@ from geognn.train.data import GraphDataset, open_structures
 from geognn.train.distributed import Dist
 from geognn.train.loop import evaluate
 
-COMMON = ["--limit", "64", "--epochs", "2", "--time-limit", "0", "--threads", "1", "--seed", "2",
-          "--set", "backbone_kwargs={hidden_channels: 16, num_filters: 16, num_layers: 2, num_gaussians: 16}"]
+COMMON = [
+    "--limit",
+    "64",
+    "--epochs",
+    "2",
+    "--time-limit",
+    "0",
+    "--threads",
+    "1",
+    "--seed",
+    "2",
+    "--set",
+    "backbone_kwargs={hidden_channels: 16, num_filters: 16, num_layers: 2, num_gaussians: 16}",
+]
 
 
 def run(cmd):
@@ -31,16 +43,37 @@ def run(cmd):
 def final_model(run_dir) -> Model:
     config = TrainConfig.from_file(run_dir / "config.json")
     state = torch.load(run_dir / "state.pt", weights_only=True)
-    model = Model("schnet", cutoff=config.cutoff, forces=False, backbone_kwargs=config.backbone_kwargs,
-                  targets=[{"name": "U0", "unit": "eV", "readout": "sum"}])  # the run's target: heads are stored by name
+    model = Model(
+        "schnet",
+        cutoff=config.cutoff,
+        forces=False,
+        backbone_kwargs=config.backbone_kwargs,
+        targets=[{"name": "U0", "unit": "eV", "readout": "sum"}],
+    )  # the run's target: heads are stored by name
     model.load_state_dict(state["model"])
     return model
 
 
 def test_two_process_torchrun_equals_one_process_with_the_global_batch(tmp_path):
     ddp, single = tmp_path / "ddp", tmp_path / "single"
-    done = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                "-m", "geognn.cli", "train", *COMMON, "--batch-size", "4", "--out", str(ddp)])
+    done = run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "geognn.cli",
+            "train",
+            *COMMON,
+            "--batch-size",
+            "4",
+            "--out",
+            str(ddp),
+        ]
+    )
     run([sys.executable, "-m", "geognn.cli", "train", *COMMON, "--batch-size", "8", "--out", str(single)])
 
     # rank 0 alone logs and writes

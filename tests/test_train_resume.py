@@ -12,9 +12,28 @@ from pathlib import Path
 
 import torch
 
-ARGS = ["--limit", "150", "--batch-size", "4", "--epochs", "3", "--time-limit", "0", "--threads", "1",
-        "--checkpoint-every", "7", "--ema-decay", "0.9", "--scheduler", "cosine", "--warmup-steps", "5",
-        "--seed", "5"]
+ARGS = [
+    "--limit",
+    "150",
+    "--batch-size",
+    "4",
+    "--epochs",
+    "3",
+    "--time-limit",
+    "0",
+    "--threads",
+    "1",
+    "--checkpoint-every",
+    "7",
+    "--ema-decay",
+    "0.9",
+    "--scheduler",
+    "cosine",
+    "--warmup-steps",
+    "5",
+    "--seed",
+    "5",
+]
 
 
 def geognn_train(*args) -> list[str]:
@@ -31,8 +50,9 @@ def rows(run: Path) -> list[dict]:
 
 def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(tmp_path):
     killed, whole = tmp_path / "killed", tmp_path / "whole"
-    proc = subprocess.Popen(geognn_train(*ARGS, "--out", str(killed)), env=env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        geognn_train(*ARGS, "--out", str(killed)), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     state = killed / "state.pt"
     deadline = time.monotonic() + 120
     while not state.exists() and proc.poll() is None and time.monotonic() < deadline:

@@ -29,8 +29,12 @@ FAST = ["--epochs", "1", "--time-limit", "0", "--cutoff", "4", "--batch-size", "
 def mp20_folder(tmp_path_factory):
     """16 real MP-20 crystals as a CGCNN folder with a header: id,e_form,band_gap."""
     root = tmp_path_factory.mktemp("mp20") / "data"
-    return cif_table_to_folder(shared_data_dir() / "cif" / "mp20_subset" / "train.csv", root,
-                               columns={"formation_energy_per_atom": "e_form", "band_gap": "band_gap"}, limit=16)
+    return cif_table_to_folder(
+        shared_data_dir() / "cif" / "mp20_subset" / "train.csv",
+        root,
+        columns={"formation_energy_per_atom": "e_form", "band_gap": "band_gap"},
+        limit=16,
+    )
 
 
 def run_cli(capsys, *args):
@@ -43,8 +47,23 @@ def run_cli(capsys, *args):
 def test_cif_folder_mean_readout_end_to_end(mp20_folder, tmp_path, capsys):
     """geognn train on a CGCNN folder of MP-20 CIFs with --readout mean, then predict its CSV."""
     out = tmp_path / "run"
-    code, stdout, err = run_cli(capsys, "train", "--dataset", "cif-folder", "--data-root", mp20_folder,
-                                "--target", "e_form", "--unit", "eV/atom", "--readout", "mean", "--out", out, *FAST)
+    code, stdout, err = run_cli(
+        capsys,
+        "train",
+        "--dataset",
+        "cif-folder",
+        "--data-root",
+        mp20_folder,
+        "--target",
+        "e_form",
+        "--unit",
+        "eV/atom",
+        "--readout",
+        "mean",
+        "--out",
+        out,
+        *FAST,
+    )
     assert code == 0, err
     assert "targets: e_form (eV/atom, readout mean: intensive)" in stdout
     assert "test MAE of e_form" in stdout and "eV/atom" in stdout
@@ -73,8 +92,21 @@ def test_cif_folder_mean_readout_end_to_end(mp20_folder, tmp_path, capsys):
 
 def test_header_columns_are_several_targets_with_their_own_units_and_readouts(mp20_folder, tmp_path, capsys):
     out = tmp_path / "run"
-    code, stdout, err = run_cli(capsys, "train", "--dataset", "cif-folder", "--data-root", mp20_folder,
-                                "--unit", "eV/atom", "--unit", "eV", "--out", out, *FAST)
+    code, stdout, err = run_cli(
+        capsys,
+        "train",
+        "--dataset",
+        "cif-folder",
+        "--data-root",
+        mp20_folder,
+        "--unit",
+        "eV/atom",
+        "--unit",
+        "eV",
+        "--out",
+        out,
+        *FAST,
+    )
     assert code == 0, err
     # defaults: per-atom unit -> mean; a band gap in eV is intensive too (its name says so)
     assert "e_form (eV/atom, readout mean: intensive), band_gap (eV, readout mean: intensive)" in stdout
@@ -98,16 +130,37 @@ def test_header_columns_are_several_targets_with_their_own_units_and_readouts(mp
 def test_predict_columns_of_a_model_with_energy_and_an_intensive_target(tmp_path, capsys):
     from ase.build import bulk
 
-    model = geognn.build_model("schnet", cutoff=4.0, hidden_channels=8, num_filters=8, num_layers=1, num_gaussians=8,
-                               targets=[Target("energy", "eV", "sum"), Target("gap", "eV", "mean")])
+    model = geognn.build_model(
+        "schnet",
+        cutoff=4.0,
+        hidden_channels=8,
+        num_filters=8,
+        num_layers=1,
+        num_gaussians=8,
+        targets=[Target("energy", "eV", "sum"), Target("gap", "eV", "mean")],
+    )
     model.save(tmp_path / "m.pt")
     bulk("Si", "diamond", a=5.43).write(tmp_path / "si.vasp", format="vasp")
-    code, stdout, err = run_cli(capsys, "predict", "--checkpoint", tmp_path / "m.pt", "--format", "csv",
-                                tmp_path / "si.vasp")
+    code, stdout, err = run_cli(
+        capsys, "predict", "--checkpoint", tmp_path / "m.pt", "--format", "csv", tmp_path / "si.vasp"
+    )
     assert code == 0, err
     header = stdout.splitlines()[0].split(",")
-    assert header == ["file", "formula", "natoms", "energy", "gap", "energy_per_atom", "max_force",
-                      "stress_xx", "stress_yy", "stress_zz", "stress_yz", "stress_xz", "stress_xy"]
+    assert header == [
+        "file",
+        "formula",
+        "natoms",
+        "energy",
+        "gap",
+        "energy_per_atom",
+        "max_force",
+        "stress_xx",
+        "stress_yy",
+        "stress_zz",
+        "stress_yz",
+        "stress_xz",
+        "stress_xy",
+    ]
     row = next(csv.DictReader(io.StringIO(stdout)))
     assert float(row["energy_per_atom"]) == pytest.approx(float(row["energy"]) / 2)
 
@@ -128,9 +181,25 @@ def test_resolve_targets_default_readouts_and_per_atom_sum_warns():
 
 
 def test_per_atom_unit_with_sum_readout_warns_on_the_command_line(mp20_folder, tmp_path, capsys):
-    code, stdout, err = run_cli(capsys, "train", "--dataset", "cif-folder", "--data-root", mp20_folder, "--target",
-                                "e_form", "--unit", "eV/atom", "--readout", "sum", "--out", tmp_path / "r",
-                                "--limit", "8", *FAST)
+    code, stdout, err = run_cli(
+        capsys,
+        "train",
+        "--dataset",
+        "cif-folder",
+        "--data-root",
+        mp20_folder,
+        "--target",
+        "e_form",
+        "--unit",
+        "eV/atom",
+        "--readout",
+        "sum",
+        "--out",
+        tmp_path / "r",
+        "--limit",
+        "8",
+        *FAST,
+    )
     assert code == 0, err
     assert "warning: target 'e_form' is in eV/atom (a per-atom quantity) but its readout is 'sum'" in err
     assert "readout sum: extensive" in stdout
@@ -144,10 +213,16 @@ def test_fit_output_follows_the_readout():
     counts = np.array([[np.sum(z == e) for e in (8, 12, 26)] for z in zs], dtype=float)
     natoms = counts.sum(1)
     frac = counts / natoms[:, None]
-    y = np.stack([frac @ [-1.0, 0.5, 2.0] + 0.1 * rng.normal(size=20),
-                  counts @ [-3.0, -1.5, -8.0] + 0.2 * rng.normal(size=20)], axis=1)
-    model = geognn.build_model("schnet", hidden_channels=8, num_layers=1,
-                               targets=[Target("e_form", "eV/atom", "mean"), Target("energy", "eV", "sum")]).double()
+    y = np.stack(
+        [frac @ [-1.0, 0.5, 2.0] + 0.1 * rng.normal(size=20), counts @ [-3.0, -1.5, -8.0] + 0.2 * rng.normal(size=20)],
+        axis=1,
+    )
+    model = geognn.build_model(
+        "schnet",
+        hidden_channels=8,
+        num_layers=1,
+        targets=[Target("e_form", "eV/atom", "mean"), Target("energy", "eV", "sum")],
+    ).double()
     fit_output(model, [torch.as_tensor(z) for z in zs], torch.as_tensor(y), TrainConfig())
     for k, (name, design, norm) in enumerate([("e_form", frac, np.ones(20)), ("energy", counts, natoms)]):
         coef = np.linalg.lstsq(design, y[:, k], rcond=None)[0]
@@ -160,8 +235,19 @@ def test_fit_output_follows_the_readout():
 
 # --------------------------------------------------------------------------- bad input
 def test_a_target_the_data_lacks_is_an_error_listing_its_labels(mp20_folder, tmp_path, capsys):
-    code, stdout, err = run_cli(capsys, "train", "--dataset", "cif-folder", "--data-root", mp20_folder,
-                                "--target", "bandgap", "--out", tmp_path / "r", *FAST)
+    code, stdout, err = run_cli(
+        capsys,
+        "train",
+        "--dataset",
+        "cif-folder",
+        "--data-root",
+        mp20_folder,
+        "--target",
+        "bandgap",
+        "--out",
+        tmp_path / "r",
+        *FAST,
+    )
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
     assert "has no label 'bandgap'; its labels are e_form, band_gap" in err
     from ase.build import bulk
@@ -189,11 +275,35 @@ def test_nan_or_missing_label_is_a_bad_item_named_by_id(mp20_folder, tmp_path, c
     lines[3] = f"{bad_nan},nan,0.0"
     lines[6] = f"{bad_empty},-1.0,"
     (root / "id_prop.csv").write_text("\n".join(lines) + "\n")
-    code, stdout, err = run_cli(capsys, "train", "--dataset", "cif-folder", "--data-root", root, "--unit", "eV/atom",
-                                "--out", tmp_path / "r", *FAST)
+    code, stdout, err = run_cli(
+        capsys,
+        "train",
+        "--dataset",
+        "cif-folder",
+        "--data-root",
+        root,
+        "--unit",
+        "eV/atom",
+        "--out",
+        tmp_path / "r",
+        *FAST,
+    )
     assert code == 2 and bad_nan in err and "'e_form'" in err and "not a finite number" in err
-    code, stdout, err = run_cli(capsys, "train", "--dataset", "cif-folder", "--data-root", root, "--unit", "eV/atom",
-                                "--on-error", "skip", "--out", tmp_path / "s", *FAST)
+    code, stdout, err = run_cli(
+        capsys,
+        "train",
+        "--dataset",
+        "cif-folder",
+        "--data-root",
+        root,
+        "--unit",
+        "eV/atom",
+        "--on-error",
+        "skip",
+        "--out",
+        tmp_path / "s",
+        *FAST,
+    )
     assert code == 0, err
     skipped = list(csv.DictReader((tmp_path / "s" / "skipped.csv").open()))
     assert {r["id"] for r in skipped} == {bad_nan, bad_empty}
@@ -212,15 +322,49 @@ def test_nan_label_in_memory_data_is_reported_by_id(tmp_path):
 # --------------------------------------------------------------------------- --split FILE
 def test_split_file_by_ids(mp20_folder, tmp_path, capsys):
     first = tmp_path / "a"
-    assert run_cli(capsys, "train", "--dataset", "cif-folder", "--data-root", mp20_folder, "--target", "e_form",
-                   "--unit", "eV/atom", "--seed", "3", "--out", first, *FAST)[0] == 0
+    assert (
+        run_cli(
+            capsys,
+            "train",
+            "--dataset",
+            "cif-folder",
+            "--data-root",
+            mp20_folder,
+            "--target",
+            "e_form",
+            "--unit",
+            "eV/atom",
+            "--seed",
+            "3",
+            "--out",
+            first,
+            *FAST,
+        )[0]
+        == 0
+    )
     ds = open_dataset("cif-folder", mp20_folder, target="e_form")
     a = load_split_by_ids(first / "split.json", ds.ids)
     # another seed, same split file: the same structures in each part
     second = tmp_path / "b"
-    code, stdout, err = run_cli(capsys, "train", "--dataset", "cif-folder", "--data-root", mp20_folder, "--target",
-                                "e_form", "--unit", "eV/atom", "--seed", "7", "--split", first / "split.json",
-                                "--out", second, *FAST)
+    code, stdout, err = run_cli(
+        capsys,
+        "train",
+        "--dataset",
+        "cif-folder",
+        "--data-root",
+        mp20_folder,
+        "--target",
+        "e_form",
+        "--unit",
+        "eV/atom",
+        "--seed",
+        "7",
+        "--split",
+        first / "split.json",
+        "--out",
+        second,
+        *FAST,
+    )
     assert code == 0, err
     assert load_split_by_ids(second / "split.json", ds.ids) == a
     assert json.loads((second / "config.json").read_text())["split_file"] == str(first / "split.json")
@@ -233,8 +377,21 @@ def test_split_file_by_ids(mp20_folder, tmp_path, capsys):
     payload = json.loads((first / "split.json").read_text())
     payload["ids"]["test"][0] = "mp-000000"
     (tmp_path / "bad.json").write_text(json.dumps(payload))
-    code, stdout, err = run_cli(capsys, "train", "--dataset", "cif-folder", "--data-root", mp20_folder, "--target",
-                                "e_form", "--split", tmp_path / "bad.json", "--out", tmp_path / "c", *FAST)
+    code, stdout, err = run_cli(
+        capsys,
+        "train",
+        "--dataset",
+        "cif-folder",
+        "--data-root",
+        mp20_folder,
+        "--target",
+        "e_form",
+        "--split",
+        tmp_path / "bad.json",
+        "--out",
+        tmp_path / "c",
+        *FAST,
+    )
     assert code == 2 and "1 id(s) of the split are not in the data: mp-000000" in err and err.count("\n") == 1
 
 
@@ -254,7 +411,8 @@ def test_fit_output_scale_when_composition_interpolates_the_labels():
     falls back to the labels' spread instead of ~1e-16 (which would blow the loss up)."""
     zs = [torch.tensor([8, 12]), torch.tensor([8, 26, 26]), torch.tensor([12, 12, 26, 8])]
     y = torch.tensor([[-1.0], [0.5], [-2.0]], dtype=torch.float64)
-    model = geognn.build_model("schnet", hidden_channels=8, num_layers=1,
-                               targets=[Target("e_form", "eV/atom", "mean")]).double()
+    model = geognn.build_model(
+        "schnet", hidden_channels=8, num_layers=1, targets=[Target("e_form", "eV/atom", "mean")]
+    ).double()
     fit_output(model, zs, y, TrainConfig())
     assert float(model.heads["e_form"].scale) == pytest.approx(float(y.std()), rel=1e-10)

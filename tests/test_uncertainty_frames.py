@@ -29,8 +29,11 @@ SCHNET = {"hidden_channels": 8, "num_filters": 8, "num_layers": 1, "num_gaussian
 def fa_model(backbone: str, seed: int = 0, **kwargs) -> geognn.Model:
     torch.manual_seed(seed)
     extra = SCHNET if backbone == "schnet" else SMALL[backbone]
-    return geognn.build_model(backbone, cutoff=CUTOFF, targets=TARGETS, frame_averaging="all",
-                              **(extra | kwargs)).double().eval()
+    return (
+        geognn.build_model(backbone, cutoff=CUTOFF, targets=TARGETS, frame_averaging="all", **(extra | kwargs))
+        .double()
+        .eval()
+    )
 
 
 def structures():
@@ -112,8 +115,7 @@ def test_invariant_backbone_has_zero_frame_spread():
 
 def ponita_model(**kwargs) -> geognn.Model:
     torch.manual_seed(0)
-    return geognn.build_model("ponita", cutoff=CUTOFF, targets=TARGETS,
-                              **(SMALL["ponita"] | kwargs)).double().eval()
+    return geognn.build_model("ponita", cutoff=CUTOFF, targets=TARGETS, **(SMALL["ponita"] | kwargs)).double().eval()
 
 
 def test_ponita_grid_spread_is_positive_and_shrinks_with_finer_grids():
@@ -147,8 +149,18 @@ def test_cli_frames_column_and_error_for_a_plain_model(tmp_path, capsys):
     torch.manual_seed(0)
     geognn.build_model("schnet", cutoff=CUTOFF, targets=TARGETS, **SCHNET).save(tmp_path / "plain.pt")
     bulk("NaCl", "rocksalt", a=5.6).write(tmp_path / "nacl.vasp", format="vasp")
-    code = main(["predict", "--checkpoint", str(tmp_path / "fa.pt"), str(tmp_path / "nacl.vasp"),
-                 "--uncertainty", "frames", "--format", "csv"])
+    code = main(
+        [
+            "predict",
+            "--checkpoint",
+            str(tmp_path / "fa.pt"),
+            str(tmp_path / "nacl.vasp"),
+            "--uncertainty",
+            "frames",
+            "--format",
+            "csv",
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 0, err
     header = out.splitlines()[0]
@@ -158,9 +170,12 @@ def test_cli_frames_column_and_error_for_a_plain_model(tmp_path, capsys):
     code = main(["predict", "--checkpoint", str(tmp_path / "fa.pt"), str(tmp_path / "nacl.vasp"), "--format", "csv"])
     out, _ = capsys.readouterr()
     assert code == 0 and "_std" not in out.splitlines()[0]  # default: ensemble spread only
-    code = main(["predict", "--checkpoint", str(tmp_path / "plain.pt"), str(tmp_path / "nacl.vasp"),
-                 "--uncertainty", "frames"])
+    code = main(
+        ["predict", "--checkpoint", str(tmp_path / "plain.pt"), str(tmp_path / "nacl.vasp"), "--uncertainty", "frames"]
+    )
     out, err = capsys.readouterr()
     assert code == 2 and out == ""
-    assert err.strip().splitlines() == ["error: --uncertainty frames needs a frame-averaged (frame_averaging=...) "
-                                        "or ponita model; this is a schnet model without frame averaging"]
+    assert err.strip().splitlines() == [
+        "error: --uncertainty frames needs a frame-averaged (frame_averaging=...) "
+        "or ponita model; this is a schnet model without frame averaging"
+    ]

@@ -37,5 +37,17 @@ def get_backbone_class(name: str) -> type[Backbone]:
         raise ValueError(f"unknown backbone '{name}'; choose one of: {', '.join(sorted(BACKBONES))}") from None
 
 
-__all__ = ["BACKBONES", "Backbone", "DimeNetPlusPlus", "EGNN", "FAENet", "MACE", "NequIP", "PaiNN", "PNITA", "PONITA", "SchNet",
-           "get_backbone_class"]
+__all__ = [
+    "BACKBONES",
+    "Backbone",
+    "DimeNetPlusPlus",
+    "EGNN",
+    "FAENet",
+    "MACE",
+    "NequIP",
+    "PaiNN",
+    "PNITA",
+    "PONITA",
+    "SchNet",
+    "get_backbone_class",
+]

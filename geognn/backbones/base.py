@@ -21,7 +21,6 @@ from typing import Any
 import torch
 from torch import nn
 
-
 #: The values of ``Backbone.geometry`` (see its comment for what each means and which test bounds it).
 GEOMETRIES = ("distances", "angles", "vectors", "spherical tensors", "orientation grid", "frame")
 
@@ -81,8 +80,10 @@ class Backbone(nn.Module):
         "orientation grid" (vector readout); for "spherical tensors", the largest l of the last
         layer's e3nn ``irreps_out``. ValueError for a backbone that declares no valid ``geometry``."""
         if self.geometry not in GEOMETRIES:
-            raise ValueError(f"{type(self).__name__} declares geometry {self.geometry!r}; expected one of "
-                             f"{', '.join(GEOMETRIES)} (see geognn.backbones.base.Backbone.geometry)")
+            raise ValueError(
+                f"{type(self).__name__} declares geometry {self.geometry!r}; expected one of "
+                f"{', '.join(GEOMETRIES)} (see geognn.backbones.base.Backbone.geometry)"
+            )
         if self.geometry in ("vectors", "orientation grid"):
             return 1
         if self.geometry == "spherical tensors":
@@ -98,8 +99,7 @@ class Backbone(nn.Module):
     def check_atomic_numbers(self, z: torch.Tensor) -> None:
         """ValueError if an atomic number is beyond what the embedding holds (``max_z``)."""
         if z.numel() and int(z.max()) > self.max_z:
-            raise ValueError(f"atomic number {int(z.max())} exceeds this {type(self).__name__}'s "
-                             f"max_z={self.max_z}")
+            raise ValueError(f"atomic number {int(z.max())} exceeds this {type(self).__name__}'s max_z={self.max_z}")
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.hparams.items())

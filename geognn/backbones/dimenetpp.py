@@ -92,8 +92,9 @@ from .base import Backbone
 
 
 # ============================================================================ triplets
-def triplets(edge_index: torch.Tensor, edge_shift: torch.Tensor | None,
-             num_nodes: int) -> tuple[torch.Tensor, torch.Tensor]:
+def triplets(
+    edge_index: torch.Tensor, edge_shift: torch.Tensor | None, num_nodes: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """All triplets ``(k -> j -> i)`` of a (periodic) graph, as pairs of edge indices.
 
     For every edge ``e_ji = (j -> i)`` (``edge_index[:, e_ji] = (j, i)``, shift ``S_ji``) the
@@ -124,8 +125,7 @@ def triplets(edge_index: torch.Tensor, edge_shift: torch.Tensor | None,
     group_start = torch.cumsum(in_degree, 0) - in_degree  # [N] first position of each group
     per_edge = in_degree.index_select(0, src)  # [E] candidate e_kj for each e_ji (target of e_kj = j)
     total = int(per_edge.sum())
-    idx_ji = torch.repeat_interleave(torch.arange(num_edges, device=device), per_edge,
-                                     output_size=total)  # [T0]
+    idx_ji = torch.repeat_interleave(torch.arange(num_edges, device=device), per_edge, output_size=total)  # [T0]
     first = torch.cumsum(per_edge, 0) - per_edge  # [E]
     rank = torch.arange(total, device=device) - first.index_select(0, idx_ji)  # [T0] place in group
     idx_kj = by_target.index_select(0, group_start.index_select(0, src.index_select(0, idx_ji)) + rank)
@@ -277,10 +277,12 @@ class SphericalBasis(nn.Module):
         self.num_spherical, self.num_radial = num_spherical, num_radial
         self.cutoff, self.envelope_p = float(cutoff), envelope_exponent + 1
         zeros = spherical_jn_zeros(num_spherical, num_radial)  # [L, N] float64
-        norm = torch.stack([math.sqrt(2.0) / _spherical_jn_float64(zeros[l], l + 1).abs()
-                            for l in range(num_spherical)])  # [L, N]
-        sph_norm = torch.tensor([math.sqrt((2 * l + 1) / (4 * math.pi)) for l in range(num_spherical)],
-                                dtype=torch.float64)
+        norm = torch.stack(
+            [math.sqrt(2.0) / _spherical_jn_float64(zeros[l], l + 1).abs() for l in range(num_spherical)]
+        )  # [L, N]
+        sph_norm = torch.tensor(
+            [math.sqrt((2 * l + 1) / (4 * math.pi)) for l in range(num_spherical)], dtype=torch.float64
+        )
         dtype = torch.get_default_dtype()
         self.register_buffer("zeros", zeros.to(dtype))
         self.register_buffer("norm", norm.to(dtype))
@@ -289,8 +291,7 @@ class SphericalBasis(nn.Module):
     def radial(self, distance: torch.Tensor) -> torch.Tensor:
         x = (distance / self.cutoff).unsqueeze(-1)  # [E, 1]
         env = polynomial_envelope(x, 1.0, self.envelope_p) / x  # [E, 1]  u(x)/x
-        rad = torch.stack([spherical_jn(self.zeros[l] * x, l) for l in range(self.num_spherical)],
-                          dim=1)  # [E, L, N]
+        rad = torch.stack([spherical_jn(self.zeros[l] * x, l) for l in range(self.num_spherical)], dim=1)  # [E, L, N]
         return env.unsqueeze(-1) * self.norm * rad  # [E, L, N]
 
     def forward(self, distance: torch.Tensor, cos_theta: torch.Tensor, idx_kj: torch.Tensor) -> torch.Tensor:
@@ -299,8 +300,10 @@ class SphericalBasis(nn.Module):
         return (rad * ang.unsqueeze(-1)).flatten(1)  # [T, L*N]
 
     def extra_repr(self) -> str:
-        return (f"num_spherical={self.num_spherical}, num_radial={self.num_radial}, "
-                f"cutoff={self.cutoff}, envelope_p={self.envelope_p}")
+        return (
+            f"num_spherical={self.num_spherical}, num_radial={self.num_radial}, "
+            f"cutoff={self.cutoff}, envelope_p={self.envelope_p}"
+        )
 
 
 # ============================================================================ blocks
@@ -360,9 +363,17 @@ class InteractionPPBlock(nn.Module):
     ``forward(m [E, H], rbf [E, R], sbf [T, L*R], idx_kj [T], idx_ji [T]) -> [E, H]``.
     """
 
-    def __init__(self, hidden_channels: int, int_emb_size: int, basis_emb_size: int,
-                 num_spherical: int, num_radial: int, num_before_skip: int, num_after_skip: int,
-                 act: nn.Module):
+    def __init__(
+        self,
+        hidden_channels: int,
+        int_emb_size: int,
+        basis_emb_size: int,
+        num_spherical: int,
+        num_radial: int,
+        num_before_skip: int,
+        num_after_skip: int,
+        act: nn.Module,
+    ):
         super().__init__()
         self.act = act
         self.lin_rbf1 = nn.Linear(num_radial, basis_emb_size, bias=False)
@@ -378,8 +389,17 @@ class InteractionPPBlock(nn.Module):
         self.after_skip = nn.ModuleList(ResidualLayer(hidden_channels, act) for _ in range(num_after_skip))
 
     def reset_parameters(self) -> None:
-        for lin in (self.lin_rbf1, self.lin_rbf2, self.lin_sbf1, self.lin_sbf2, self.lin_kj,
-                    self.lin_ji, self.lin_down, self.lin_up, self.lin):
+        for lin in (
+            self.lin_rbf1,
+            self.lin_rbf2,
+            self.lin_sbf1,
+            self.lin_sbf2,
+            self.lin_kj,
+            self.lin_ji,
+            self.lin_down,
+            self.lin_up,
+            self.lin,
+        ):
             _reset_linear(lin)
         for layer in (*self.before_skip, *self.after_skip):
             layer.reset_parameters()
@@ -404,8 +424,15 @@ class OutputPPBlock(nn.Module):
     """Per-atom output of a block: ``sum_j W_rbf e_RBF(d_ij) * m_ji`` [N, H], up-projected to
     out_emb_channels, ``num_layers`` dense layers, then a bias-free map to out_channels."""
 
-    def __init__(self, num_radial: int, hidden_channels: int, out_emb_channels: int,
-                 out_channels: int, num_layers: int, act: nn.Module):
+    def __init__(
+        self,
+        num_radial: int,
+        hidden_channels: int,
+        out_emb_channels: int,
+        out_channels: int,
+        num_layers: int,
+        act: nn.Module,
+    ):
         super().__init__()
         self.act = act
         self.lin_rbf = nn.Linear(num_radial, hidden_channels, bias=False)
@@ -458,31 +485,60 @@ class DimeNetPlusPlus(Backbone):
     name = "dimenetpp"
     geometry = "angles"  # Backbone.geometry: distances and angles of triplets k-j-i
 
-    def __init__(self, hidden_channels: int = 128, num_layers: int = 4, cutoff: float = 5.0,
-                 out_emb_channels: int = 256, int_emb_size: int = 64, basis_emb_size: int = 8,
-                 out_channels: int | None = None, num_spherical: int = 7, num_radial: int = 6,
-                 envelope_exponent: int = 5, num_before_skip: int = 1, num_after_skip: int = 2,
-                 num_output_layers: int = 3, max_z: int = 100):
-        super().__init__(hidden_channels=hidden_channels, num_layers=num_layers, cutoff=cutoff,
-                         out_emb_channels=out_emb_channels, int_emb_size=int_emb_size,
-                         basis_emb_size=basis_emb_size, out_channels=out_channels,
-                         num_spherical=num_spherical, num_radial=num_radial,
-                         envelope_exponent=envelope_exponent, num_before_skip=num_before_skip,
-                         num_after_skip=num_after_skip, num_output_layers=num_output_layers,
-                         max_z=max_z)
+    def __init__(
+        self,
+        hidden_channels: int = 128,
+        num_layers: int = 4,
+        cutoff: float = 5.0,
+        out_emb_channels: int = 256,
+        int_emb_size: int = 64,
+        basis_emb_size: int = 8,
+        out_channels: int | None = None,
+        num_spherical: int = 7,
+        num_radial: int = 6,
+        envelope_exponent: int = 5,
+        num_before_skip: int = 1,
+        num_after_skip: int = 2,
+        num_output_layers: int = 3,
+        max_z: int = 100,
+    ):
+        super().__init__(
+            hidden_channels=hidden_channels,
+            num_layers=num_layers,
+            cutoff=cutoff,
+            out_emb_channels=out_emb_channels,
+            int_emb_size=int_emb_size,
+            basis_emb_size=basis_emb_size,
+            out_channels=out_channels,
+            num_spherical=num_spherical,
+            num_radial=num_radial,
+            envelope_exponent=envelope_exponent,
+            num_before_skip=num_before_skip,
+            num_after_skip=num_after_skip,
+            num_output_layers=num_output_layers,
+            max_z=max_z,
+        )
         if not cutoff > 0:
             raise ValueError(f"cutoff must be > 0 Å, got {cutoff}")
-        positive = dict(hidden_channels=hidden_channels, num_layers=num_layers,
-                        out_emb_channels=out_emb_channels, int_emb_size=int_emb_size,
-                        basis_emb_size=basis_emb_size, num_spherical=num_spherical,
-                        num_radial=num_radial, envelope_exponent=envelope_exponent, max_z=max_z)
+        positive = dict(
+            hidden_channels=hidden_channels,
+            num_layers=num_layers,
+            out_emb_channels=out_emb_channels,
+            int_emb_size=int_emb_size,
+            basis_emb_size=basis_emb_size,
+            num_spherical=num_spherical,
+            num_radial=num_radial,
+            envelope_exponent=envelope_exponent,
+            max_z=max_z,
+        )
         if out_channels is not None:
             positive["out_channels"] = out_channels
         for key, value in positive.items():
             if int(value) != value or value < 1:
                 raise ValueError(f"{key} must be a positive integer, got {value}")
-        for key, value in dict(num_before_skip=num_before_skip, num_after_skip=num_after_skip,
-                               num_output_layers=num_output_layers).items():
+        for key, value in dict(
+            num_before_skip=num_before_skip, num_after_skip=num_after_skip, num_output_layers=num_output_layers
+        ).items():
             if int(value) != value or value < 0:
                 raise ValueError(f"{key} must be a non-negative integer, got {value}")
         self.cutoff = float(cutoff)
@@ -494,11 +550,22 @@ class DimeNetPlusPlus(Backbone):
         self.sbf = SphericalBasis(num_spherical, num_radial, cutoff, envelope_exponent)
         self.embedding = EmbeddingBlock(max_z, num_radial, hidden_channels, act)
         self.interactions = nn.ModuleList(
-            InteractionPPBlock(hidden_channels, int_emb_size, basis_emb_size, num_spherical, num_radial,
-                               num_before_skip, num_after_skip, act) for _ in range(num_layers))
+            InteractionPPBlock(
+                hidden_channels,
+                int_emb_size,
+                basis_emb_size,
+                num_spherical,
+                num_radial,
+                num_before_skip,
+                num_after_skip,
+                act,
+            )
+            for _ in range(num_layers)
+        )
         self.outputs = nn.ModuleList(
-            OutputPPBlock(num_radial, hidden_channels, out_emb_channels, self._out_channels,
-                          num_output_layers, act) for _ in range(num_layers + 1))
+            OutputPPBlock(num_radial, hidden_channels, out_emb_channels, self._out_channels, num_output_layers, act)
+            for _ in range(num_layers + 1)
+        )
         self.reset_parameters()
 
     @property
@@ -507,8 +574,7 @@ class DimeNetPlusPlus(Backbone):
 
     def reset_parameters(self) -> None:
         with torch.no_grad():  # Bessel frequencies back to n pi / c
-            n = torch.arange(1, self.rbf.freqs.numel() + 1, dtype=self.rbf.freqs.dtype,
-                             device=self.rbf.freqs.device)
+            n = torch.arange(1, self.rbf.freqs.numel() + 1, dtype=self.rbf.freqs.dtype, device=self.rbf.freqs.device)
             self.rbf.freqs.copy_(n * math.pi / self.cutoff)
         self.embedding.reset_parameters()
         for block in (*self.interactions, *self.outputs):

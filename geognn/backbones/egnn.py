@@ -107,8 +107,15 @@ class EGNNLayer(nn.Module):
     displacement this layer makes, ``-(w/A) sum_j r_ij^l / (|r_ij^l| + 1) f_c phi_x(m_ij)``.
     """
 
-    def __init__(self, hidden_channels: int, num_rbf: int, avg_num_neighbors: float, cutoff: float,
-                 edge_attr_scale: float, coords_weight: float = 1.0):
+    def __init__(
+        self,
+        hidden_channels: int,
+        num_rbf: int,
+        avg_num_neighbors: float,
+        cutoff: float,
+        edge_attr_scale: float,
+        coords_weight: float = 1.0,
+    ):
         super().__init__()
         self.inv_avg = 1.0 / float(avg_num_neighbors)
         self.coord_factor = float(coords_weight) / float(avg_num_neighbors)  # C = w / A
@@ -116,8 +123,8 @@ class EGNNLayer(nn.Module):
         self.edge_attr_scale = float(edge_attr_scale)
         # phi_e: two linear layers, SiLU after each (as in the paper's code)
         self.phi_e = nn.Sequential(
-            MLP([2 * hidden_channels + 1 + num_rbf, hidden_channels, hidden_channels], nn.SiLU),
-            nn.SiLU())
+            MLP([2 * hidden_channels + 1 + num_rbf, hidden_channels, hidden_channels], nn.SiLU), nn.SiLU()
+        )
         self.phi_h = MLP([2 * hidden_channels, hidden_channels, hidden_channels], nn.SiLU)
         self.phi_x = MLP([hidden_channels, hidden_channels, 1], nn.SiLU, bias_last=False)
 
@@ -131,7 +138,7 @@ class EGNNLayer(nn.Module):
         n = h.shape[0]
         env = envelope.unsqueeze(-1)  # [E, 1]
         dist2 = (edge_vec * edge_vec).sum(-1, keepdim=True)  # [E, 1] |r_ij^l|^2, Å^2
-        edge_attr = torch.cat([dist2 * (self.edge_attr_scale / self.cutoff ** 2), basis], dim=-1)  # [E, 1 + G] a_ij^l
+        edge_attr = torch.cat([dist2 * (self.edge_attr_scale / self.cutoff**2), basis], dim=-1)  # [E, 1 + G] a_ij^l
         m_ij = self.phi_e(torch.cat([h.index_select(0, i), h.index_select(0, j), edge_attr], dim=-1))
         m_ij = m_ij * env  # [E, H]
         m_i = scatter_sum(m_ij, i, dim_size=n) * self.inv_avg  # [N, H]
@@ -167,17 +174,31 @@ class EGNN(Backbone):
     geometry = "vectors"
     first_layer_geometry = "vector sums"  # Backbone.first_layer_geometry: one layer sees sums of r_hat_ij
 
-    def __init__(self, hidden_channels: int = 128, num_layers: int = 4, num_rbf: int = 16,
-                 cutoff: float = 5.0, avg_num_neighbors: float = 10.0, max_z: int = 100,
-                 update_coords: bool = True, coords_weight: float = 1.0):
-        super().__init__(hidden_channels=hidden_channels, num_layers=num_layers, num_rbf=num_rbf,
-                         cutoff=cutoff, avg_num_neighbors=avg_num_neighbors, max_z=max_z,
-                         update_coords=update_coords, coords_weight=coords_weight)
+    def __init__(
+        self,
+        hidden_channels: int = 128,
+        num_layers: int = 4,
+        num_rbf: int = 16,
+        cutoff: float = 5.0,
+        avg_num_neighbors: float = 10.0,
+        max_z: int = 100,
+        update_coords: bool = True,
+        coords_weight: float = 1.0,
+    ):
+        super().__init__(
+            hidden_channels=hidden_channels,
+            num_layers=num_layers,
+            num_rbf=num_rbf,
+            cutoff=cutoff,
+            avg_num_neighbors=avg_num_neighbors,
+            max_z=max_z,
+            update_coords=update_coords,
+            coords_weight=coords_weight,
+        )
         if cutoff <= 0:
             raise ValueError(f"cutoff must be > 0 Å, got {cutoff}")
         if hidden_channels < 1 or num_layers < 1:
-            raise ValueError("hidden_channels and num_layers must be >= 1, got "
-                             f"{hidden_channels}, {num_layers}")
+            raise ValueError(f"hidden_channels and num_layers must be >= 1, got {hidden_channels}, {num_layers}")
         require_positive(avg_num_neighbors=avg_num_neighbors, coords_weight=coords_weight)
         if max_z < 1:
             raise ValueError(f"max_z must be >= 1, got {max_z}")
@@ -194,7 +215,8 @@ class EGNN(Backbone):
         self.edge_attr_scale = math.sqrt(2.0 * hidden_channels / math.sqrt(math.pi))
         self.layers = nn.ModuleList(
             EGNNLayer(hidden_channels, num_rbf, avg_num_neighbors, cutoff, self.edge_attr_scale, coords_weight)
-            for _ in range(num_layers))
+            for _ in range(num_layers)
+        )
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

@@ -93,16 +93,26 @@ def period_and_group(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 class FAENetEmbedding(nn.Module):
     """Atom embedding h^0 [N, H] from z, period, group and tag; edge embedding e [E, F] from rbf and r_ij."""
 
-    def __init__(self, hidden_channels: int, num_filters: int, num_gaussians: int, max_z: int,
-                 pg_hidden_channels: int, tag_hidden_channels: int, cutoff: float):
+    def __init__(
+        self,
+        hidden_channels: int,
+        num_filters: int,
+        num_gaussians: int,
+        max_z: int,
+        pg_hidden_channels: int,
+        tag_hidden_channels: int,
+        cutoff: float,
+    ):
         super().__init__()
         self.cutoff = float(cutoff)
         # s: unit pre-activation variance for W_e (module docstring, "Scale")
         self.edge_scale = math.sqrt((num_gaussians + 3 + num_filters) / 2 / (math.sqrt(math.pi) + 0.6))
         z_channels = hidden_channels - 2 * pg_hidden_channels - tag_hidden_channels
         if z_channels < 1:
-            raise ValueError(f"hidden_channels={hidden_channels} must exceed 2 * pg_hidden_channels + "
-                             f"tag_hidden_channels = {2 * pg_hidden_channels + tag_hidden_channels}")
+            raise ValueError(
+                f"hidden_channels={hidden_channels} must exceed 2 * pg_hidden_channels + "
+                f"tag_hidden_channels = {2 * pg_hidden_channels + tag_hidden_channels}"
+            )
         self.emb_z = nn.Embedding(max_z + 1, z_channels)
         self.emb_period = nn.Embedding(8, pg_hidden_channels) if pg_hidden_channels else None
         self.emb_group = nn.Embedding(19, pg_hidden_channels) if pg_hidden_channels else None
@@ -183,15 +193,36 @@ class FAENet(Backbone):
     rotation_symmetry = "none"
     reflection_invariant = False
 
-    def __init__(self, hidden_channels: int = 128, num_filters: int = 128, num_layers: int = 4,
-                 num_gaussians: int = 50, pg_hidden_channels: int = 32, tag_hidden_channels: int = 0,
-                 force_head: bool = False, cutoff: float = 6.0, max_z: int = 100):
-        super().__init__(hidden_channels=hidden_channels, num_filters=num_filters, num_layers=num_layers,
-                         num_gaussians=num_gaussians, pg_hidden_channels=pg_hidden_channels,
-                         tag_hidden_channels=tag_hidden_channels, force_head=force_head, cutoff=cutoff,
-                         max_z=max_z)
-        require_positive_integers(hidden_channels=hidden_channels, num_filters=num_filters,
-                                  num_layers=num_layers, num_gaussians=num_gaussians, max_z=max_z)
+    def __init__(
+        self,
+        hidden_channels: int = 128,
+        num_filters: int = 128,
+        num_layers: int = 4,
+        num_gaussians: int = 50,
+        pg_hidden_channels: int = 32,
+        tag_hidden_channels: int = 0,
+        force_head: bool = False,
+        cutoff: float = 6.0,
+        max_z: int = 100,
+    ):
+        super().__init__(
+            hidden_channels=hidden_channels,
+            num_filters=num_filters,
+            num_layers=num_layers,
+            num_gaussians=num_gaussians,
+            pg_hidden_channels=pg_hidden_channels,
+            tag_hidden_channels=tag_hidden_channels,
+            force_head=force_head,
+            cutoff=cutoff,
+            max_z=max_z,
+        )
+        require_positive_integers(
+            hidden_channels=hidden_channels,
+            num_filters=num_filters,
+            num_layers=num_layers,
+            num_gaussians=num_gaussians,
+            max_z=max_z,
+        )
         for key, value in (("pg_hidden_channels", pg_hidden_channels), ("tag_hidden_channels", tag_hidden_channels)):
             if int(value) != value or value < 0:
                 raise ValueError(f"{key} must be an integer >= 0, got {value}")
@@ -199,14 +230,15 @@ class FAENet(Backbone):
             raise ValueError(f"cutoff must be > 0 Å, got {cutoff}")
         self.cutoff = float(cutoff)
         self.max_z = int(max_z)
-        self.embedding = FAENetEmbedding(hidden_channels, num_filters, num_gaussians, max_z,
-                                         pg_hidden_channels, tag_hidden_channels, cutoff)
+        self.embedding = FAENetEmbedding(
+            hidden_channels, num_filters, num_gaussians, max_z, pg_hidden_channels, tag_hidden_channels, cutoff
+        )
         self.rbf = GaussianRBF(0.0, cutoff, num_gaussians)
-        self.interactions = nn.ModuleList(FAENetInteraction(hidden_channels, num_filters)
-                                          for _ in range(num_layers))
+        self.interactions = nn.ModuleList(FAENetInteraction(hidden_channels, num_filters) for _ in range(num_layers))
         self.output = nn.Linear(hidden_channels, hidden_channels)
-        self.force_head = MLP([hidden_channels, hidden_channels // 2 or 1, 3], activation=nn.SiLU) \
-            if force_head else None
+        self.force_head = (
+            MLP([hidden_channels, hidden_channels // 2 or 1, 3], activation=nn.SiLU) if force_head else None
+        )
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -223,11 +255,14 @@ class FAENet(Backbone):
         self.check_atomic_numbers(z)
         tags = batch[K.TAGS] if K.TAGS in batch else torch.zeros_like(z)
         if tags.shape != z.shape:  # PyG concatenates tags of only those graphs that have them
-            raise ValueError(f"tags for {tags.shape[0]} of {z.shape[0]} atoms: some structures of the batch "
-                             "have OC20 tags and some do not; give every structure tags (0 = bulk) or none")
+            raise ValueError(
+                f"tags for {tags.shape[0]} of {z.shape[0]} atoms: some structures of the batch "
+                "have OC20 tags and some do not; give every structure tags (0 = bulk) or none"
+            )
         if tags.numel() and (int(tags.min()) < 0 or int(tags.max()) > 2):
-            raise ValueError(f"tags must be 0 (bulk), 1 (surface) or 2 (adsorbate); got values "
-                             f"{sorted(set(tags.tolist()))}")
+            raise ValueError(
+                f"tags must be 0 (bulk), 1 (surface) or 2 (adsorbate); got values {sorted(set(tags.tolist()))}"
+            )
         vec = edge_vectors(batch)  # [E, 3] Å, raw: FAENet is not rotation invariant by itself
         distance = vec.norm(dim=-1)
         h, e = self.embedding(z, tags, self.rbf(distance), vec)

@@ -62,10 +62,16 @@ class FrameAveraging(Backbone):
 
     name = "frame_averaging"
 
-    def __init__(self, backbone: Backbone, frames: str = "all", dim: int = 3, group: str = "O3",
-                 eval_frames: str | int = "all", degenerate_tol: float = 1e-2):
-        super().__init__(frames=frames, dim=dim, group=group, eval_frames=eval_frames,
-                         degenerate_tol=degenerate_tol)
+    def __init__(
+        self,
+        backbone: Backbone,
+        frames: str = "all",
+        dim: int = 3,
+        group: str = "O3",
+        eval_frames: str | int = "all",
+        degenerate_tol: float = 1e-2,
+    ):
+        super().__init__(frames=frames, dim=dim, group=group, eval_frames=eval_frames, degenerate_tol=degenerate_tol)
         if not isinstance(backbone, Backbone):
             raise ValueError(f"FrameAveraging wraps a geognn Backbone, got {type(backbone).__name__}")
         if isinstance(backbone, FrameAveraging):
@@ -76,8 +82,10 @@ class FrameAveraging(Backbone):
             raise ValueError(f"dim must be 2 (slabs) or 3; got {dim!r}")
         if group not in GROUPS:
             raise ValueError(f"group must be one of {', '.join(GROUPS)}; got {group!r}")
-        if not (eval_frames == "all" or (isinstance(eval_frames, int) and not isinstance(eval_frames, bool)
-                                         and eval_frames >= 1)):
+        if not (
+            eval_frames == "all"
+            or (isinstance(eval_frames, int) and not isinstance(eval_frames, bool) and eval_frames >= 1)
+        ):
             raise ValueError(f"eval_frames must be 'all' or a positive integer; got {eval_frames!r}")
         if not 0 < degenerate_tol < 1:
             raise ValueError(f"degenerate_tol must be in (0, 1); got {degenerate_tol}")
@@ -139,8 +147,9 @@ class FrameAveraging(Backbone):
                     atom_rot = rot.expand(example[K.Z].shape[0], 3, 3)
                     copies.append(_rotated(example, atom_rot, rot.unsqueeze(0)))
                     atom_rots.append(atom_rot)
-                    copy_weights.append(torch.full((example[K.Z].shape[0],), fs.extra_weight[b],
-                                                   dtype=rots.dtype, device=rots.device))
+                    copy_weights.append(
+                        torch.full((example[K.Z].shape[0],), fs.extra_weight[b], dtype=rots.dtype, device=rots.device)
+                    )
                     copy_index.append(torch.arange(lo, starts[b], device=atom_graph.device))
             out = self.backbone(collate(copies))
             features.append(out[K.NODE_FEATURES])
@@ -149,8 +158,12 @@ class FrameAveraging(Backbone):
             weights.append(torch.cat(copy_weights))
             index.append(torch.cat(copy_index))
         features, weights, index = torch.cat(features), torch.cat(weights), torch.cat(index)  # [M, F], [M], [M]
-        result = {K.NODE_FEATURES: scatter_sum(features * weights.unsqueeze(-1), index, n_atoms),
-                  FRAME_NODE_FEATURES: features, FRAME_WEIGHTS: weights, FRAME_NODE_INDEX: index}
+        result = {
+            K.NODE_FEATURES: scatter_sum(features * weights.unsqueeze(-1), index, n_atoms),
+            FRAME_NODE_FEATURES: features,
+            FRAME_WEIGHTS: weights,
+            FRAME_NODE_INDEX: index,
+        }
         if vectors:
             weighted = torch.cat(vectors) * weights[:, None, None]
             result[K.NODE_VECTORS] = scatter_sum(weighted.flatten(1), index, n_atoms).view(n_atoms, *weighted.shape[1:])
@@ -163,10 +176,13 @@ class FrameAveraging(Backbone):
         self.stats["sign_ambiguous"] += int(fs.sign_ambiguous.sum())
         if n_deg and not self._warned:
             self._warned = True
-            warnings.warn(f"{n_deg} structure(s) with (nearly) degenerate edge covariance (relative eigen-gap "
-                          f"< {self.builder.tol}); averaged over frames built from their shortest edges "
-                          "instead (exact, but more backbone passes). Counts: FrameAveraging.stats",
-                          DegenerateFrameWarning, stacklevel=2)
+            warnings.warn(
+                f"{n_deg} structure(s) with (nearly) degenerate edge covariance (relative eigen-gap "
+                f"< {self.builder.tol}); averaged over frames built from their shortest edges "
+                "instead (exact, but more backbone passes). Counts: FrameAveraging.stats",
+                DegenerateFrameWarning,
+                stacklevel=2,
+            )
 
 
 def frame_averaging_options(spec: str | dict | None) -> dict[str, Any] | None:
@@ -175,8 +191,10 @@ def frame_averaging_options(spec: str | dict | None) -> dict[str, Any] | None:
         return None
     if isinstance(spec, str):
         if spec not in FRAME_MODES:
-            raise ValueError(f"frame_averaging must be None, one of {', '.join(FRAME_MODES)} or a dict of "
-                             f"FrameAveraging options; got {spec!r}")
+            raise ValueError(
+                f"frame_averaging must be None, one of {', '.join(FRAME_MODES)} or a dict of "
+                f"FrameAveraging options; got {spec!r}"
+            )
         return {"frames": spec}
     if isinstance(spec, dict):
         allowed = {"frames", "dim", "group", "eval_frames", "degenerate_tol"}
@@ -184,5 +202,6 @@ def frame_averaging_options(spec: str | dict | None) -> dict[str, Any] | None:
         if unknown:
             raise ValueError(f"unknown frame_averaging option(s) {unknown}; valid: {sorted(allowed)}")
         return dict(spec)
-    raise ValueError(f"frame_averaging must be None, a mode name ({', '.join(FRAME_MODES)}) or a dict; "
-                     f"got {type(spec).__name__}")
+    raise ValueError(
+        f"frame_averaging must be None, a mode name ({', '.join(FRAME_MODES)}) or a dict; got {type(spec).__name__}"
+    )

@@ -72,9 +72,18 @@ from e3nn import o3
 from torch import nn
 
 from .. import conventions as K
-from ..nn.e3nn_blocks import (EdgeConvolution, ElementSelfConnection, ExactCouplingsMixin, SphericalInputs,
-                              SymmetricContraction, cartesian_from_1o, check_radial_settings, natural_irreps,
-                              reset_e3nn_parameters, select_irrep)
+from ..nn.e3nn_blocks import (
+    EdgeConvolution,
+    ElementSelfConnection,
+    ExactCouplingsMixin,
+    SphericalInputs,
+    SymmetricContraction,
+    cartesian_from_1o,
+    check_radial_settings,
+    natural_irreps,
+    reset_e3nn_parameters,
+    select_irrep,
+)
 from .base import Backbone, require_positive, require_positive_integers
 
 #: Largest ``max_ell`` of the edge spherical harmonics accepted.
@@ -90,8 +99,18 @@ class MACELayer(nn.Module):
     -> [N, irreps_hidden]``.
     """
 
-    def __init__(self, irreps_in, irreps_hidden, irreps_sh, irreps_a, correlation: int, num_elements: int,
-                 num_basis: int, radial_hidden: Sequence[int], avg_num_neighbors: float):
+    def __init__(
+        self,
+        irreps_in,
+        irreps_hidden,
+        irreps_sh,
+        irreps_a,
+        correlation: int,
+        num_elements: int,
+        num_basis: int,
+        radial_hidden: Sequence[int],
+        avg_num_neighbors: float,
+    ):
         super().__init__()
         self.irreps_in, self.irreps_out = o3.Irreps(irreps_in), o3.Irreps(irreps_hidden)
         self.conv = EdgeConvolution(irreps_in, irreps_sh, irreps_a, num_basis, radial_hidden, avg_num_neighbors)
@@ -117,23 +136,43 @@ class MACE(ExactCouplingsMixin, Backbone):
     name = "mace"
     geometry = "spherical tensors"  # Backbone.geometry: e3nn features up to hidden_max_ell
 
-    def __init__(self, hidden_channels: int = 32, num_layers: int = 2, max_ell: int = 3, hidden_max_ell: int = 1,
-                 correlation: int = 3, num_basis: int = 8, cutoff: float = 5.0,
-                 radial_hidden: Sequence[int] = (64, 64), avg_num_neighbors: float = 10.0, envelope_p: int = 6,
-                 max_z: int = 100):
+    def __init__(
+        self,
+        hidden_channels: int = 32,
+        num_layers: int = 2,
+        max_ell: int = 3,
+        hidden_max_ell: int = 1,
+        correlation: int = 3,
+        num_basis: int = 8,
+        cutoff: float = 5.0,
+        radial_hidden: Sequence[int] = (64, 64),
+        avg_num_neighbors: float = 10.0,
+        envelope_p: int = 6,
+        max_z: int = 100,
+    ):
         radial_hidden = [int(w) for w in radial_hidden]
-        super().__init__(hidden_channels=hidden_channels, num_layers=num_layers, max_ell=max_ell,
-                         hidden_max_ell=hidden_max_ell, correlation=correlation, num_basis=num_basis,
-                         cutoff=cutoff, radial_hidden=radial_hidden, avg_num_neighbors=avg_num_neighbors,
-                         envelope_p=envelope_p, max_z=max_z)
+        super().__init__(
+            hidden_channels=hidden_channels,
+            num_layers=num_layers,
+            max_ell=max_ell,
+            hidden_max_ell=hidden_max_ell,
+            correlation=correlation,
+            num_basis=num_basis,
+            cutoff=cutoff,
+            radial_hidden=radial_hidden,
+            avg_num_neighbors=avg_num_neighbors,
+            envelope_p=envelope_p,
+            max_z=max_z,
+        )
         if int(max_ell) != max_ell or not 1 <= max_ell <= MAX_ELL:
             raise ValueError(f"max_ell must be an integer in 1..{MAX_ELL}, got {max_ell}")
         if int(hidden_max_ell) != hidden_max_ell or not 1 <= hidden_max_ell <= max_ell:
             raise ValueError(f"hidden_max_ell must be an integer in 1..max_ell={max_ell}, got {hidden_max_ell}")
         if int(correlation) != correlation or not 1 <= correlation <= MAX_CORRELATION:
             raise ValueError(f"correlation must be an integer in 1..{MAX_CORRELATION}, got {correlation}")
-        require_positive_integers(hidden_channels=hidden_channels, num_layers=num_layers,
-                                  num_basis=num_basis, max_z=max_z)
+        require_positive_integers(
+            hidden_channels=hidden_channels, num_layers=num_layers, num_basis=num_basis, max_z=max_z
+        )
         require_positive(cutoff=cutoff, avg_num_neighbors=avg_num_neighbors)
         check_radial_settings(envelope_p, radial_hidden)
         self.cutoff = float(cutoff)
@@ -146,8 +185,19 @@ class MACE(ExactCouplingsMixin, Backbone):
         irreps_a = natural_irreps(channels, int(max_ell))  # C x (0e + 1o + 2e + 3o)
         layers, irreps = [], o3.Irreps(f"{channels}x0e")
         for _ in range(int(num_layers)):
-            layers.append(MACELayer(irreps, self.irreps_hidden, self.irreps_sh, irreps_a, int(correlation),
-                                    self.num_elements, num_basis, radial_hidden, avg_num_neighbors))
+            layers.append(
+                MACELayer(
+                    irreps,
+                    self.irreps_hidden,
+                    self.irreps_sh,
+                    irreps_a,
+                    int(correlation),
+                    self.num_elements,
+                    num_basis,
+                    radial_hidden,
+                    avg_num_neighbors,
+                )
+            )
             irreps = self.irreps_hidden
         self.layers = nn.ModuleList(layers)
         self.reset_parameters()
@@ -171,5 +221,7 @@ class MACE(ExactCouplingsMixin, Backbone):
         for layer in self.layers:
             h = layer(h, z, edge_index, edge_sh, basis, envelope)  # [N, irreps_hidden]
             scalars.append(select_irrep(h, self.irreps_hidden, "0e").squeeze(-1))  # [N, C]
-        return {K.NODE_FEATURES: torch.cat(scalars, dim=-1),  # [N, T * C]
-                K.NODE_VECTORS: cartesian_from_1o(select_irrep(h, self.irreps_hidden, "1o"))}  # [N, C, 3]
+        return {
+            K.NODE_FEATURES: torch.cat(scalars, dim=-1),  # [N, T * C]
+            K.NODE_VECTORS: cartesian_from_1o(select_irrep(h, self.irreps_hidden, "1o")),
+        }  # [N, C, 3]

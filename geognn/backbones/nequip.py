@@ -67,9 +67,18 @@ from e3nn import o3
 from torch import nn
 
 from .. import conventions as K
-from ..nn.e3nn_blocks import (EdgeConvolution, ElementSelfConnection, ExactCouplingsMixin, SphericalInputs,
-                              all_parity_irreps, cartesian_from_1o, check_radial_settings, make_gate,
-                              natural_irreps, select_irrep)
+from ..nn.e3nn_blocks import (
+    EdgeConvolution,
+    ElementSelfConnection,
+    ExactCouplingsMixin,
+    SphericalInputs,
+    all_parity_irreps,
+    cartesian_from_1o,
+    check_radial_settings,
+    make_gate,
+    natural_irreps,
+    select_irrep,
+)
 from .base import Backbone, require_positive, require_positive_integers
 
 #: Largest ``max_ell`` accepted (cost grows fast with l; 3 is NequIP's largest published setting).
@@ -83,13 +92,22 @@ class NequIPLayer(nn.Module):
     -> [N, irreps_hidden]``.
     """
 
-    def __init__(self, irreps_in, irreps_hidden, irreps_sh, num_elements: int, num_basis: int,
-                 radial_hidden: Sequence[int], avg_num_neighbors: float):
+    def __init__(
+        self,
+        irreps_in,
+        irreps_hidden,
+        irreps_sh,
+        num_elements: int,
+        num_basis: int,
+        radial_hidden: Sequence[int],
+        avg_num_neighbors: float,
+    ):
         super().__init__()
         self.gate = make_gate(irreps_hidden)
         self.irreps_in, self.irreps_out = o3.Irreps(irreps_in), self.gate.irreps_out
-        self.conv = EdgeConvolution(irreps_in, irreps_sh, self.gate.irreps_in, num_basis, radial_hidden,
-                                    avg_num_neighbors)
+        self.conv = EdgeConvolution(
+            irreps_in, irreps_sh, self.gate.irreps_in, num_basis, radial_hidden, avg_num_neighbors
+        )
         self.self_connection = ElementSelfConnection(irreps_in, num_elements, self.gate.irreps_in)
         self.residual = self.irreps_in == self.irreps_out
 
@@ -110,17 +128,37 @@ class NequIP(ExactCouplingsMixin, Backbone):
     geometry = "spherical tensors"  # Backbone.geometry: e3nn features up to max_ell
     first_layer_geometry = "vector sums"  # Backbone.first_layer_geometry: one layer sees sums of r_hat_ij
 
-    def __init__(self, hidden_channels: int = 32, num_layers: int = 4, max_ell: int = 1, num_basis: int = 8,
-                 cutoff: float = 5.0, radial_hidden: Sequence[int] = (64, 64), avg_num_neighbors: float = 10.0,
-                 parity: bool = True, envelope_p: int = 6, max_z: int = 100):
+    def __init__(
+        self,
+        hidden_channels: int = 32,
+        num_layers: int = 4,
+        max_ell: int = 1,
+        num_basis: int = 8,
+        cutoff: float = 5.0,
+        radial_hidden: Sequence[int] = (64, 64),
+        avg_num_neighbors: float = 10.0,
+        parity: bool = True,
+        envelope_p: int = 6,
+        max_z: int = 100,
+    ):
         radial_hidden = [int(w) for w in radial_hidden]
-        super().__init__(hidden_channels=hidden_channels, num_layers=num_layers, max_ell=max_ell,
-                         num_basis=num_basis, cutoff=cutoff, radial_hidden=radial_hidden,
-                         avg_num_neighbors=avg_num_neighbors, parity=parity, envelope_p=envelope_p, max_z=max_z)
+        super().__init__(
+            hidden_channels=hidden_channels,
+            num_layers=num_layers,
+            max_ell=max_ell,
+            num_basis=num_basis,
+            cutoff=cutoff,
+            radial_hidden=radial_hidden,
+            avg_num_neighbors=avg_num_neighbors,
+            parity=parity,
+            envelope_p=envelope_p,
+            max_z=max_z,
+        )
         if not 0 <= int(max_ell) <= MAX_ELL or int(max_ell) != max_ell:
             raise ValueError(f"max_ell must be an integer in 0..{MAX_ELL}, got {max_ell}")
-        require_positive_integers(hidden_channels=hidden_channels, num_layers=num_layers,
-                                  num_basis=num_basis, max_z=max_z)
+        require_positive_integers(
+            hidden_channels=hidden_channels, num_layers=num_layers, num_basis=num_basis, max_z=max_z
+        )
         require_positive(cutoff=cutoff, avg_num_neighbors=avg_num_neighbors)
         check_radial_settings(envelope_p, radial_hidden)
         self.cutoff = float(cutoff)
@@ -133,8 +171,11 @@ class NequIP(ExactCouplingsMixin, Backbone):
         hidden = (all_parity_irreps if self.parity else natural_irreps)(channels, int(max_ell))
         layers, irreps = [], o3.Irreps(f"{channels}x0e")
         for _ in range(int(num_layers)):
-            layers.append(NequIPLayer(irreps, hidden, self.irreps_sh, self.num_elements, num_basis,
-                                      radial_hidden, avg_num_neighbors))
+            layers.append(
+                NequIPLayer(
+                    irreps, hidden, self.irreps_sh, self.num_elements, num_basis, radial_hidden, avg_num_neighbors
+                )
+            )
             irreps = layers[-1].irreps_out
         self.layers = nn.ModuleList(layers)
         self.irreps_hidden = irreps

@@ -130,15 +130,18 @@ class PaiNN(Backbone):
     geometry = "vectors"  # Backbone.geometry: Cartesian vector features
     first_layer_geometry = "vector sums"  # Backbone.first_layer_geometry: one layer sees sums of r_hat_ij
 
-    def __init__(self, hidden_channels: int = 128, num_layers: int = 3, num_rbf: int = 20,
-                 cutoff: float = 5.0, max_z: int = 100):
-        super().__init__(hidden_channels=hidden_channels, num_layers=num_layers, num_rbf=num_rbf,
-                         cutoff=cutoff, max_z=max_z)
+    def __init__(
+        self, hidden_channels: int = 128, num_layers: int = 3, num_rbf: int = 20, cutoff: float = 5.0, max_z: int = 100
+    ):
+        super().__init__(
+            hidden_channels=hidden_channels, num_layers=num_layers, num_rbf=num_rbf, cutoff=cutoff, max_z=max_z
+        )
         if cutoff <= 0:
             raise ValueError(f"cutoff must be > 0 Å, got {cutoff}")
         if hidden_channels < 1 or num_layers < 1 or num_rbf < 1:
-            raise ValueError("hidden_channels, num_layers and num_rbf must be >= 1, got "
-                             f"{hidden_channels}, {num_layers}, {num_rbf}")
+            raise ValueError(
+                f"hidden_channels, num_layers and num_rbf must be >= 1, got {hidden_channels}, {num_layers}, {num_rbf}"
+            )
         if max_z < 1:
             raise ValueError(f"max_z must be >= 1, got {max_z}")
         self.cutoff = float(cutoff)

@@ -135,8 +135,7 @@ class PolynomialFeatures(nn.Module):
 
     def __init__(self, num_attributes: int, degree: int):
         super().__init__()
-        exponents = [e for e in itertools.product(range(degree + 1), repeat=num_attributes)
-                     if 1 <= sum(e) <= degree]
+        exponents = [e for e in itertools.product(range(degree + 1), repeat=num_attributes) if 1 <= sum(e) <= degree]
         self.register_buffer("exponents", torch.tensor(exponents, dtype=torch.long), persistent=False)
         self.degree = degree
 
@@ -148,8 +147,9 @@ class PolynomialFeatures(nn.Module):
         legendre = [torch.ones_like(t), t]  # P_0, P_1
         for n in range(1, self.degree):
             legendre.append(((2 * n + 1) * t * legendre[n] - n * legendre[n - 1]) / (n + 1))
-        scaled = torch.stack([p * (2 * n + 1) ** 0.5 for n, p in enumerate(legendre[:self.degree + 1])],
-                             dim=-2)  # [..., D+1, A]: scaled[..., n, k] = sqrt(2n+1) P_n(t_k)
+        scaled = torch.stack(
+            [p * (2 * n + 1) ** 0.5 for n, p in enumerate(legendre[: self.degree + 1])], dim=-2
+        )  # [..., D+1, A]: scaled[..., n, k] = sqrt(2n+1) P_n(t_k)
         columns = [scaled[..., self.exponents[:, k], k] for k in range(t.shape[-1])]  # A x [..., M]
         out = columns[0]
         for column in columns[1:]:
@@ -228,8 +228,7 @@ class ConvNeXtBlock(nn.Module):
     ``layer_scale``: initial value of the per-channel ``gamma``, or None for no layer scale.
     """
 
-    def __init__(self, channels: int, basis_dim: int, widening_factor: int, layer_scale: float | None,
-                 sphere: bool):
+    def __init__(self, channels: int, basis_dim: int, widening_factor: int, layer_scale: float | None, sphere: bool):
         super().__init__()
         self.conv = SeparableConv(channels, basis_dim, sphere)
         self.norm = nn.LayerNorm(channels)
@@ -287,14 +286,35 @@ class _PositionOrientationNetwork(Backbone):
 
     rotation_symmetry = "approximate"
 
-    def __init__(self, *, space: str, hidden_channels: int, num_layers: int, num_ori: int, cutoff: float,
-                 basis_dim: int, degree: int, widening_factor: int, layer_scale: float | None, grid: str,
-                 random_grid_rotation: bool, max_z: int, record: dict, eval_num_ori: int | None = None):
+    def __init__(
+        self,
+        *,
+        space: str,
+        hidden_channels: int,
+        num_layers: int,
+        num_ori: int,
+        cutoff: float,
+        basis_dim: int,
+        degree: int,
+        widening_factor: int,
+        layer_scale: float | None,
+        grid: str,
+        random_grid_rotation: bool,
+        max_z: int,
+        record: dict,
+        eval_num_ori: int | None = None,
+    ):
         super().__init__(**record)  # the public class's own keywords, for checkpoints and repr
         if space not in SPACES:
             raise ValueError(f"unknown space '{space}'; choose one of: {', '.join(SPACES)}")
-        require_positive_integers(hidden_channels=hidden_channels, num_layers=num_layers, basis_dim=basis_dim,
-                                  degree=degree, widening_factor=widening_factor, max_z=max_z)
+        require_positive_integers(
+            hidden_channels=hidden_channels,
+            num_layers=num_layers,
+            basis_dim=basis_dim,
+            degree=degree,
+            widening_factor=widening_factor,
+            max_z=max_z,
+        )
         require_positive(cutoff=cutoff)
         if layer_scale is not None:
             require_positive(layer_scale=layer_scale)
@@ -320,8 +340,9 @@ class _PositionOrientationNetwork(Backbone):
         self.embedding = nn.Embedding(max_z + 1, hidden_channels)
         self.spatial_basis = AttributeEmbedding(2 if sphere else 1, degree, basis_dim)
         self.sphere_basis = AttributeEmbedding(1, degree, basis_dim) if sphere else None
-        self.blocks = nn.ModuleList(ConvNeXtBlock(hidden_channels, basis_dim, widening_factor, layer_scale, sphere)
-                                    for _ in range(num_layers))
+        self.blocks = nn.ModuleList(
+            ConvNeXtBlock(hidden_channels, basis_dim, widening_factor, layer_scale, sphere) for _ in range(num_layers)
+        )
         self.readout = nn.Linear(hidden_channels, hidden_channels)
         self.reset_parameters()
 
@@ -403,14 +424,35 @@ class PONITA(_PositionOrientationNetwork):
     geometry = "orientation grid"  # Backbone.geometry: features on a grid of directions
     reflection_invariant = True  # up to the grid's discretisation, like rotations (see module docstring)
 
-    def __init__(self, hidden_channels: int = 128, num_layers: int = 5, num_ori: int = 20, cutoff: float = 5.0,
-                 basis_dim: int = 128, degree: int = 3, widening_factor: int = 4, layer_scale: float | None = None,
-                 grid: str = "fibonacci", random_grid_rotation: bool = False, eval_num_ori: int | None = None,
-                 max_z: int = 100):
-        hparams = dict(hidden_channels=hidden_channels, num_layers=num_layers, num_ori=num_ori, cutoff=cutoff,
-                       basis_dim=basis_dim, degree=degree, widening_factor=widening_factor,
-                       layer_scale=layer_scale, grid=grid, random_grid_rotation=random_grid_rotation,
-                       eval_num_ori=eval_num_ori, max_z=max_z)
+    def __init__(
+        self,
+        hidden_channels: int = 128,
+        num_layers: int = 5,
+        num_ori: int = 20,
+        cutoff: float = 5.0,
+        basis_dim: int = 128,
+        degree: int = 3,
+        widening_factor: int = 4,
+        layer_scale: float | None = None,
+        grid: str = "fibonacci",
+        random_grid_rotation: bool = False,
+        eval_num_ori: int | None = None,
+        max_z: int = 100,
+    ):
+        hparams = dict(
+            hidden_channels=hidden_channels,
+            num_layers=num_layers,
+            num_ori=num_ori,
+            cutoff=cutoff,
+            basis_dim=basis_dim,
+            degree=degree,
+            widening_factor=widening_factor,
+            layer_scale=layer_scale,
+            grid=grid,
+            random_grid_rotation=random_grid_rotation,
+            eval_num_ori=eval_num_ori,
+            max_z=max_z,
+        )
         super().__init__(space="R3S2", **hparams, record=hparams)
 
 
@@ -426,9 +468,25 @@ class PNITA(_PositionOrientationNetwork):
     rotation_symmetry = "exact"
     reflection_invariant = True
 
-    def __init__(self, hidden_channels: int = 128, num_layers: int = 5, cutoff: float = 5.0, basis_dim: int = 128,
-                 degree: int = 3, widening_factor: int = 4, layer_scale: float | None = None, max_z: int = 100):
-        hparams = dict(hidden_channels=hidden_channels, num_layers=num_layers, cutoff=cutoff, basis_dim=basis_dim,
-                       degree=degree, widening_factor=widening_factor, layer_scale=layer_scale, max_z=max_z)
-        super().__init__(space="R3", **hparams, num_ori=1, grid="fibonacci", random_grid_rotation=False,
-                         record=hparams)
+    def __init__(
+        self,
+        hidden_channels: int = 128,
+        num_layers: int = 5,
+        cutoff: float = 5.0,
+        basis_dim: int = 128,
+        degree: int = 3,
+        widening_factor: int = 4,
+        layer_scale: float | None = None,
+        max_z: int = 100,
+    ):
+        hparams = dict(
+            hidden_channels=hidden_channels,
+            num_layers=num_layers,
+            cutoff=cutoff,
+            basis_dim=basis_dim,
+            degree=degree,
+            widening_factor=widening_factor,
+            layer_scale=layer_scale,
+            max_z=max_z,
+        )
+        super().__init__(space="R3", **hparams, num_ori=1, grid="fibonacci", random_grid_rotation=False, record=hparams)

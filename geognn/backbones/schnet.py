@@ -41,8 +41,8 @@ class CFConvInteraction(nn.Module):
         self.filter_net = MLP([num_gaussians, num_filters, num_filters])  # phi
         self.in_to_filter = nn.Linear(hidden_channels, num_filters, bias=False)  # W_1
         self.update = nn.Sequential(  # W_3 ssp(W_2 m + b_2) + b_3
-            nn.Linear(num_filters, hidden_channels), ShiftedSoftplus(),
-            nn.Linear(hidden_channels, hidden_channels))
+            nn.Linear(num_filters, hidden_channels), ShiftedSoftplus(), nn.Linear(hidden_channels, hidden_channels)
+        )
 
     def reset_parameters(self) -> None:
         self.filter_net.reset_parameters()
@@ -79,11 +79,23 @@ class SchNet(Backbone):
     name = "schnet"
     geometry = "distances"  # Backbone.geometry: continuous filters of d_ij only
 
-    def __init__(self, hidden_channels: int = 128, num_filters: int = 128, num_layers: int = 6,
-                 num_gaussians: int = 50, cutoff: float = 5.0, max_z: int = 100):
-        super().__init__(hidden_channels=hidden_channels, num_filters=num_filters,
-                         num_layers=num_layers, num_gaussians=num_gaussians, cutoff=cutoff,
-                         max_z=max_z)
+    def __init__(
+        self,
+        hidden_channels: int = 128,
+        num_filters: int = 128,
+        num_layers: int = 6,
+        num_gaussians: int = 50,
+        cutoff: float = 5.0,
+        max_z: int = 100,
+    ):
+        super().__init__(
+            hidden_channels=hidden_channels,
+            num_filters=num_filters,
+            num_layers=num_layers,
+            num_gaussians=num_gaussians,
+            cutoff=cutoff,
+            max_z=max_z,
+        )
         if cutoff <= 0:
             raise ValueError(f"cutoff must be > 0 Å, got {cutoff}")
         self.cutoff = float(cutoff)
@@ -91,7 +103,8 @@ class SchNet(Backbone):
         self.embedding = nn.Embedding(max_z + 1, hidden_channels)
         self.rbf = GaussianRBF(0.0, cutoff, num_gaussians)
         self.interactions = nn.ModuleList(
-            CFConvInteraction(hidden_channels, num_filters, num_gaussians) for _ in range(num_layers))
+            CFConvInteraction(hidden_channels, num_filters, num_gaussians) for _ in range(num_layers)
+        )
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

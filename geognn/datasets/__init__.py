@@ -45,8 +45,15 @@ TARGETS: dict[str, tuple[str, ...]] = {
 }
 
 
-def open_dataset(kind: str, root: str | Path, *, target: str | Sequence[str] | None = None, on_error: str = "raise",
-                 limit: int | None = None, **options) -> StructureDataset:
+def open_dataset(
+    kind: str,
+    root: str | Path,
+    *,
+    target: str | Sequence[str] | None = None,
+    on_error: str = "raise",
+    limit: int | None = None,
+    **options,
+) -> StructureDataset:
     """Open the dataset of ``kind`` at ``root`` (see the module docstring and ``DATASETS``).
 
     Raises ValueError for an unknown kind, target or on_error value (listing the valid ones) or a
@@ -88,6 +95,21 @@ def _options(opener) -> set[str]:
     return {name for name, p in params.items() if p.kind == p.KEYWORD_ONLY} - fixed - {"target", "on_error", "limit"}
 
 
-__all__ = ["DATASETS", "ON_ERROR", "OC20LmdbDataset", "QM9Dataset", "QM9_TARGETS", "StructureDataset",
-           "TARGETS", "cif_table_to_folder", "load_split_by_ids", "open_dataset", "qm9_standard_split",
-           "random_split", "read_split", "write_cif_folder", "write_lmdb", "write_split"]
+__all__ = [
+    "DATASETS",
+    "ON_ERROR",
+    "OC20LmdbDataset",
+    "QM9Dataset",
+    "QM9_TARGETS",
+    "StructureDataset",
+    "TARGETS",
+    "cif_table_to_folder",
+    "load_split_by_ids",
+    "open_dataset",
+    "qm9_standard_split",
+    "random_split",
+    "read_split",
+    "write_cif_folder",
+    "write_lmdb",
+    "write_split",
+]

@@ -108,8 +108,11 @@ class StructureDataset(torch.utils.data.Dataset):
         raise NotImplementedError
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}({len(self)} structures, targets={self.targets}"
-                + (f", {len(self.skipped)} skipped" if self.skipped else "") + ")")
+        return (
+            f"{type(self).__name__}({len(self)} structures, targets={self.targets}"
+            + (f", {len(self.skipped)} skipped" if self.skipped else "")
+            + ")"
+        )
 
 
 class AtomsListDataset(StructureDataset):
@@ -125,8 +128,7 @@ class AtomsListDataset(StructureDataset):
         return self._structures[i].copy()
 
 
-def collect(items: Iterable[tuple[str, Callable[[], Atoms]]], on_error: str, what: str,
-            limit: int | None = None):
+def collect(items: Iterable[tuple[str, Callable[[], Atoms]]], on_error: str, what: str, limit: int | None = None):
     """Run each ``(id, make)`` of ``items``; returns ``(structures, ids, skipped)``.
 
     ``make()`` raising StructureError (or ValueError) is a bad item: with ``on_error="raise"``
@@ -158,8 +160,11 @@ def warn_skipped(skipped: Sequence[tuple[str, str]], what: str) -> None:
     """One warning for all items skipped from ``what``, naming the first three."""
     if skipped:
         first = "; ".join(f"{i}: {r}" for i, r in skipped[:3])
-        warnings.warn(f"{what}: skipped {len(skipped)} bad structure(s) (see dataset.skipped): {first}"
-                      + (" ..." if len(skipped) > 3 else ""), stacklevel=3)
+        warnings.warn(
+            f"{what}: skipped {len(skipped)} bad structure(s) (see dataset.skipped): {first}"
+            + (" ..." if len(skipped) > 3 else ""),
+            stacklevel=3,
+        )
 
 
 def set_fixed(atoms: Atoms, fixed) -> None:

@@ -46,8 +46,9 @@ def fingerprint(path: Path, files: Iterable[Path] | None = None) -> dict:
 
 def cache_file(kind: str, source: dict, options: dict, cache_dir: str | Path | None = None) -> Path:
     """The cache file for ``kind`` processed from ``source`` (a fingerprint) with ``options``."""
-    key = json.dumps({"version": CACHE_VERSION, "kind": kind, "source": source, "options": options},
-                     sort_keys=True, default=str)
+    key = json.dumps(
+        {"version": CACHE_VERSION, "kind": kind, "source": source, "options": options}, sort_keys=True, default=str
+    )
     digest = hashlib.sha256(key.encode()).hexdigest()[:20]
     return Path(cache_dir or default_cache_dir()) / f"{kind}-v{CACHE_VERSION}-{digest}.pt"
 

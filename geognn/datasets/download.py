@@ -110,13 +110,17 @@ _TFDS = "TensorFlow Datasets' record of the figshare download (tensorflow_datase
 #: QM9 (Ramakrishnan et al., Sci. Data 1, 140022 (2014)), figshare collection 978904.
 QM9_FILES: dict[str, RemoteFile] = {
     "dsgdb9nsd.xyz.tar.bz2": RemoteFile(
-        "dsgdb9nsd.xyz.tar.bz2", "https://ndownloader.figshare.com/files/3195389",
+        "dsgdb9nsd.xyz.tar.bz2",
+        "https://ndownloader.figshare.com/files/3195389",
         sha256="3a63848ac80691bdb8d41834b575afad345b9300d7a2db0c38adb7f6eaa8360c",  # 86,144,227 bytes
-        checksum_source=_TFDS),
+        checksum_source=_TFDS,
+    ),
     "uncharacterized.txt": RemoteFile(
-        "uncharacterized.txt", "https://ndownloader.figshare.com/files/3195404",
+        "uncharacterized.txt",
+        "https://ndownloader.figshare.com/files/3195404",
         sha256="3aa5115d540b356de94791d4a74c3bf1ed91c469ecf52a4f5d7cc0506fe02e24",  # 486,752 bytes
-        checksum_source=_TFDS),
+        checksum_source=_TFDS,
+    ),
 }
 
 _OC20_BASE = "https://dl.fbaipublicfiles.com/opencatalystproject/data/"
@@ -131,7 +135,9 @@ def _oc20(name: str, md5: str, approx: str) -> tuple[RemoteFile, str]:
 #: The MD5s of s2ef_train_2M and s2ef_train_20M are those of fairchem's current dataset page;
 #: the older DATASET.md of the same repository lists the two swapped.
 OC20_SPLITS: dict[str, tuple[RemoteFile, str]] = {
-    "is2re": _oc20("is2res_train_val_test_lmdbs.tar.gz", "cfc04dd2f87b4102ab2f607240d25fb1", "8.1 GB (97 GB extracted)"),
+    "is2re": _oc20(
+        "is2res_train_val_test_lmdbs.tar.gz", "cfc04dd2f87b4102ab2f607240d25fb1", "8.1 GB (97 GB extracted)"
+    ),
     "s2ef_train_200K": _oc20("s2ef_train_200K.tar", "f8d0909c2623a393148435dede7d3a46", "344 MB"),
     "s2ef_train_2M": _oc20("s2ef_train_2M.tar", "953474cb93f0b08cdc523399f03f7c36", "3.4 GB"),
     "s2ef_train_20M": _oc20("s2ef_train_20M.tar", "863bc983245ffc0285305a1850e19cf7", "34 GB"),
@@ -168,15 +174,17 @@ def file_hash(path: str | Path, algorithm: str = "sha256", progress: bool = Fals
     return digest.hexdigest()
 
 
-def verify_checksum(path: str | Path, expected: dict[str, str], *, name: str | None = None,
-                    progress: bool = False) -> None:
+def verify_checksum(
+    path: str | Path, expected: dict[str, str], *, name: str | None = None, progress: bool = False
+) -> None:
     """Raise ``ChecksumError`` unless ``path`` has every ``{algorithm: hex}`` of ``expected``."""
     path = Path(path)
     for algorithm, want in expected.items():
         got = file_hash(path, algorithm, progress)
         if got != want.lower():
-            raise ChecksumError(f"checksum mismatch for {name or path.name}: expected {algorithm} {want.lower()}, "
-                                f"got {got}")
+            raise ChecksumError(
+                f"checksum mismatch for {name or path.name}: expected {algorithm} {want.lower()}, got {got}"
+            )
 
 
 def read_checksum_file(path: str | Path) -> dict[str, dict[str, str]]:
@@ -207,8 +215,17 @@ def read_checksum_file(path: str | Path) -> dict[str, dict[str, str]]:
 def _bar(total, initial, desc, progress):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
-                disable=not progress, leave=False, mininterval=0.5)
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc=desc,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        disable=not progress,
+        leave=False,
+        mininterval=0.5,
+    )
 
 
 def _user_agent() -> str:
@@ -241,8 +258,15 @@ def _open(url: str, offset: int, timeout: float):
     return urllib.request.urlopen(request, timeout=timeout)
 
 
-def download(url: str, dest: str | Path, *, expected: dict[str, str] | None = None, progress: bool = True,
-             timeout: float = 60.0, log: Callable[[str], None] | None = print) -> Path:
+def download(
+    url: str,
+    dest: str | Path,
+    *,
+    expected: dict[str, str] | None = None,
+    progress: bool = True,
+    timeout: float = 60.0,
+    log: Callable[[str], None] | None = print,
+) -> Path:
     """Download ``url`` to ``dest``, resuming ``dest + ".part"`` if present; returns ``dest``.
 
     ``expected``: ``{algorithm: hex}`` checksums verified before the ``.part`` is renamed (None
@@ -292,8 +316,9 @@ def download(url: str, dest: str | Path, *, expected: dict[str, str] | None = No
             if offset and status == 206:
                 first, total = _content_range(response.headers.get("Content-Range"))
                 if first != offset:
-                    raise DownloadError(f"the server at {url} resumed at byte {first}, not {offset}; "
-                                        f"delete {part} and run again")
+                    raise DownloadError(
+                        f"the server at {url} resumed at byte {first}, not {offset}; delete {part} and run again"
+                    )
                 say(f"resuming {dest.name} at {offset:,} bytes")
             else:
                 if offset:
@@ -304,15 +329,18 @@ def download(url: str, dest: str | Path, *, expected: dict[str, str] | None = No
             if total is not None:
                 free = shutil.disk_usage(dest.parent).free
                 if total - offset > free:
-                    raise DownloadError(f"not enough disk space in {dest.parent}: {dest.name} needs "
-                                        f"{(total - offset) / 1e9:.2f} GB more, {free / 1e9:.2f} GB free")
+                    raise DownloadError(
+                        f"not enough disk space in {dest.parent}: {dest.name} needs "
+                        f"{(total - offset) / 1e9:.2f} GB more, {free / 1e9:.2f} GB free"
+                    )
             _stream(response, part, offset, total, url, progress)
     if expected:
         try:
             verify_checksum(part, expected, name=dest.name, progress=progress)
         except ChecksumError as exc:
-            raise ChecksumError(f"{exc}; kept as {part} (delete it to download again, or pass "
-                                "--skip-checksum to accept it)") from None
+            raise ChecksumError(
+                f"{exc}; kept as {part} (delete it to download again, or pass --skip-checksum to accept it)"
+            ) from None
     try:
         os.replace(part, dest)
     except OSError as exc:
@@ -340,8 +368,10 @@ def _stream(response, part: Path, offset: int, total: int | None, url: str, prog
                 try:
                     chunk = response.read(CHUNK)
                 except (OSError, ValueError, http.client.HTTPException) as exc:  # timeout, reset, IncompleteRead
-                    raise DownloadError(f"download of {url} interrupted at {written:,} bytes "
-                                        f"({type(exc).__name__}: {exc}); run again to resume") from None
+                    raise DownloadError(
+                        f"download of {url} interrupted at {written:,} bytes "
+                        f"({type(exc).__name__}: {exc}); run again to resume"
+                    ) from None
                 if not chunk:
                     break
                 fh.write(chunk)
@@ -355,9 +385,16 @@ def _stream(response, part: Path, offset: int, total: int | None, url: str, prog
         raise DownloadError(f"download of {url} stopped at {written:,} of {total:,} bytes; run again to resume")
 
 
-def fetch(remote: RemoteFile, out_dir: str | Path, *, mirror: str | None = None, skip_checksum: bool = False,
-          checksums: dict[str, dict[str, str]] | None = None, progress: bool = True,
-          log: Callable[[str], None] | None = print) -> Path:
+def fetch(
+    remote: RemoteFile,
+    out_dir: str | Path,
+    *,
+    mirror: str | None = None,
+    skip_checksum: bool = False,
+    checksums: dict[str, dict[str, str]] | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = print,
+) -> Path:
     """Download one ``RemoteFile`` into ``out_dir`` (see ``download``); returns its path.
 
     ``mirror``: base URL serving the same file names (``<mirror>/<name>``), e.g. a local copy or
@@ -389,8 +426,9 @@ def _inside(root: Path, target: Path) -> bool:
     return target == root or target.startswith(root + os.sep)
 
 
-def extract(archive: str | Path, dest: str | Path, *,
-            rename: Callable[[str], str | None] | None = None, progress: bool = True) -> list[Path]:
+def extract(
+    archive: str | Path, dest: str | Path, *, rename: Callable[[str], str | None] | None = None, progress: bool = True
+) -> list[Path]:
     """Extract a .tar[.gz|.bz2|.xz] or .zip ``archive`` into ``dest`` (created); returns the files.
 
     ``rename(member_path) -> relative output path | None`` places (or, with None, skips) each
@@ -441,7 +479,9 @@ def extract(archive: str | Path, dest: str | Path, *,
                     if info.is_dir():
                         out.mkdir(parents=True, exist_ok=True)
                     elif stat.S_ISLNK(mode):
-                        raise ExtractError(f"{archive}: member {info.filename!r} is a symbolic link; refusing to extract")
+                        raise ExtractError(
+                            f"{archive}: member {info.filename!r} is a symbolic link; refusing to extract"
+                        )
                     else:
                         with zf.open(info) as src:
                             write(out, src)
@@ -461,8 +501,10 @@ def extract(archive: str | Path, dest: str | Path, *,
                         base = out.parent if member.issym() else dest
                         link_target = base / member.linkname
                         if PurePosixPath(member.linkname).is_absolute() or not _inside(dest, link_target):
-                            raise ExtractError(f"{archive}: link {member.name!r} -> {member.linkname!r} points "
-                                               f"outside {dest}; refusing to extract")
+                            raise ExtractError(
+                                f"{archive}: link {member.name!r} -> {member.linkname!r} points "
+                                f"outside {dest}; refusing to extract"
+                            )
                         out.parent.mkdir(parents=True, exist_ok=True)
                         if member.issym():
                             if out.is_symlink() or out.exists():
@@ -472,7 +514,9 @@ def extract(archive: str | Path, dest: str | Path, *,
                             shutil.copyfile(link_target, out)
                         written.append(out)
                     else:
-                        raise ExtractError(f"{archive}: member {member.name!r} is a device or pipe; refusing to extract")
+                        raise ExtractError(
+                            f"{archive}: member {member.name!r} is a device or pipe; refusing to extract"
+                        )
         else:
             raise ExtractError(f"{archive}: unknown archive type (expected .zip or one of {list(_TAR_SUFFIXES)})")
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, lzma.LZMAError, zlib.error) as exc:
@@ -494,10 +538,17 @@ def _marker(out: Path, archive_name: str) -> Path:
     return out / f".{archive_name}.extracted"
 
 
-def download_qm9(out: str | Path, *, mirror: str | None = None, skip_checksum: bool = False,
-                 checksums: dict[str, dict[str, str]] | None = None, extract_files: bool = True,
-                 keep_archive: bool = False, progress: bool = True,
-                 log: Callable[[str], None] | None = print) -> Path:
+def download_qm9(
+    out: str | Path,
+    *,
+    mirror: str | None = None,
+    skip_checksum: bool = False,
+    checksums: dict[str, dict[str, str]] | None = None,
+    extract_files: bool = True,
+    keep_archive: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] | None = print,
+) -> Path:
     """QM9's ``dsgdb9nsd.xyz.tar.bz2`` and ``uncharacterized.txt`` from figshare into ``out``.
 
     With ``extract_files`` (default) the xyz files are extracted flat into ``out`` and the
@@ -506,8 +557,7 @@ def download_qm9(out: str | Path, *, mirror: str | None = None, skip_checksum: b
     directly and finds ``uncharacterized.txt`` beside it). Running again skips what is done.
     """
     out = Path(out)
-    opts = {"mirror": mirror, "skip_checksum": skip_checksum, "checksums": checksums, "progress": progress,
-            "log": log}
+    opts = {"mirror": mirror, "skip_checksum": skip_checksum, "checksums": checksums, "progress": progress, "log": log}
     fetch(QM9_FILES["uncharacterized.txt"], out, **opts)
     archive_name = "dsgdb9nsd.xyz.tar.bz2"
     marker = _marker(out, archive_name)
@@ -539,8 +589,8 @@ def _under(name: str, anchor: tuple[str, ...]) -> PurePosixPath | None:
     """The part of ``name`` after the first occurrence of the path components ``anchor``."""
     parts = PurePosixPath(name).parts
     for k in range(len(parts) - len(anchor) + 1):
-        if parts[k:k + len(anchor)] == anchor:
-            return PurePosixPath(*parts[k + len(anchor):]) if len(parts) > k + len(anchor) else None
+        if parts[k : k + len(anchor)] == anchor:
+            return PurePosixPath(*parts[k + len(anchor) :]) if len(parts) > k + len(anchor) else None
     return None
 
 
@@ -552,7 +602,7 @@ def _is2re_rename(subsets: Sequence[str] | None):
         rel = _under(name, ("data", "is2re"))
         if rel is None:
             return None
-        if wanted and not any(rel.parts[:len(w.parts)] == w.parts for w in wanted):
+        if wanted and not any(rel.parts[: len(w.parts)] == w.parts for w in wanted):
             return None
         return str(PurePosixPath("is2re") / rel)
 
@@ -598,8 +648,9 @@ def s2ef_to_lmdb(src: str | Path, out: str | Path, *, reference: bool = True, pr
     from tqdm.auto import tqdm
 
     total = 0
-    for k, (traj, log_path) in enumerate(tqdm(pairs, desc=f"S2EF -> LMDB {out.name}", unit=" files",
-                                              disable=not progress, leave=False)):
+    for k, (traj, log_path) in enumerate(
+        tqdm(pairs, desc=f"S2EF -> LMDB {out.name}", unit=" files", disable=not progress, leave=False)
+    ):
         shard = out / f"data.{k:04d}.lmdb"
         if shard.is_file():
             continue
@@ -622,8 +673,10 @@ def s2ef_to_lmdb(src: str | Path, out: str | Path, *, reference: bool = True, pr
                         energy = atoms.get_potential_energy(apply_constraint=False)
                         forces = atoms.get_forces(apply_constraint=False)
                     except (IndexError, ValueError) as exc:
-                        raise DownloadError(f"{log_path.name} line {i + 1}: expected 'random<sid>,frame<fid>,"
-                                            f"<reference energy>', got {lines[i]!r} ({exc})") from None
+                        raise DownloadError(
+                            f"{log_path.name} line {i + 1}: expected 'random<sid>,frame<fid>,"
+                            f"<reference energy>', got {lines[i]!r} ({exc})"
+                        ) from None
                     except RuntimeError as exc:  # no calculator: frame lacks energy/forces
                         raise DownloadError(f"{traj} frame {i}: no energy/forces ({exc})") from None
                     atoms.info.update(sid=sid, fid=fid, energy=energy - ref if reference else energy)
@@ -646,10 +699,19 @@ def s2ef_to_lmdb(src: str | Path, out: str | Path, *, reference: bool = True, pr
     return total
 
 
-def download_oc20(split: str, out: str | Path, *, mirror: str | None = None, skip_checksum: bool = False,
-                  checksums: dict[str, dict[str, str]] | None = None, keep_archive: bool = False,
-                  subsets: Sequence[str] | None = None, reference: bool = True, progress: bool = True,
-                  log: Callable[[str], None] | None = print) -> Path:
+def download_oc20(
+    split: str,
+    out: str | Path,
+    *,
+    mirror: str | None = None,
+    skip_checksum: bool = False,
+    checksums: dict[str, dict[str, str]] | None = None,
+    keep_archive: bool = False,
+    subsets: Sequence[str] | None = None,
+    reference: bool = True,
+    progress: bool = True,
+    log: Callable[[str], None] | None = print,
+) -> Path:
     """Download one OC20 split (``OC20_SPLITS``) into ``out`` and lay it out for ``open_dataset``.
 
     ``is2re``: returns ``out/is2re`` (``<subset>/<split>/data.lmdb``; ``subsets`` such as
@@ -668,8 +730,9 @@ def download_oc20(split: str, out: str | Path, *, mirror: str | None = None, ski
         if log:
             log(f"{remote.name} already prepared in {target} ({marker.name})")
         return target
-    archive = fetch(remote, out, mirror=mirror, skip_checksum=skip_checksum, checksums=checksums,
-                    progress=progress, log=log)
+    archive = fetch(
+        remote, out, mirror=mirror, skip_checksum=skip_checksum, checksums=checksums, progress=progress, log=log
+    )
     if split == "is2re":
         files = extract(archive, out, rename=_is2re_rename(subsets), progress=progress)
         if not files:
@@ -700,18 +763,23 @@ def lmdb_folders(root: str | Path) -> list[Path]:
 # --------------------------------------------------------------------------- command lines
 def _common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="folder the data goes to (created)")
-    parser.add_argument("--mirror", metavar="URL",
-                        help="base URL serving the same file names (a mirror, or a local http.server)")
-    parser.add_argument("--skip-checksum", action="store_true",
-                        help="do not verify checksums (for a mirror serving other archives)")
-    parser.add_argument("--checksums", metavar="FILE", type=Path,
-                        help="md5sum/sha256sum-style file whose checksums override the built-in ones")
+    parser.add_argument(
+        "--mirror", metavar="URL", help="base URL serving the same file names (a mirror, or a local http.server)"
+    )
+    parser.add_argument(
+        "--skip-checksum", action="store_true", help="do not verify checksums (for a mirror serving other archives)"
+    )
+    parser.add_argument(
+        "--checksums",
+        metavar="FILE",
+        type=Path,
+        help="md5sum/sha256sum-style file whose checksums override the built-in ones",
+    )
     parser.add_argument("--keep-archive", action="store_true", help="keep the downloaded archive after extraction")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def _run(main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser,
-         argv: Sequence[str] | None) -> int:
+def _run(main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
     args = parser.parse_args(argv)
     try:
         args.checksum_table = read_checksum_file(args.checksums) if args.checksums else None
@@ -733,19 +801,32 @@ def qm9_main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="download_qm9.py",
         description="Download QM9 (dsgdb9nsd.xyz.tar.bz2 and uncharacterized.txt, figshare collection 978904, "
-                    "Ramakrishnan et al., Sci. Data 2014) into --out, extract the 133,885 xyz files there, and "
-                    "print the `geognn train` line to use next. Resumes a partial download when run again.")
+        "Ramakrishnan et al., Sci. Data 2014) into --out, extract the 133,885 xyz files there, and "
+        "print the `geognn train` line to use next. Resumes a partial download when run again.",
+    )
     _common_args(parser)
-    parser.add_argument("--no-extract", action="store_true",
-                        help="keep only the tarball (geognn reads it directly; 86 MB instead of ~550 MB of files)")
+    parser.add_argument(
+        "--no-extract",
+        action="store_true",
+        help="keep only the tarball (geognn reads it directly; 86 MB instead of ~550 MB of files)",
+    )
 
     def main(args) -> int:
         say = print
-        result = download_qm9(args.out, mirror=args.mirror, skip_checksum=args.skip_checksum,
-                              checksums=args.checksum_table, extract_files=not args.no_extract,
-                              keep_archive=args.keep_archive, progress=not args.quiet, log=say)
-        print(f"QM9 is ready: {result}\nnext:\n  geognn train --dataset qm9 --data-root {_q(result)} --target U0 "
-              f"--out runs/qm9")
+        result = download_qm9(
+            args.out,
+            mirror=args.mirror,
+            skip_checksum=args.skip_checksum,
+            checksums=args.checksum_table,
+            extract_files=not args.no_extract,
+            keep_archive=args.keep_archive,
+            progress=not args.quiet,
+            log=say,
+        )
+        print(
+            f"QM9 is ready: {result}\nnext:\n  geognn train --dataset qm9 --data-root {_q(result)} --target U0 "
+            f"--out runs/qm9"
+        )
         return 0
 
     return _run(main, parser, argv)
@@ -755,25 +836,40 @@ def oc20_main(argv: Sequence[str] | None = None) -> int:
     """``scripts/download_oc20.py``: see ``--help``."""
     lines = "\n".join(f"  {k:18s} {r.name} ({size})" for k, (r, size) in OC20_SPLITS.items())
     parser = argparse.ArgumentParser(
-        prog="download_oc20.py", formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="download_oc20.py",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Download OC20 splits (Chanussot et al. 2021, CC BY 4.0) from fairchem's download location "
-                    "into --out, verify their MD5, and lay them out as LMDBs that geognn reads "
-                    "(open_dataset('oc20-is2re' / 'oc20-s2ef', folder)); print the `geognn train` line.",
-        epilog="splits (--split, repeatable; fairchem's short names such as 200k or val_id work too):\n" + lines +
-               "\n\nIS2RE comes as precomputed LMDBs, used as they are (under OUT/is2re/<subset>/<split>/).\n"
-               "S2EF train/val come as extxyz trajectories + txt logs, NOT LMDBs: geognn cannot train on that raw "
-               "format\ndirectly, so this script converts them with geognn's own LMDB writer into "
-               "OUT/s2ef/<split>/\n(fairchem's preprocess_ef semantics, without stored edges). "
-               "The S2EF test LMDBs carry no labels and are not offered.")
+        "into --out, verify their MD5, and lay them out as LMDBs that geognn reads "
+        "(open_dataset('oc20-is2re' / 'oc20-s2ef', folder)); print the `geognn train` line.",
+        epilog="splits (--split, repeatable; fairchem's short names such as 200k or val_id work too):\n"
+        + lines
+        + "\n\nIS2RE comes as precomputed LMDBs, used as they are (under OUT/is2re/<subset>/<split>/).\n"
+        "S2EF train/val come as extxyz trajectories + txt logs, NOT LMDBs: geognn cannot train on that raw "
+        "format\ndirectly, so this script converts them with geognn's own LMDB writer into "
+        "OUT/s2ef/<split>/\n(fairchem's preprocess_ef semantics, without stored edges). "
+        "The S2EF test LMDBs carry no labels and are not offered.",
+    )
     _common_args(parser)
-    parser.add_argument("--split", action="append", required=True, metavar="SPLIT",
-                        help="split to fetch (repeatable), e.g. is2re, s2ef_train_200K, s2ef_val_id")
-    parser.add_argument("--subset", action="append", metavar="PATH",
-                        help="IS2RE only: extract only these parts of data/is2re/, e.g. 10k/train, all/val_id "
-                             "(repeatable; default: all 97 GB)")
-    parser.add_argument("--raw-energy", action="store_true",
-                        help="S2EF: keep the total DFT energy as y (default: subtract the per-frame reference "
-                             "energy, giving the adsorption energy OC20's S2EF metrics use)")
+    parser.add_argument(
+        "--split",
+        action="append",
+        required=True,
+        metavar="SPLIT",
+        help="split to fetch (repeatable), e.g. is2re, s2ef_train_200K, s2ef_val_id",
+    )
+    parser.add_argument(
+        "--subset",
+        action="append",
+        metavar="PATH",
+        help="IS2RE only: extract only these parts of data/is2re/, e.g. 10k/train, all/val_id "
+        "(repeatable; default: all 97 GB)",
+    )
+    parser.add_argument(
+        "--raw-energy",
+        action="store_true",
+        help="S2EF: keep the total DFT energy as y (default: subtract the per-frame reference "
+        "energy, giving the adsorption energy OC20's S2EF metrics use)",
+    )
 
     def main(args) -> int:
         splits = [oc20_split(s) for s in args.split]
@@ -781,10 +877,18 @@ def oc20_main(argv: Sequence[str] | None = None) -> int:
             raise ValueError("--subset applies to --split is2re only")
         done = {}
         for split in splits:
-            done[split] = download_oc20(split, args.out, mirror=args.mirror, skip_checksum=args.skip_checksum,
-                                        checksums=args.checksum_table, keep_archive=args.keep_archive,
-                                        subsets=args.subset, reference=not args.raw_energy,
-                                        progress=not args.quiet, log=print)
+            done[split] = download_oc20(
+                split,
+                args.out,
+                mirror=args.mirror,
+                skip_checksum=args.skip_checksum,
+                checksums=args.checksum_table,
+                keep_archive=args.keep_archive,
+                subsets=args.subset,
+                reference=not args.raw_energy,
+                progress=not args.quiet,
+                log=print,
+            )
         print("OC20 is ready:")
         for split, path in done.items():
             for folder in lmdb_folders(path):
@@ -793,17 +897,22 @@ def oc20_main(argv: Sequence[str] | None = None) -> int:
             folders = lmdb_folders(done["is2re"])
             train = next((f for f in folders if f.name == "train"), folders[0] if folders else done["is2re"])
             val = next((f for f in folders if f.name == "val_id"), None)
-            print("next (IS2RE; configs/oc20_is2re_schnet.yaml holds the OC20 paper's SchNet baseline settings):\n"
-                  f"  geognn train --dataset oc20-is2re --data-root {_q(train)}"
-                  + (f" --val-data-root {_q(val)}" if val else "") + " --on-error skip --out runs/is2re")
+            print(
+                "next (IS2RE; configs/oc20_is2re_schnet.yaml holds the OC20 paper's SchNet baseline settings):\n"
+                f"  geognn train --dataset oc20-is2re --data-root {_q(train)}"
+                + (f" --val-data-root {_q(val)}" if val else "")
+                + " --on-error skip --out runs/is2re"
+            )
         s2ef = [s for s in done if s != "is2re"]
         if s2ef:
             train = next((done[s] for s in s2ef if "train" in s), done[s2ef[0]])
             val = next((done[s] for s in s2ef if "val" in s and done[s] != train), None)
-            print("next (S2EF):\n"
-                  f"  geognn train --dataset oc20-s2ef --data-root {_q(train)}"
-                  + (f" --val-data-root {_q(val)}" if val else "")
-                  + " --forces-weight 100 --on-error skip --out runs/s2ef")
+            print(
+                "next (S2EF):\n"
+                f"  geognn train --dataset oc20-s2ef --data-root {_q(train)}"
+                + (f" --val-data-root {_q(val)}" if val else "")
+                + " --forces-weight 100 --on-error skip --out runs/s2ef"
+            )
         return 0
 
     return _run(main, parser, argv)

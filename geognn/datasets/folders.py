@@ -21,12 +21,20 @@ import numpy as np
 from ase import Atoms
 
 from ..io import StructureError, _read_ase, format_for, read_file, validate_atoms
-from .base import (AtomsListDataset, check_on_error, collect, energy_factor, stress_3x3,
-                   stress_factor)
+from .base import AtomsListDataset, check_on_error, collect, energy_factor, stress_3x3, stress_factor
 
 #: File names tried for an id of ``id_prop.csv``, in order ({} is the id).
-CIF_FOLDER_PATTERNS = ("{}", "{}.cif", "{}.vasp", "{}.poscar", "POSCAR-{}", "POSCAR-{}.vasp",
-                       "{}.xyz", "{}.extxyz", "{}.json")
+CIF_FOLDER_PATTERNS = (
+    "{}",
+    "{}.cif",
+    "{}.vasp",
+    "{}.poscar",
+    "POSCAR-{}",
+    "POSCAR-{}.vasp",
+    "{}.xyz",
+    "{}.extxyz",
+    "{}.json",
+)
 
 
 def _label_unit(unit: str) -> tuple[float, str]:
@@ -69,10 +77,16 @@ def _as_names(target) -> list[str] | None:
 
 
 # --------------------------------------------------------------------------- cif-folder
-def open_cif_folder(root: str | Path, *, target: str | Sequence[str] | None = None,
-                    energy_unit: str | dict[str, str] = "eV", id_prop: str = "id_prop.csv",
-                    on_error: str = "raise", limit: int | None = None,
-                    allow_partial_occupancy: bool = False) -> AtomsListDataset:
+def open_cif_folder(
+    root: str | Path,
+    *,
+    target: str | Sequence[str] | None = None,
+    energy_unit: str | dict[str, str] = "eV",
+    id_prop: str = "id_prop.csv",
+    on_error: str = "raise",
+    limit: int | None = None,
+    allow_partial_occupancy: bool = False,
+) -> AtomsListDataset:
     """A CGCNN-layout folder: ``id_prop.csv`` and one structure file per id (``id``, ``id.cif``,
     ``id.vasp``, ``POSCAR-id``, ... see ``CIF_FOLDER_PATTERNS``; CIFs go through pymatgen with
     geognn's checks).
@@ -109,18 +123,24 @@ def open_cif_folder(root: str | Path, *, target: str | Sequence[str] | None = No
         names = names or available
         missing = [n for n in names if n not in available]
         if missing:
-            raise ValueError(f"{table} has no label {', '.join(map(repr, missing))}; its labels are "
-                             f"{', '.join(available)}")
+            raise ValueError(
+                f"{table} has no label {', '.join(map(repr, missing))}; its labels are {', '.join(available)}"
+            )
         columns = {n: available.index(n) + 1 for n in names}
     else:
         names = names or ["energy"]
         if len(names) > 1:
-            raise ValueError(f"{table} has no header row, so it holds one label; to learn {names} write a "
-                             f"header 'id,{','.join(names)}' and one column per label")
+            raise ValueError(
+                f"{table} has no header row, so it holds one label; to learn {names} write a "
+                f"header 'id,{','.join(names)}' and one column per label"
+            )
         columns = {names[0]: 1}
         if rows and max(len(r) for _, r in rows) > 2:
-            warnings.warn(f"{table}: rows have more than 2 columns and no header; only the first value column "
-                          "is used (name the columns in a header row to use several)", stacklevel=2)
+            warnings.warn(
+                f"{table}: rows have more than 2 columns and no header; only the first value column "
+                "is used (name the columns in a header row to use several)",
+                stacklevel=2,
+            )
     units = _units_for(names, energy_unit, str(table))
     conversions = {n: _label_unit(units[n]) for n in names}  # name -> (factor, reported unit)
     used: set[Path] = set()
@@ -131,11 +151,15 @@ def open_cif_folder(root: str | Path, *, target: str | Sequence[str] | None = No
         if item_id in seen:
             raise StructureError(item_id, f"{table} line {line_no}: duplicate id")
         seen.add(item_id)
-        path = next((root / p.format(item_id) for p in CIF_FOLDER_PATTERNS
-                     if (root / p.format(item_id)).is_file()), None)
+        path = next(
+            (root / p.format(item_id) for p in CIF_FOLDER_PATTERNS if (root / p.format(item_id)).is_file()), None
+        )
         if path is None:
-            raise StructureError(item_id, f"no structure file for this id in {root} "
-                                 f"(looked for {', '.join(p.format(item_id) for p in CIF_FOLDER_PATTERNS[:5])}, ...)")
+            raise StructureError(
+                item_id,
+                f"no structure file for this id in {root} "
+                f"(looked for {', '.join(p.format(item_id) for p in CIF_FOLDER_PATTERNS[:5])}, ...)",
+            )
         used.add(path)
         values = {}
         for name, col in columns.items():
@@ -158,11 +182,15 @@ def open_cif_folder(root: str | Path, *, target: str | Sequence[str] | None = No
     items = ((r[0].strip(), (lambda k=k, r=r: make(k, r))) for k, r in rows)
     structures, ids, skipped = collect(items, on_error, str(root), limit)
     if limit is None:
-        unused = sorted(f.name for f in root.iterdir() if f.is_file() and f != table
-                        and format_for(f) is not None and f not in used)
+        unused = sorted(
+            f.name for f in root.iterdir() if f.is_file() and f != table and format_for(f) is not None and f not in used
+        )
         if unused:
-            warnings.warn(f"{root}: {len(unused)} structure file(s) have no row in {id_prop} and are not "
-                          f"used: {', '.join(unused[:5])}" + (" ..." if len(unused) > 5 else ""), stacklevel=2)
+            warnings.warn(
+                f"{root}: {len(unused)} structure file(s) have no row in {id_prop} and are not "
+                f"used: {', '.join(unused[:5])}" + (" ..." if len(unused) > 5 else ""),
+                stacklevel=2,
+            )
     targets = {n: conversions[n][1] for n in names}
     if len(names) == 1:
         targets = {"energy": targets[names[0]], **targets}
@@ -183,8 +211,14 @@ def cif_folder_labels(root: str | Path, id_prop: str = "id_prop.csv") -> list[st
     return ["energy"]
 
 
-def write_cif_folder(root: str | Path, structures: Sequence[Atoms], labels: dict[str, Sequence[float]], *,
-                     ids: Sequence[str] | None = None, header: bool = True) -> Path:
+def write_cif_folder(
+    root: str | Path,
+    structures: Sequence[Atoms],
+    labels: dict[str, Sequence[float]],
+    *,
+    ids: Sequence[str] | None = None,
+    header: bool = True,
+) -> Path:
     """Write ``structures`` as a CGCNN folder that ``open_cif_folder`` reads: ``<id>.cif`` each
     and ``id_prop.csv`` with one column per label (a header row ``id,name1,...`` unless
     ``header=False``, which needs exactly one label). ``ids`` default to ``info["id"]`` or the
@@ -217,9 +251,15 @@ def write_cif_folder(root: str | Path, structures: Sequence[Atoms], labels: dict
     return root
 
 
-def cif_table_to_folder(table: str | Path, root: str | Path, *, columns: dict[str, str],
-                        id_column: str = "material_id", cif_column: str = "cif",
-                        limit: int | None = None) -> Path:
+def cif_table_to_folder(
+    table: str | Path,
+    root: str | Path,
+    *,
+    columns: dict[str, str],
+    id_column: str = "material_id",
+    cif_column: str = "cif",
+    limit: int | None = None,
+) -> Path:
     """A CSV with one CIF text per row (MP-20 / CDVAE's ``train.csv``: ``material_id``, ``cif``,
     ``formation_energy_per_atom``, ``band_gap``, ...) written as a CGCNN folder at ``root``.
 
@@ -260,8 +300,19 @@ def _find(key: str, *stores):
     return None
 
 
-def _labelled(atoms: Atoms, extra: dict, item_id: str, *, targets: list[str], forces_key: str, stress_key: str,
-              factors: dict[str, float], f_factor: float, s_factor: float, required: set[str]) -> Atoms:
+def _labelled(
+    atoms: Atoms,
+    extra: dict,
+    item_id: str,
+    *,
+    targets: list[str],
+    forces_key: str,
+    stress_key: str,
+    factors: dict[str, float],
+    f_factor: float,
+    s_factor: float,
+    required: set[str],
+) -> Atoms:
     """A clean copy of ``atoms`` (no calculator) with the labels in geognn units; checks ``required``.
 
     ``targets``: scalar labels, each converted by ``factors[name]``; "energy" may also come from
@@ -270,10 +321,17 @@ def _labelled(atoms: Atoms, extra: dict, item_id: str, *, targets: list[str], fo
     results = dict(getattr(atoms.calc, "results", {}) or {}) if atoms.calc is not None else {}
     forces = _find(forces_key, atoms.arrays, extra, results if forces_key == "forces" else None)
     stress = _find(stress_key, atoms.info, extra, results if stress_key == "stress" else None)
-    out = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc,
-                tags=atoms.get_tags() if atoms.has("tags") else None, constraint=atoms.constraints)
-    out.info.update({k: v for k, v in atoms.info.items()
-                     if isinstance(v, (str, int, float)) and k not in (*targets, stress_key)})
+    out = Atoms(
+        numbers=atoms.numbers,
+        positions=atoms.positions,
+        cell=atoms.cell,
+        pbc=atoms.pbc,
+        tags=atoms.get_tags() if atoms.has("tags") else None,
+        constraint=atoms.constraints,
+    )
+    out.info.update(
+        {k: v for k, v in atoms.info.items() if isinstance(v, (str, int, float)) and k not in (*targets, stress_key)}
+    )
     found, missing_targets = set(), []
     for name in targets:
         value = _find(name, atoms.info, extra, results if name == "energy" else None)
@@ -324,8 +382,20 @@ def _scalar_labels(atoms: Atoms, extra: dict | None) -> set[str]:
     return names
 
 
-def _frames_dataset(frames_with_ids, what: str, *, target, energy_unit, stress_unit, forces_key,
-                    stress_key, on_error, limit, require, units=None) -> AtomsListDataset:
+def _frames_dataset(
+    frames_with_ids,
+    what: str,
+    *,
+    target,
+    energy_unit,
+    stress_unit,
+    forces_key,
+    stress_key,
+    on_error,
+    limit,
+    require,
+    units=None,
+) -> AtomsListDataset:
     e_factor, s_factor = energy_factor(energy_unit), stress_factor(stress_unit)
     names = _as_names(target) or ["energy"]
     label_units = _units_for(names, units, what) if units is not None else {}
@@ -335,19 +405,29 @@ def _frames_dataset(frames_with_ids, what: str, *, target, energy_unit, stress_u
         present = set().union(*(_scalar_labels(a, x) for a, x, _ in frames_with_ids))
         absent = [n for n in names if n not in present]
         if absent:
-            raise ValueError(f"{what} has no label {', '.join(map(repr, absent))}; its labels are "
-                             f"{', '.join(sorted(present)) or 'none'}")
+            raise ValueError(
+                f"{what} has no label {', '.join(map(repr, absent))}; its labels are "
+                f"{', '.join(sorted(present)) or 'none'}"
+            )
     if require is None:  # the labels of the first frame are required of all
         require = {"energy"}
         if frames_with_ids:
             atoms, extra, _ = frames_with_ids[0]
             require |= _probe_labels(atoms, extra, forces_key, stress_key)
     require = {"targets" if r == "energy" else r for r in require}
-    kw = dict(targets=names, forces_key=forces_key, stress_key=stress_key,
-              factors={n: c[0] for n, c in conversions.items()}, f_factor=e_factor, s_factor=s_factor,
-              required=require)
-    items = ((item_id, (lambda a=a, x=x, item_id=item_id: _labelled(a, x, item_id, **kw)))
-             for a, x, item_id in frames_with_ids)
+    kw = dict(
+        targets=names,
+        forces_key=forces_key,
+        stress_key=stress_key,
+        factors={n: c[0] for n, c in conversions.items()},
+        f_factor=e_factor,
+        s_factor=s_factor,
+        required=require,
+    )
+    items = (
+        (item_id, (lambda a=a, x=x, item_id=item_id: _labelled(a, x, item_id, **kw)))
+        for a, x, item_id in frames_with_ids
+    )
     structures, ids, skipped = collect(items, on_error, what, limit)
     targets = {n: c[1] for n, c in conversions.items()}
     if len(names) == 1:
@@ -372,10 +452,19 @@ def _probe_labels(atoms, extra, forces_key, stress_key) -> set[str]:
 
 
 # --------------------------------------------------------------------------- extxyz
-def open_extxyz(root: str | Path, *, target: str | Sequence[str] | None = None, energy_unit: str = "eV",
-                stress_unit: str = "eV/Å^3", forces_key: str = "forces", stress_key: str = "stress",
-                require: set[str] | None = None, on_error: str = "raise",
-                limit: int | None = None, units: dict[str, str] | None = None) -> AtomsListDataset:
+def open_extxyz(
+    root: str | Path,
+    *,
+    target: str | Sequence[str] | None = None,
+    energy_unit: str = "eV",
+    stress_unit: str = "eV/Å^3",
+    forces_key: str = "forces",
+    stress_key: str = "stress",
+    require: set[str] | None = None,
+    on_error: str = "raise",
+    limit: int | None = None,
+    units: dict[str, str] | None = None,
+) -> AtomsListDataset:
     """Frames of an extended XYZ file (or all ``*.xyz``/``*.extxyz`` of a folder, sorted).
 
     Labels from ``info``/``arrays`` or the calculator ASE attaches: ``target`` names one or several
@@ -404,16 +493,37 @@ def open_extxyz(root: str | Path, *, target: str | Sequence[str] | None = None, 
             for k, a in enumerate(read):
                 yield a, None, f"{f.name}@{k}"
 
-    return _frames_dataset(frames(), str(root), target=target, energy_unit=energy_unit,
-                           stress_unit=stress_unit, forces_key=forces_key, stress_key=stress_key,
-                           on_error=on_error, limit=limit, require=require, units=units)
+    return _frames_dataset(
+        frames(),
+        str(root),
+        target=target,
+        energy_unit=energy_unit,
+        stress_unit=stress_unit,
+        forces_key=forces_key,
+        stress_key=stress_key,
+        on_error=on_error,
+        limit=limit,
+        require=require,
+        units=units,
+    )
 
 
 # --------------------------------------------------------------------------- ASE database
-def open_ase_db(root: str | Path, *, target: str | Sequence[str] | None = None, energy_unit: str = "eV",
-                stress_unit: str = "eV/Å^3", forces_key: str = "forces", stress_key: str = "stress",
-                id_key: str | None = None, require: set[str] | None = None, on_error: str = "raise",
-                limit: int | None = None, selection=None, units: dict[str, str] | None = None) -> AtomsListDataset:
+def open_ase_db(
+    root: str | Path,
+    *,
+    target: str | Sequence[str] | None = None,
+    energy_unit: str = "eV",
+    stress_unit: str = "eV/Å^3",
+    forces_key: str = "forces",
+    stress_key: str = "stress",
+    id_key: str | None = None,
+    require: set[str] | None = None,
+    on_error: str = "raise",
+    limit: int | None = None,
+    selection=None,
+    units: dict[str, str] | None = None,
+) -> AtomsListDataset:
     """Rows of an ASE database (``.db`` SQLite, ``.json``; ``selection`` as in ``db.select``).
 
     Labels from the stored calculator results, the row's key-value pairs or its ``data``, under
@@ -437,6 +547,16 @@ def open_ase_db(root: str | Path, *, target: str | Sequence[str] | None = None, 
             item_id = str(row.key_value_pairs.get(id_key, row.id)) if id_key else str(row.id)
             yield row.toatoms(), extra, item_id
 
-    return _frames_dataset(frames(), str(root), target=target, energy_unit=energy_unit,
-                           stress_unit=stress_unit, forces_key=forces_key, stress_key=stress_key,
-                           on_error=on_error, limit=limit, require=require, units=units)
+    return _frames_dataset(
+        frames(),
+        str(root),
+        target=target,
+        energy_unit=energy_unit,
+        stress_unit=stress_unit,
+        forces_key=forces_key,
+        stress_key=stress_key,
+        on_error=on_error,
+        limit=limit,
+        require=require,
+        units=units,
+    )

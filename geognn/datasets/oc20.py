@@ -59,8 +59,23 @@ from .base import StructureDataset, check_on_error, set_fixed, stress_3x3
 #: Tasks, the label that becomes ``info["energy"]``, and what else they carry.
 TASKS = {"is2re": "y_relaxed", "s2ef": "y"}
 
-_SAFE_BUILTINS = {"set", "frozenset", "slice", "complex", "bytearray", "range", "dict", "list",
-                  "tuple", "int", "float", "str", "bool", "bytes", "object"}
+_SAFE_BUILTINS = {
+    "set",
+    "frozenset",
+    "slice",
+    "complex",
+    "bytearray",
+    "range",
+    "dict",
+    "list",
+    "tuple",
+    "int",
+    "float",
+    "str",
+    "bool",
+    "bytes",
+    "object",
+}
 _SAFE_MODULE_PREFIXES = ("torch", "torch_geometric", "numpy", "collections", "copyreg", "_codecs")
 
 
@@ -141,8 +156,7 @@ def data_to_atoms(fields: dict, task: str, source: str, slab_pbc: bool = False) 
     label = TASKS[task]
     energy = fields.get(label, fields.get("energy") if task == "s2ef" else None)
     if energy is None:
-        raise StructureError(source, f"entry has no {label!r} ({task.upper()} target); "
-                             f"fields: {sorted(fields)}")
+        raise StructureError(source, f"entry has no {label!r} ({task.upper()} target); fields: {sorted(fields)}")
     atoms.info["energy"] = float(_scalar(energy))
     if task == "s2ef":
         forces = fields.get("force", fields.get("forces"))
@@ -190,8 +204,9 @@ def _open_env(path: Path, subdir: bool):
     env = _ENVS.get(key)
     if env is None:
         try:
-            env = lmdb.open(key, subdir=subdir, readonly=True, lock=False, readahead=False,
-                            meminit=False, max_readers=256)
+            env = lmdb.open(
+                key, subdir=subdir, readonly=True, lock=False, readahead=False, meminit=False, max_readers=256
+            )
         except lmdb.Error as exc:
             raise StructureError(str(path), f"not a readable LMDB ({exc})") from exc
         _ENVS[key] = env
@@ -242,8 +257,15 @@ class OC20LmdbDataset(StructureDataset):
     from the force loss), ``info["sid"]`` (and ``fid``). ``ids[i]`` is ``"<shard file>/<key>"``.
     """
 
-    def __init__(self, root: str | Path, *, task: str = "is2re", on_error: str = "raise",
-                 limit: int | None = None, slab_pbc: bool = False):
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        task: str = "is2re",
+        on_error: str = "raise",
+        limit: int | None = None,
+        slab_pbc: bool = False,
+    ):
         check_on_error(on_error)
         if task not in TASKS:
             raise ValueError(f"unknown OC20 task {task!r}; choose one of {sorted(TASKS)}")
@@ -343,8 +365,7 @@ def atoms_to_data(atoms: Atoms, index: int, task: str = "s2ef"):
     return data
 
 
-def write_lmdb_data(path: str | Path, items: Iterable, *, map_size: int = 1 << 40,
-                    commit_every: int = 1000) -> int:
+def write_lmdb_data(path: str | Path, items: Iterable, *, map_size: int = 1 << 40, commit_every: int = 1000) -> int:
     """Write ``items`` (PyG ``Data`` or anything picklable) to one ``.lmdb`` file in fairchem's
     layout: keys ``b"0"``..., values ``pickle.dumps(item, protocol=-1)``, and ``b"length"``.
     Returns the number written. ``map_size`` is the (sparse) maximum file size in bytes."""
@@ -376,8 +397,15 @@ def write_lmdb_data(path: str | Path, items: Iterable, *, map_size: int = 1 << 4
     return n
 
 
-def write_lmdb(path: str | Path, structures: Iterable[Atoms], *, task: str = "s2ef",
-               shard_size: int | None = None, map_size: int = 1 << 40, progress: bool = True) -> int:
+def write_lmdb(
+    path: str | Path,
+    structures: Iterable[Atoms],
+    *,
+    task: str = "s2ef",
+    shard_size: int | None = None,
+    map_size: int = 1 << 40,
+    progress: bool = True,
+) -> int:
     """Write ASE structures as an OC20-style LMDB (readable here and by fairchem's LmdbDataset).
 
     Args:
@@ -392,8 +420,10 @@ def write_lmdb(path: str | Path, structures: Iterable[Atoms], *, task: str = "s2
     if task not in TASKS:
         raise ValueError(f"unknown OC20 task {task!r}; choose one of {sorted(TASKS)}")
     path = Path(path)
-    items = (atoms_to_data(a, k, task) for k, a in
-             enumerate(tqdm(structures, desc=f"writing {path.name}", unit="structure", disable=not progress)))
+    items = (
+        atoms_to_data(a, k, task)
+        for k, a in enumerate(tqdm(structures, desc=f"writing {path.name}", unit="structure", disable=not progress))
+    )
     if shard_size is None:
         return write_lmdb_data(path, items, map_size=map_size)
     if shard_size < 1:

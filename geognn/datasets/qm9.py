@@ -85,8 +85,10 @@ ATOMISATION_TARGETS = {"U0_atom": "U0", "U_atom": "U", "H_atom": "H", "G_atom": 
 
 #: All 19 targets (PyG's order) -> unit with the default energy_unit="eV".
 QM9_TARGETS: dict[str, str] = {
-    **{name: QM9_PROPERTIES[name].unit for name in
-       ("mu", "alpha", "homo", "lumo", "gap", "r2", "zpve", "U0", "U", "H", "G", "Cv")},
+    **{
+        name: QM9_PROPERTIES[name].unit
+        for name in ("mu", "alpha", "homo", "lumo", "gap", "r2", "zpve", "U0", "U", "H", "G", "Cv")
+    },
     **{name: "eV" for name in ATOMISATION_TARGETS},
     **{name: QM9_PROPERTIES[name].unit for name in ("A", "B", "C")},
 }
@@ -95,10 +97,21 @@ ENERGY_TARGETS = frozenset(name for name, unit in QM9_TARGETS.items() if unit ==
 
 #: schnetpack's names for the QM9 properties in its ASE databases.
 SCHNETPACK_NAMES = {
-    "rotational_constant_A": "A", "rotational_constant_B": "B", "rotational_constant_C": "C",
-    "dipole_moment": "mu", "isotropic_polarizability": "alpha", "homo": "homo", "lumo": "lumo",
-    "gap": "gap", "electronic_spatial_extent": "r2", "zpve": "zpve", "energy_U0": "U0",
-    "energy_U": "U", "enthalpy_H": "H", "free_energy": "G", "heat_capacity": "Cv",
+    "rotational_constant_A": "A",
+    "rotational_constant_B": "B",
+    "rotational_constant_C": "C",
+    "dipole_moment": "mu",
+    "isotropic_polarizability": "alpha",
+    "homo": "homo",
+    "lumo": "lumo",
+    "gap": "gap",
+    "electronic_spatial_extent": "r2",
+    "zpve": "zpve",
+    "energy_U0": "U0",
+    "energy_U": "U",
+    "enthalpy_H": "H",
+    "free_energy": "G",
+    "heat_capacity": "Cv",
 }
 #: Unit strings of database metadata -> factor to geognn units, for the properties in eV.
 _DB_ENERGY_UNITS = {"Ha": HARTREE_TO_EV, "Hartree": HARTREE_TO_EV, "hartree": HARTREE_TO_EV, "eV": 1.0}
@@ -125,7 +138,7 @@ def parse_qm9_xyz(text: str, source: str) -> Atoms:
         if len(values) != len(QM9_PROPERTIES):
             raise ValueError(f"line 2 has {len(values)} properties, expected {len(QM9_PROPERTIES)}")
         symbols, positions = [], []
-        for line in lines[2:2 + n]:
+        for line in lines[2 : 2 + n]:
             parts = line.split()
             symbols.append(parts[0])
             positions.append([_float(v) for v in parts[1:4]])
@@ -225,8 +238,11 @@ def _source_kind(root: Path) -> str:
         return "csv"
     if name.endswith((".db", ".json")):
         return "db"
-    raise StructureError(str(root), "not a QM9 source: expected a folder of dsgdb9nsd_*.xyz files, the "
-                         "dsgdb9nsd.xyz.tar.bz2 tarball, a qm9pack .csv (or a folder of them) or an ASE .db")
+    raise StructureError(
+        str(root),
+        "not a QM9 source: expected a folder of dsgdb9nsd_*.xyz files, the "
+        "dsgdb9nsd.xyz.tar.bz2 tarball, a qm9pack .csv (or a folder of them) or an ASE .db",
+    )
 
 
 def _source_files(root: Path, kind: str) -> list[Path] | None:
@@ -257,8 +273,10 @@ def _iter_records(root: Path, kind: str) -> Iterator[tuple[str, Callable[[], Ato
                         continue
                     data = tar.extractfile(member).read()
                     source = f"{root}:{member.name}"
-                    yield str(int(m.group(1))), (lambda data=data, source=source:
-                                                 parse_qm9_xyz(data.decode("utf-8", "replace"), source))
+                    yield (
+                        str(int(m.group(1))),
+                        (lambda data=data, source=source: parse_qm9_xyz(data.decode("utf-8", "replace"), source)),
+                    )
         except (tarfile.TarError, EOFError, OSError) as exc:
             raise StructureError(str(root), f"broken or truncated tarball ({exc})") from exc
     elif kind == "db":
@@ -323,8 +341,9 @@ def _atomisation(z: np.ndarray, energy_ev: float, reference: str) -> float:
 def process_qm9(root: Path, kind: str, exclude: set[int] | None) -> dict:
     """Parse and validate every molecule of a source; tensors for the cache (targets in eV)."""
     zs, poss, natoms, targets, ids, bad, excluded = [], [], [], [], [], [], 0
-    for item_id, make in tqdm(_iter_records(root, kind), desc=f"processing QM9 from {root.name}",
-                              unit="mol", mininterval=2.0):
+    for item_id, make in tqdm(
+        _iter_records(root, kind), desc=f"processing QM9 from {root.name}", unit="mol", mininterval=2.0
+    ):
         try:
             atoms = make()
             if exclude and atoms.info["qm9_id"] in exclude:
@@ -332,9 +351,12 @@ def process_qm9(root: Path, kind: str, exclude: set[int] | None) -> dict:
                 continue
             validate_atoms(atoms)
             info = atoms.info
-            row = [info[name] if name in QM9_PROPERTIES
-                   else _atomisation(atoms.numbers, info[ATOMISATION_TARGETS[name]], ATOMISATION_TARGETS[name])
-                   for name in _TARGET_NAMES]
+            row = [
+                info[name]
+                if name in QM9_PROPERTIES
+                else _atomisation(atoms.numbers, info[ATOMISATION_TARGETS[name]], ATOMISATION_TARGETS[name])
+                for name in _TARGET_NAMES
+            ]
         except StructureError as exc:
             bad.append([item_id, str(exc) if exc.source != "<structure>" else exc.problem])
             continue
@@ -375,10 +397,19 @@ class QM9Dataset(StructureDataset):
     ``ids[i]`` is the QM9 index as a string (``"5005"`` for ``dsgdb9nsd_005005.xyz``).
     """
 
-    def __init__(self, root: str | Path, *, target: str | None = None, energy_unit: str = "eV",
-                 keep_uncharacterized: bool = False, uncharacterized: str | Path | None = None,
-                 on_error: str = "raise", limit: int | None = None, cache: bool = True,
-                 cache_dir: str | Path | None = None):
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        target: str | None = None,
+        energy_unit: str = "eV",
+        keep_uncharacterized: bool = False,
+        uncharacterized: str | Path | None = None,
+        on_error: str = "raise",
+        limit: int | None = None,
+        cache: bool = True,
+        cache_dir: str | Path | None = None,
+    ):
         root = Path(root)
         check_on_error(on_error)
         target = target or "U0"
@@ -397,10 +428,13 @@ class QM9Dataset(StructureDataset):
                 exclude = read_uncharacterized(list_path)
                 list_fp = _cache.fingerprint(list_path)
             elif kind in ("xyz-folder", "tarball"):
-                raise StructureError(str(root), "cannot exclude QM9's 3,054 uncharacterised molecules: no "
-                                     "uncharacterized.txt next to the xyz files. Download it with them "
-                                     "(figshare, DOI 10.6084/m9.figshare.978904) and pass "
-                                     "uncharacterized=PATH, or keep them with keep_uncharacterized=True")
+                raise StructureError(
+                    str(root),
+                    "cannot exclude QM9's 3,054 uncharacterised molecules: no "
+                    "uncharacterized.txt next to the xyz files. Download it with them "
+                    "(figshare, DOI 10.6084/m9.figshare.978904) and pass "
+                    "uncharacterized=PATH, or keep them with keep_uncharacterized=True",
+                )
             # qm9pack CSVs hold only characterised molecules; a database is taken as it is
 
         payload = None
@@ -420,8 +454,10 @@ class QM9Dataset(StructureDataset):
         bad = [tuple(b) for b in payload["bad"]]
         if bad and on_error == "raise":
             item_id, problem = bad[0]
-            raise StructureError(f"{root} (QM9 id {item_id})", f"{problem}; {len(bad)} bad molecule(s) in all "
-                                 "(pass on_error='skip' to leave them out)")
+            raise StructureError(
+                f"{root} (QM9 id {item_id})",
+                f"{problem}; {len(bad)} bad molecule(s) in all (pass on_error='skip' to leave them out)",
+            )
         n = len(payload["natoms"]) if limit is None else min(int(limit), len(payload["natoms"]))
         self.excluded = int(payload["excluded"])
         natoms = payload["natoms"].numpy()[:n]

@@ -31,7 +31,7 @@ def _check_n(n: int) -> int:
 
 def _split_by_sizes(n: int, n_train: int, n_val: int, seed: int) -> dict[str, list[int]]:
     perm = np.random.default_rng(seed).permutation(n).tolist()
-    return {"train": perm[:n_train], "val": perm[n_train:n_train + n_val], "test": perm[n_train + n_val:]}
+    return {"train": perm[:n_train], "val": perm[n_train : n_train + n_val], "test": perm[n_train + n_val :]}
 
 
 def random_split(n: int, fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0) -> dict[str, list[int]]:
@@ -62,14 +62,20 @@ def qm9_standard_split(n: int = QM9_SIZE, seed: int = 0) -> dict[str, list[int]]
     n = _check_n(n)
     if n > QM9_TRAIN + QM9_VAL:
         if n != QM9_SIZE:
-            warnings.warn(f"QM9 standard split of {n} molecules (full QM9 has {QM9_SIZE}): "
-                          f"110,000 / 10,000 / {n - QM9_TRAIN - QM9_VAL}", stacklevel=2)
+            warnings.warn(
+                f"QM9 standard split of {n} molecules (full QM9 has {QM9_SIZE}): "
+                f"110,000 / 10,000 / {n - QM9_TRAIN - QM9_VAL}",
+                stacklevel=2,
+            )
         return _split_by_sizes(n, QM9_TRAIN, QM9_VAL, seed)
     n_train, n_val = round(n * QM9_TRAIN / QM9_SIZE), round(n * QM9_VAL / QM9_SIZE)
     if n_train < 1 or n_val < 1 or n - n_train - n_val < 1:
         raise ValueError(f"{n} molecules are too few for the QM9 standard split proportions")
-    warnings.warn(f"QM9 standard split needs > 120,000 molecules, got {n}: sizes scaled to "
-                  f"{n_train} / {n_val} / {n - n_train - n_val} (same proportions)", stacklevel=2)
+    warnings.warn(
+        f"QM9 standard split needs > 120,000 molecules, got {n}: sizes scaled to "
+        f"{n_train} / {n_val} / {n - n_train - n_val} (same proportions)",
+        stacklevel=2,
+    )
     return _split_by_sizes(n, n_train, n_val, seed)
 
 
@@ -89,13 +95,16 @@ def check_split(split: dict, n: int | None = None) -> None:
         seen |= s
 
 
-def write_split(path: str | Path, split: dict[str, list[int]], *, ids: Sequence[str] | None = None,
-                **meta) -> Path:
+def write_split(path: str | Path, split: dict[str, list[int]], *, ids: Sequence[str] | None = None, **meta) -> Path:
     """Write ``split`` as JSON (with ``ids[i]`` of each index when ``ids`` is given, and any
     ``meta`` such as seed=...); returns the path."""
     check_split(split, len(ids) if ids is not None else None)
-    payload = {"format": _FORMAT, "version": _VERSION, "meta": meta,
-               "splits": {k: [int(i) for i in v] for k, v in split.items()}}
+    payload = {
+        "format": _FORMAT,
+        "version": _VERSION,
+        "meta": meta,
+        "splits": {k: [int(i) for i in v] for k, v in split.items()},
+    }
     if ids is not None:
         payload["n"] = len(ids)
         payload["ids"] = {k: [str(ids[i]) for i in v] for k, v in split.items()}
@@ -124,8 +133,10 @@ def read_split(path: str | Path, ids: Sequence[str] | None = None) -> dict[str, 
         for name, stored in payload["ids"].items():
             for i, sid in zip(split[name], stored):
                 if str(ids[i]) != sid:
-                    raise ValueError(f"{path}: split {name!r} index {i} was structure {sid!r} but the "
-                                     f"dataset has {ids[i]!r} there: the dataset changed since the split was written")
+                    raise ValueError(
+                        f"{path}: split {name!r} index {i} was structure {sid!r} but the "
+                        f"dataset has {ids[i]!r} there: the dataset changed since the split was written"
+                    )
     return split
 
 
@@ -173,8 +184,10 @@ def load_split_by_ids(path: str | Path, ids: Sequence[str]) -> dict[str, list[in
     wanted = [str(s) for name in SPLIT_NAMES for s in by_id.get(name, [])]
     missing = [s for s in wanted if s not in position]
     if missing:
-        raise ValueError(f"{path}: {len(missing)} id(s) of the split are not in the data: "
-                         f"{', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else ""))
+        raise ValueError(
+            f"{path}: {len(missing)} id(s) of the split are not in the data: "
+            f"{', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else "")
+        )
     twice = [s for s in wanted if s in repeated]
     if twice:
         raise ValueError(f"{path}: id(s) {', '.join(twice[:5])} occur more than once in the data: cannot split by id")

@@ -9,6 +9,21 @@ from .models import distinguishes, identifies_orientation, layers_needed, layers
 from .pairs import HardPair, load_pairs
 from .training import dojo_k_chain_pair, k_chain_experiment, train_to_separate
 
-__all__ = ["GWLResult", "HardPair", "as_graph", "distinguishes", "graph_from_atoms", "graph_from_bonds", "gwl_test",
-           "identifies_orientation", "isometric_copy", "layers_needed", "layers_scan", "load_pairs", "separation",
-           "dojo_k_chain_pair", "k_chain_experiment", "train_to_separate"]
+__all__ = [
+    "GWLResult",
+    "HardPair",
+    "as_graph",
+    "distinguishes",
+    "graph_from_atoms",
+    "graph_from_bonds",
+    "gwl_test",
+    "identifies_orientation",
+    "isometric_copy",
+    "layers_needed",
+    "layers_scan",
+    "load_pairs",
+    "separation",
+    "dojo_k_chain_pair",
+    "k_chain_experiment",
+    "train_to_separate",
+]

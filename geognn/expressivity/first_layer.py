@@ -64,8 +64,9 @@ def vector_sum_colours(data: Data, tol: float = DEFAULT_TOL) -> list[tuple]:
             classes[key] = classes.get(key, torch.zeros(3, dtype=units.dtype)) + units[e]
             counts[key] += 1
         keys = sorted(classes)
-        gram = tuple(((a, b), _rounded(float(classes[a] @ classes[b]), tol))
-                     for n, a in enumerate(keys) for b in keys[n:])
+        gram = tuple(
+            ((a, b), _rounded(float(classes[a] @ classes[b]), tol)) for n, a in enumerate(keys) for b in keys[n:]
+        )
         colours.append((z[i], tuple(sorted(counts.items())), gram))
     return colours
 

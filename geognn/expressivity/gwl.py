@@ -102,7 +102,7 @@ class GWLResult:
 
 
 def test_name(invariant: bool, body_order: int | None) -> str:
-    """"GWL", "IGWL" or "IGWL_(k)" for the given options."""
+    """ "GWL", "IGWL" or "IGWL_(k)" for the given options."""
     if not invariant:
         return "GWL"
     return "IGWL" if body_order is None else f"IGWL_({body_order})"
@@ -128,9 +128,15 @@ def graph_from_bonds(positions, numbers, bonds) -> Data:
     if pairs.size and (pairs.min() < 0 or pairs.max() >= n or np.any(pairs[:, 0] == pairs[:, 1])):
         raise ValueError(f"bonds must join two different nodes among 0..{n - 1}")
     edge_index = torch.as_tensor(np.concatenate([pairs, pairs[:, ::-1]]).T.copy())
-    return Data(z=z, pos=pos, cell=torch.zeros(1, 3, 3, dtype=pos.dtype), pbc=torch.zeros(1, 3, dtype=torch.bool),
-                natoms=torch.tensor([n]), edge_index=edge_index,
-                edge_shift=torch.zeros(edge_index.shape[1], 3, dtype=pos.dtype))
+    return Data(
+        z=z,
+        pos=pos,
+        cell=torch.zeros(1, 3, 3, dtype=pos.dtype),
+        pbc=torch.zeros(1, 3, dtype=torch.bool),
+        natoms=torch.tensor([n]),
+        edge_index=edge_index,
+        edge_shift=torch.zeros(edge_index.shape[1], 3, dtype=pos.dtype),
+    )
 
 
 def graph_from_atoms(atoms, cutoff: float) -> Data:
@@ -171,8 +177,16 @@ def isometric_copy(data, rotation=None, translation=None, permutation=None) -> D
 
 
 # --------------------------------------------------------------------------- the test
-def gwl_test(g1, g2, invariant: bool = False, body_order: int | None = None, max_iter: int = 10,
-             group: str = "O3", tol: float = DEFAULT_TOL, graph_cutoff: float | None = None) -> GWLResult:
+def gwl_test(
+    g1,
+    g2,
+    invariant: bool = False,
+    body_order: int | None = None,
+    max_iter: int = 10,
+    group: str = "O3",
+    tol: float = DEFAULT_TOL,
+    graph_cutoff: float | None = None,
+) -> GWLResult:
     """Run GWL (or IGWL, IGWL_(k)) on two geometric graphs side by side.
 
     Args:
@@ -200,8 +214,9 @@ def gwl_test(g1, g2, invariant: bool = False, body_order: int | None = None, max
     if body_order is not None and body_order not in BODY_ORDERS:
         raise ValueError(f"body_order must be None or one of {BODY_ORDERS}, got {body_order!r}")
     if body_order is not None and not invariant:
-        raise ValueError("body_order restricts the invariant test: pass invariant=True (IGWL_(k)), "
-                         "or body_order=None for GWL")
+        raise ValueError(
+            "body_order restricts the invariant test: pass invariant=True (IGWL_(k)), or body_order=None for GWL"
+        )
     if int(max_iter) != max_iter or max_iter < 1:
         raise ValueError(f"max_iter must be a positive integer, got {max_iter}")
     if not tol > 0:
@@ -298,15 +313,19 @@ class _Geometry:
         _check_both_directions(name, i, j, vec)
         order = np.argsort(i, kind="stable")
         starts = np.searchsorted(i[order], np.arange(n + 1))
-        neighbours = [j[order[starts[a]:starts[a + 1]]] for a in range(n)]
-        vectors = [vec[order[starts[a]:starts[a + 1]]] for a in range(n)]
+        neighbours = [j[order[starts[a] : starts[a + 1]]] for a in range(n)]
+        vectors = [vec[order[starts[a] : starts[a + 1]]] for a in range(n)]
         periodic = bool(data[K.PBC].any()) if K.PBC in data else False
         return cls(z.numpy().astype(np.int64), neighbours, vectors, periodic)
 
     @classmethod
     def union(cls, a: "_Geometry", b: "_Geometry") -> "_Geometry":
-        return cls(np.concatenate([a.z, b.z]), list(a.neighbours) + [nb + a.num_nodes for nb in b.neighbours],
-                   list(a.vectors) + list(b.vectors), a.periodic or b.periodic)
+        return cls(
+            np.concatenate([a.z, b.z]),
+            list(a.neighbours) + [nb + a.num_nodes for nb in b.neighbours],
+            list(a.vectors) + list(b.vectors),
+            a.periodic or b.periodic,
+        )
 
 
 def _check_both_directions(name: str, i, j, vec) -> None:
@@ -315,8 +334,10 @@ def _check_both_directions(name: str, i, j, vec) -> None:
     forward = Counter(zip(i.tolist(), j.tolist(), map(tuple, rounded.tolist())))
     backward = Counter(zip(j.tolist(), i.tolist(), map(tuple, (-rounded).tolist())))
     if forward != backward:
-        raise ValueError(f"{name}: edge_index must contain both directions of every edge "
-                         "(for each j -> i also i -> j, with the opposite image shift)")
+        raise ValueError(
+            f"{name}: edge_index must contain both directions of every edge "
+            "(for each j -> i also i -> j, with the opposite image shift)"
+        )
 
 
 # --------------------------------------------------------------------------- canonical forms
@@ -358,8 +379,9 @@ def _write_pose(pose, frames: np.ndarray, tol: float) -> np.ndarray:
     return _rows_as_sorted_bytes(_quantise(rel, tol))
 
 
-def _canonical_form(colour: int, own_pose, nbr_colours: np.ndarray, vecs: np.ndarray, nbr_poses: list,
-                    mirror: bool, tol: float):
+def _canonical_form(
+    colour: int, own_pose, nbr_colours: np.ndarray, vecs: np.ndarray, nbr_poses: list, mirror: bool, tol: float
+):
     """Canonical form of one node's object (see module docstring) and its pose.
 
     Args:
@@ -433,8 +455,9 @@ def _write_axis_pose(pose, axes: np.ndarray, tol: float) -> np.ndarray:
     return _rows_as_sorted_bytes(_quantise(directions @ axes.T, tol).T[:, :, None])
 
 
-def _body_order_form(colour: int, nbr_colours: np.ndarray, vecs: np.ndarray, body_order: int, chiral: bool,
-                     tol: float) -> tuple:
+def _body_order_form(
+    colour: int, nbr_colours: np.ndarray, vecs: np.ndarray, body_order: int, chiral: bool, tol: float
+) -> tuple:
     """IGWL_(k) form: colour and multisets of the k'-body scalars (k' <= k) of the neighbourhood.
 
     2-body: (c_j, |x_ij|); 3-body over ordered pairs j != k: (c_j, c_k, |x_ij|, |x_ik|, cos angle jik);
@@ -457,7 +480,8 @@ def _body_order_form(colour: int, nbr_colours: np.ndarray, vecs: np.ndarray, bod
             if chiral:
                 volume = float(np.linalg.det(units[[a, b, e]]))
                 sign = 0 if abs(volume) < tol else (1 if volume > 0 else -1)
-            triples.append((c[a], c[b], c[e], q_len[a], q_len[b], q_len[e],
-                            q_cos[a][b], q_cos[a][e], q_cos[b][e], sign))
+            triples.append(
+                (c[a], c[b], c[e], q_len[a], q_len[b], q_len[e], q_cos[a][b], q_cos[a][e], q_cos[b][e], sign)
+            )
         form.append(tuple(sorted(triples)))
     return tuple(form)

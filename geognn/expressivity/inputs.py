@@ -34,9 +34,11 @@ from torch_geometric.data import Data
 from .. import conventions as K
 
 #: What ``as_graph`` accepts, for error messages.
-ACCEPTED = ("a torch_geometric Data with pos [N,3], edge_index [2,E] and node labels as z [N], atoms [N] "
-            "or one-hot x [N,C] (optional cell, pbc, edge_shift, natoms), or an ase.Atoms / pymatgen "
-            "structure with a cutoff")
+ACCEPTED = (
+    "a torch_geometric Data with pos [N,3], edge_index [2,E] and node labels as z [N], atoms [N] "
+    "or one-hot x [N,C] (optional cell, pbc, edge_shift, natoms), or an ase.Atoms / pymatgen "
+    "structure with a cutoff"
+)
 
 
 def as_graph(obj, name: str = "graph", cutoff: float | None = None) -> Data:
@@ -49,8 +51,9 @@ def as_graph(obj, name: str = "graph", cutoff: float | None = None) -> Data:
     """
     if not (hasattr(obj, "pos") and hasattr(obj, "edge_index")) and _is_structure(obj):
         if cutoff is None:
-            raise ValueError(f"{name}: an {type(obj).__name__} has no edges of its own: pass a cutoff (Å) "
-                             "to build its radius graph")
+            raise ValueError(
+                f"{name}: an {type(obj).__name__} has no edges of its own: pass a cutoff (Å) to build its radius graph"
+            )
         from ..graph.build import build_graph
 
         return build_graph(obj, float(cutoff), dtype=torch.float64)
@@ -93,8 +96,10 @@ def _from_data(obj, name: str) -> Data:
         raise ValueError(f"{name}: a batch of {int(torch.as_tensor(batch).max()) + 1} graphs; pass one graph")
     edge_index = torch.as_tensor(edge_index)
     if edge_index.dtype not in (torch.int32, torch.int64) or edge_index.ndim != 2 or edge_index.shape[0] != 2:
-        raise ValueError(f"{name}: edge_index must be an integer [2, E] tensor (row 0 neighbour j, row 1 centre i), "
-                         f"got {edge_index.dtype} {tuple(edge_index.shape)}")
+        raise ValueError(
+            f"{name}: edge_index must be an integer [2, E] tensor (row 0 neighbour j, row 1 centre i), "
+            f"got {edge_index.dtype} {tuple(edge_index.shape)}"
+        )
     edge_index = edge_index.long()
     if edge_index.numel() and (int(edge_index.min()) < 0 or int(edge_index.max()) >= n):
         raise ValueError(f"{name}: edge_index refers to nodes outside 0..{n - 1}")
@@ -104,8 +109,10 @@ def _from_data(obj, name: str) -> Data:
     num_edges = edge_index.shape[1]
     if shift is None:
         if bool(pbc.any()):
-            raise ValueError(f"{name}: periodic (pbc {pbc.tolist()[0]}) but no edge_shift [E, 3]: the image of "
-                             "each neighbour is needed")
+            raise ValueError(
+                f"{name}: periodic (pbc {pbc.tolist()[0]}) but no edge_shift [E, 3]: the image of "
+                "each neighbour is needed"
+            )
         shift = torch.zeros(num_edges, 3, dtype=pos.dtype)
     shift = torch.as_tensor(shift)
     if shift.shape != (num_edges, 3):
@@ -113,8 +120,15 @@ def _from_data(obj, name: str) -> Data:
     natoms = _get(obj, K.NATOMS)
     if natoms is not None and int(torch.as_tensor(natoms).reshape(-1)[0]) != n:
         raise ValueError(f"{name}: natoms says {int(torch.as_tensor(natoms).reshape(-1)[0])} but pos has {n} rows")
-    return Data(z=z, pos=pos, cell=cell, pbc=pbc, natoms=torch.tensor([n]), edge_index=edge_index,
-                edge_shift=shift.to(pos.dtype))
+    return Data(
+        z=z,
+        pos=pos,
+        cell=cell,
+        pbc=pbc,
+        natoms=torch.tensor([n]),
+        edge_index=edge_index,
+        edge_shift=shift.to(pos.dtype),
+    )
 
 
 def _labels(obj, name: str, n: int) -> torch.Tensor:
@@ -124,14 +138,17 @@ def _labels(obj, name: str, n: int) -> torch.Tensor:
         if z.shape != (n,) or torch.is_floating_point(z):
             raise ValueError(f"{name}: z must be [N] = [{n}] integer atomic numbers, got {z.dtype} {tuple(z.shape)}")
         if z.numel() and int(z.min()) < 1:
-            raise ValueError(f"{name}: z holds {int(z.min())}: atomic numbers are >= 1 (pass categorical labels "
-                             "0, 1, ... as 'atoms' or one-hot 'x')")
+            raise ValueError(
+                f"{name}: z holds {int(z.min())}: atomic numbers are >= 1 (pass categorical labels "
+                "0, 1, ... as 'atoms' or one-hot 'x')"
+            )
         return z.long()
     if atoms is not None:
         atoms = torch.as_tensor(atoms)
         if atoms.shape != (n,) or torch.is_floating_point(atoms) or (atoms.numel() and int(atoms.min()) < 0):
-            raise ValueError(f"{name}: atoms must be [N] = [{n}] integer labels >= 0, got {atoms.dtype} "
-                             f"{tuple(atoms.shape)}")
+            raise ValueError(
+                f"{name}: atoms must be [N] = [{n}] integer labels >= 0, got {atoms.dtype} {tuple(atoms.shape)}"
+            )
         return atoms.long() + 1
     if x is not None:
         x = torch.as_tensor(x)
@@ -139,8 +156,10 @@ def _labels(obj, name: str, n: int) -> torch.Tensor:
             raise ValueError(f"{name}: x is [N] integers: pass categorical labels as 'atoms', or one-hot x [N, C]")
         ones = (x == 1).sum(-1) if x.ndim == 2 else None
         if x.ndim != 2 or x.shape[0] != n or not bool(((x == 0) | (x == 1)).all()) or not bool((ones == 1).all()):
-            raise ValueError(f"{name}: x must be one-hot node labels [N, C] = [{n}, C] (one 1 per row, zeros "
-                             f"elsewhere), got shape {tuple(x.shape)}; other node features are not labels")
+            raise ValueError(
+                f"{name}: x must be one-hot node labels [N, C] = [{n}, C] (one 1 per row, zeros "
+                f"elsewhere), got shape {tuple(x.shape)}; other node features are not labels"
+            )
         return x.argmax(-1).long() + 1
     raise ValueError(f"{name}: no node labels: expected z [N] (atomic numbers), atoms [N] (labels) or one-hot x [N, C]")
 
@@ -153,8 +172,10 @@ def _cell_and_pbc(obj, name: str, dtype: torch.dtype) -> tuple[torch.Tensor, tor
         return torch.zeros(1, 3, 3, dtype=dtype), torch.zeros(1, 3, dtype=torch.bool)
     cell = torch.as_tensor(cell)
     if cell.shape not in ((3, 3), (1, 3, 3)) or not torch.is_floating_point(cell):
-        raise ValueError(f"{name}: cell must be a floating [3, 3] or [1, 3, 3] tensor (rows = lattice vectors, Å), "
-                         f"got {cell.dtype} {tuple(cell.shape)}")
+        raise ValueError(
+            f"{name}: cell must be a floating [3, 3] or [1, 3, 3] tensor (rows = lattice vectors, Å), "
+            f"got {cell.dtype} {tuple(cell.shape)}"
+        )
     cell = cell.reshape(1, 3, 3).to(dtype)
     if pbc is None:
         pbc = cell[0].abs().sum(-1) > 0

@@ -179,8 +179,9 @@ def readout_order(model: Backbone) -> int:
         return max(ir.l for _, ir in irreps)
     from .gwl import graph_from_bonds
 
-    triangle = graph_from_bonds([[0.0, 0.0, 0.0], [1.2, 0.0, 0.0], [0.3, 1.1, 0.2]], [6, 6, 1],
-                                [(0, 1), (1, 2), (0, 2)])
+    triangle = graph_from_bonds(
+        [[0.0, 0.0, 0.0], [1.2, 0.0, 0.0], [0.3, 1.1, 0.2]], [6, 6, 1], [(0, 1), (1, 2), (0, 2)]
+    )
     with torch.no_grad():
         out = model(collate([triangle]))
     return 1 if K.NODE_VECTORS in out else 0
@@ -239,8 +240,9 @@ def _rounded_to(data: Data, dtype: torch.dtype) -> Data:
     return data
 
 
-def _copies(data: Data, dtype: torch.dtype, rng: np.random.Generator, rotate: bool,
-            reflect: bool) -> tuple[list[Data], list[np.ndarray]]:
+def _copies(
+    data: Data, dtype: torch.dtype, rng: np.random.Generator, rotate: bool, reflect: bool
+) -> tuple[list[Data], list[np.ndarray]]:
     """Isometric copies for the noise measurement: rotated (and reflected), translated, permuted,
     made in float64 from ``data`` and rounded to ``dtype`` (the input's); returned with the
     [3, 3] matrix each copy was rotated by."""
@@ -305,11 +307,13 @@ def _coordinate_jacobians(model: Backbone, graphs: list[Data], seed: int) -> tup
     # splits into the graphs' own rows
     eye = torch.eye(dim, dtype=emb.dtype).unsqueeze(1).expand(dim, len(graphs), dim)
     try:
-        d_pos, d_cell = torch.autograd.grad(emb, (pos, cell), grad_outputs=eye, is_grads_batched=True,
-                                            allow_unused=True)
+        d_pos, d_cell = torch.autograd.grad(
+            emb, (pos, cell), grad_outputs=eye, is_grads_batched=True, allow_unused=True
+        )
     except RuntimeError:  # an operation without a batching rule: one backward pass per row
-        rows = [torch.autograd.grad(emb[:, d].sum(), (pos, cell), retain_graph=True, allow_unused=True)
-                for d in range(dim)]
+        rows = [
+            torch.autograd.grad(emb[:, d].sum(), (pos, cell), retain_graph=True, allow_unused=True) for d in range(dim)
+        ]
         d_pos = torch.stack([torch.zeros_like(pos) if r[0] is None else r[0] for r in rows])
         d_cell = torch.stack([torch.zeros_like(cell) if r[1] is None else r[1] for r in rows])
     d_pos = torch.zeros(dim, *pos.shape, dtype=emb.dtype) if d_pos is None else d_pos  # [D, N, 3]
@@ -317,7 +321,7 @@ def _coordinate_jacobians(model: Backbone, graphs: list[Data], seed: int) -> tup
     jacobians, start = [], 0
     for b, g in enumerate(graphs):
         n = g[K.POS].shape[0]
-        jacobians.append(torch.cat([d_pos[:, start:start + n].reshape(dim, -1), d_cell[:, b].reshape(dim, 9)], dim=1))
+        jacobians.append(torch.cat([d_pos[:, start : start + n].reshape(dim, -1), d_cell[:, b].reshape(dim, 9)], dim=1))
         start += n
     return emb.detach(), [j.detach() for j in jacobians]
 
@@ -333,8 +337,9 @@ def _unexplained(diff: torch.Tensor, jacobian_a: torch.Tensor, jacobian_b: torch
     return float((diff - u @ (u.T @ diff)).norm())
 
 
-def projected_gaps(model: Backbone, g1: Data, g2: Data, copies1: list[Data], copies2: list[Data],
-                   seed: int) -> tuple[float, list[float], float]:
+def projected_gaps(
+    model: Backbone, g1: Data, g2: Data, copies1: list[Data], copies2: list[Data], seed: int
+) -> tuple[float, list[float], float]:
     """(gap, copy gaps, scale) with the first-order effect of coordinate round-off removed.
 
     Each difference of embeddings is projected off the span of the two graphs' Jacobians
@@ -365,8 +370,16 @@ def _rotated_back(embedding: torch.Tensor, num_features: int, rotation: np.ndarr
     return torch.cat([embedding[:num_features], back.reshape(-1)])
 
 
-def separation(backbone, g1, g2, num_layers: int, seeds: int = 5, readout: str = "invariant",
-               graph_cutoff: float | None = None, **backbone_kwargs) -> Separation:
+def separation(
+    backbone,
+    g1,
+    g2,
+    num_layers: int,
+    seeds: int = 5,
+    readout: str = "invariant",
+    graph_cutoff: float | None = None,
+    **backbone_kwargs,
+) -> Separation:
     """Per-seed gaps and noise thresholds of a probe (module docstring); keywords go to the backbone.
 
     ``g1``, ``g2``: anything ``geognn.expressivity.inputs.as_graph`` accepts (geognn or dojo-layout
@@ -389,11 +402,16 @@ def separation(backbone, g1, g2, num_layers: int, seeds: int = 5, readout: str =
     if cutoff is None:
         cutoff = CUTOFF_MARGIN * longest if longest > 0 else 5.0
     elif not cutoff > longest:
-        raise ValueError(f"cutoff {cutoff} Å must exceed the longest edge of the pair ({longest:.3f} Å): "
-                         "the backbone's envelope would remove edges")
+        raise ValueError(
+            f"cutoff {cutoff} Å must exceed the longest edge of the pair ({longest:.3f} Å): "
+            "the backbone's envelope would remove edges"
+        )
     cls = get_backbone_class(backbone) if isinstance(backbone, str) else backbone
-    if "avg_num_neighbors" not in backbone_kwargs and isinstance(cls, type) and \
-            "avg_num_neighbors" in inspect.signature(cls.__init__).parameters:
+    if (
+        "avg_num_neighbors" not in backbone_kwargs
+        and isinstance(cls, type)
+        and "avg_num_neighbors" in inspect.signature(cls.__init__).parameters
+    ):
         backbone_kwargs["avg_num_neighbors"] = mean_degree(g1, g2)  # as MACE/NequIP set it from their data
     # an input less precise than float64: the round-off of its coordinates is removed at first
     # order (projected_gaps) instead of swamping deep models' small gaps
@@ -415,8 +433,11 @@ def separation(backbone, g1, g2, num_layers: int, seeds: int = 5, readout: str =
         # each other), except Cartesian ones of approximately equivariant backbones (PONITA's grid):
         # their copies are rotated and the readout rotated back, so the noise includes the
         # discretisation error a rotation causes, which must not count as seeing the orientation.
-        rotate_back = (readout == "equivariant" and _last_irreps(model) is None
-                       and getattr(model, "rotation_symmetry", "exact") == "approximate")
+        rotate_back = (
+            readout == "equivariant"
+            and _last_irreps(model) is None
+            and getattr(model, "rotation_symmetry", "exact") == "approximate"
+        )
         rotate = readout == "invariant" or rotate_back
         reflect = bool(getattr(model, "reflection_invariant", True))
         copies1, rotations1 = _copies(g1, dtypes[0], rng, rotate, reflect)
@@ -425,11 +446,14 @@ def separation(backbone, g1, g2, num_layers: int, seeds: int = 5, readout: str =
             emb = graph_embeddings(model, collate([g1, g2] + copies1 + copies2), readout)  # [2 + 2 * NUM_COPIES, D]
         if rotate_back:
             num_features = model.out_channels
-            emb = torch.stack(list(emb[:2]) + [_rotated_back(e, num_features, r)
-                                               for e, r in zip(emb[2:], rotations1 + rotations2)])
+            emb = torch.stack(
+                list(emb[:2]) + [_rotated_back(e, num_features, r) for e, r in zip(emb[2:], rotations1 + rotations2)]
+            )
         e1, e2 = emb[0], emb[1]
-        noise = max([float((emb[2 + k] - e1).norm()) for k in range(NUM_COPIES)]
-                    + [float((emb[2 + NUM_COPIES + k] - e2).norm()) for k in range(NUM_COPIES)])
+        noise = max(
+            [float((emb[2 + k] - e1).norm()) for k in range(NUM_COPIES)]
+            + [float((emb[2 + NUM_COPIES + k] - e2).norm()) for k in range(NUM_COPIES)]
+        )
         scale = max(float(e1.norm()), float(e2.norm()))
         gaps.append(float((e1 - e2).norm()))
         approximate = getattr(model, "rotation_symmetry", "exact") == "approximate"
@@ -438,8 +462,9 @@ def separation(backbone, g1, g2, num_layers: int, seeds: int = 5, readout: str =
     return Separation(tuple(gaps), tuple(thresholds))
 
 
-def distinguishes(backbone, g1, g2, num_layers: int, seeds: int = 5, graph_cutoff: float | None = None,
-                  **backbone_kwargs) -> bool:
+def distinguishes(
+    backbone, g1, g2, num_layers: int, seeds: int = 5, graph_cutoff: float | None = None, **backbone_kwargs
+) -> bool:
     """Whether a randomly initialised ``backbone`` with ``num_layers`` layers separates g1 from g2.
 
     Builds the backbone (a name in ``geognn.BACKBONES`` or a class) for seeds 0..seeds-1, each a
@@ -449,12 +474,12 @@ def distinguishes(backbone, g1, g2, num_layers: int, seeds: int = 5, graph_cutof
     ``backbone_kwargs`` go to the backbone's constructor (e.g. hidden_channels, max_ell, cutoff).
     Use :func:`separation` for the gaps, thresholds and margins behind the verdict.
     """
-    return separation(backbone, g1, g2, num_layers, seeds, "invariant", graph_cutoff,
-                      **backbone_kwargs).distinguished
+    return separation(backbone, g1, g2, num_layers, seeds, "invariant", graph_cutoff, **backbone_kwargs).distinguished
 
 
-def identifies_orientation(backbone, g1, g2, num_layers: int = 1, seeds: int = 5,
-                           graph_cutoff: float | None = None, **backbone_kwargs) -> bool:
+def identifies_orientation(
+    backbone, g1, g2, num_layers: int = 1, seeds: int = 5, graph_cutoff: float | None = None, **backbone_kwargs
+) -> bool:
     """Whether the *equivariant* readout of ``backbone`` differs between g1 and its rotated copy g2.
 
     For the rotationally symmetric pairs: theory says yes iff the readout has tensor order >= L.
@@ -462,12 +487,12 @@ def identifies_orientation(backbone, g1, g2, num_layers: int = 1, seeds: int = 5
     noise reference includes rotated copies whose readout is rotated back, so the grid's
     discretisation error of a rotated input does not count as "identified".
     """
-    return separation(backbone, g1, g2, num_layers, seeds, "equivariant", graph_cutoff,
-                      **backbone_kwargs).distinguished
+    return separation(backbone, g1, g2, num_layers, seeds, "equivariant", graph_cutoff, **backbone_kwargs).distinguished
 
 
-def layers_needed(backbone, pair, max_layers: int = 8, seeds: int = 5, graph_cutoff: float | None = None,
-                  **backbone_kwargs) -> int | None:
+def layers_needed(
+    backbone, pair, max_layers: int = 8, seeds: int = 5, graph_cutoff: float | None = None, **backbone_kwargs
+) -> int | None:
     """Smallest number of layers (1..max_layers) with which ``backbone`` tells ``pair`` apart, or None.
 
     ``pair`` is a ``HardPair`` or a tuple (g1, g2) of inputs as in :func:`separation`; for
@@ -478,8 +503,9 @@ def layers_needed(backbone, pair, max_layers: int = 8, seeds: int = 5, graph_cut
     return layers_scan(backbone, pair, max_layers, seeds, graph_cutoff, **backbone_kwargs)[0]
 
 
-def layers_scan(backbone, pair, max_layers: int = 8, seeds: int = 5, graph_cutoff: float | None = None,
-                **backbone_kwargs) -> tuple[int | None, dict[int, float]]:
+def layers_scan(
+    backbone, pair, max_layers: int = 8, seeds: int = 5, graph_cutoff: float | None = None, **backbone_kwargs
+) -> tuple[int | None, dict[int, float]]:
     """(:func:`layers_needed`, {num_layers: margin}) for the layer counts tried (stops at the first
     that separates)."""
     if int(max_layers) != max_layers or max_layers < 1:

@@ -110,8 +110,9 @@ def k_chain_pair(k: int, bond: float = BOND, bend_deg: float = 60.0) -> HardPair
         positions = np.array([first_end] + line + [last_end])
         return graph_from_bonds(positions, [6] * (k + 2), [(a, a + 1) for a in range(k + 1)])
 
-    return HardPair(f"{k}-chain", "k-chain", chain(True), chain(False),
-                    _expected(gwl=k // 2 + 1), description=_doc(k_chain_pair))
+    return HardPair(
+        f"{k}-chain", "k-chain", chain(True), chain(False), _expected(gwl=k // 2 + 1), description=_doc(k_chain_pair)
+    )
 
 
 # --------------------------------------------------------------------------- rotational symmetry
@@ -135,8 +136,15 @@ def rotational_symmetry_pair(fold: int, radius: float = BOND) -> HardPair:
         positions = np.concatenate([np.zeros((1, 3)), ring])
         return graph_from_bonds(positions, [6] + [1] * fold, [(0, a + 1) for a in range(fold)])
 
-    return HardPair(f"{fold}-fold", "rotational symmetry", star(0.0), star(np.pi / fold), _expected(),
-                    orientation_order=int(fold), description=_doc(rotational_symmetry_pair))
+    return HardPair(
+        f"{fold}-fold",
+        "rotational symmetry",
+        star(0.0),
+        star(np.pi / fold),
+        _expected(),
+        orientation_order=int(fold),
+        description=_doc(rotational_symmetry_pair),
+    )
 
 
 # --------------------------------------------------------------------------- Pozdnyakov et al.
@@ -158,8 +166,14 @@ def two_body_degenerate_pair() -> HardPair:
     """
     square = [[1, 0, 0], [0, 1, 0], [-1, 0, 0], [0, -1, 0]]
     tetrahedron = [[1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]]
-    return HardPair("2-body", "Pozdnyakov", _star_graph(square), _star_graph(tetrahedron),
-                    _expected(gwl=1, igwl=1, igwl3=1, igwl4=1), description=_doc(two_body_degenerate_pair))
+    return HardPair(
+        "2-body",
+        "Pozdnyakov",
+        _star_graph(square),
+        _star_graph(tetrahedron),
+        _expected(gwl=1, igwl=1, igwl3=1, igwl4=1),
+        description=_doc(two_body_degenerate_pair),
+    )
 
 
 #: Two subsets of the vertices of a regular octagon with the same multiset of cyclic differences
@@ -178,13 +192,15 @@ def three_body_degenerate_pair() -> HardPair:
     The triples of angles differ (g1 has a triple of octagon steps {1, 1, 2}, g2 has none), so
     IGWL_(4) separates them at iteration 1. Both are planar, hence achiral.
     """
+
     def octagon(subset):
         angles = np.pi / 4 * np.asarray(subset)
         return _star_graph(np.stack([np.cos(angles), np.sin(angles), np.zeros(len(subset))], 1))
 
     g1, g2 = (octagon(s) for s in HOMOMETRIC_OCTAGON_SUBSETS)
-    return HardPair("3-body", "Pozdnyakov", g1, g2, _expected(gwl=1, igwl=1, igwl4=1),
-                    description=_doc(three_body_degenerate_pair))
+    return HardPair(
+        "3-body", "Pozdnyakov", g1, g2, _expected(gwl=1, igwl=1, igwl4=1), description=_doc(three_body_degenerate_pair)
+    )
 
 
 #: Three neighbour directions and distances (Å) of the chiral environment.
@@ -203,13 +219,20 @@ def chiral_pair() -> HardPair:
     """
     directions = np.array([d for d, _ in CHIRAL_NEIGHBOURS], dtype=np.float64)
     lengths = np.array([r for _, r in CHIRAL_NEIGHBOURS])
-    positions = np.concatenate([np.zeros((1, 3)), directions / np.linalg.norm(directions, axis=1, keepdims=True)
-                                * lengths[:, None]])
+    positions = np.concatenate(
+        [np.zeros((1, 3)), directions / np.linalg.norm(directions, axis=1, keepdims=True) * lengths[:, None]]
+    )
     mirror = positions * np.array([-1.0, 1.0, 1.0])
     bonds = [(0, 1), (0, 2), (0, 3)]
     g1, g2 = graph_from_bonds(positions, [6, 1, 1, 1], bonds), graph_from_bonds(mirror, [6, 1, 1, 1], bonds)
-    return HardPair("chiral", "Pozdnyakov", g1, g2,
-                    _expected(so3={"GWL": 1, "IGWL": 1, "IGWL_(4)": 1}), description=_doc(chiral_pair))
+    return HardPair(
+        "chiral",
+        "Pozdnyakov",
+        g1,
+        g2,
+        _expected(so3={"GWL": 1, "IGWL": 1, "IGWL_(4)": 1}),
+        description=_doc(chiral_pair),
+    )
 
 
 # --------------------------------------------------------------------------- periodic
@@ -226,8 +249,14 @@ def fcc_hcp_pair(neighbour_distance: float = FCC_HCP_NEIGHBOUR_DISTANCE) -> Hard
     fcc = bulk("Cu", "fcc", a=d * np.sqrt(2))
     hcp = bulk("Cu", "hcp", a=d, c=d * np.sqrt(8 / 3))
     cutoff = 1.2 * d
-    return HardPair("fcc-hcp", "periodic", graph_from_atoms(fcc, cutoff), graph_from_atoms(hcp, cutoff),
-                    _expected(gwl=1, igwl=1, igwl3=1, igwl4=1), description=_doc(fcc_hcp_pair))
+    return HardPair(
+        "fcc-hcp",
+        "periodic",
+        graph_from_atoms(fcc, cutoff),
+        graph_from_atoms(hcp, cutoff),
+        _expected(gwl=1, igwl=1, igwl3=1, igwl4=1),
+        description=_doc(fcc_hcp_pair),
+    )
 
 
 def same_crystal_two_cells_pair(a: float = 5.64) -> HardPair:
@@ -240,11 +269,21 @@ def same_crystal_two_cells_pair(a: float = 5.64) -> HardPair:
     """
     primitive = bulk("NaCl", "rocksalt", a=a)
     conventional = bulk("NaCl", "rocksalt", a=a, cubic=True)
-    conventional = Atoms(conventional.numbers[::-1], positions=conventional.positions[::-1] + [0.31, -0.17, 0.52],
-                         cell=conventional.cell, pbc=True)
+    conventional = Atoms(
+        conventional.numbers[::-1],
+        positions=conventional.positions[::-1] + [0.31, -0.17, 0.52],
+        cell=conventional.cell,
+        pbc=True,
+    )
     cutoff = 1.2 * a / 2
-    return HardPair("nacl-two-cells", "periodic", graph_from_atoms(primitive, cutoff),
-                    graph_from_atoms(conventional, cutoff), _expected(), description=_doc(same_crystal_two_cells_pair))
+    return HardPair(
+        "nacl-two-cells",
+        "periodic",
+        graph_from_atoms(primitive, cutoff),
+        graph_from_atoms(conventional, cutoff),
+        _expected(),
+        description=_doc(same_crystal_two_cells_pair),
+    )
 
 
 # --------------------------------------------------------------------------- the library
@@ -258,15 +297,24 @@ def load_pairs(names=None) -> list[HardPair]:
 
     ValueError naming the unknown names and the valid ones.
     """
-    pairs = ([k_chain_pair(k) for k in CHAIN_LENGTHS] + [rotational_symmetry_pair(f) for f in FOLDS]
-             + [two_body_degenerate_pair(), three_body_degenerate_pair(), chiral_pair(), fcc_hcp_pair(),
-                same_crystal_two_cells_pair()])
+    pairs = (
+        [k_chain_pair(k) for k in CHAIN_LENGTHS]
+        + [rotational_symmetry_pair(f) for f in FOLDS]
+        + [
+            two_body_degenerate_pair(),
+            three_body_degenerate_pair(),
+            chiral_pair(),
+            fcc_hcp_pair(),
+            same_crystal_two_cells_pair(),
+        ]
+    )
     if names is None:
         return pairs
     names = list(names)
     known = {p.name: p for p in pairs}
     unknown = [n for n in names if n not in known]
     if unknown:
-        raise ValueError(f"unknown pair(s): {', '.join(map(repr, unknown))}; choose from: "
-                         f"{', '.join(repr(n) for n in known)}")
+        raise ValueError(
+            f"unknown pair(s): {', '.join(map(repr, unknown))}; choose from: {', '.join(repr(n) for n in known)}"
+        )
     return [known[n] for n in names]

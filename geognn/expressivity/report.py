@@ -43,8 +43,15 @@ from .pairs import TESTS, HardPair, load_pairs
 #: The e3nn backbones use tensor order 2 (MACE with hidden irreps up to l = 2 as well).
 PROBE_SETTINGS = {
     "schnet": dict(hidden_channels=16, num_filters=16, num_gaussians=12),
-    "dimenetpp": dict(hidden_channels=16, out_emb_channels=16, int_emb_size=8, basis_emb_size=4,
-                      num_spherical=3, num_radial=4, num_output_layers=2),
+    "dimenetpp": dict(
+        hidden_channels=16,
+        out_emb_channels=16,
+        int_emb_size=8,
+        basis_emb_size=4,
+        num_spherical=3,
+        num_radial=4,
+        num_output_layers=2,
+    ),
     # coords_weight 30: phi_x is ~0.02 at its plain init, so atoms would move ~1e-3 Å per layer and
     # the k-chain signal (second order in the displacements) would sit under a float32 input's
     # noise floor; with w = 30 they move ~0.3 Å per layer, the regime of the dojo's EGNN
@@ -61,14 +68,28 @@ DEFAULT_PROBE_SETTINGS = dict(hidden_channels=16)
 #: Report columns: name -> (backbone in BACKBONES, settings on top of PROBE_SETTINGS). Every
 #: backbone has its own column; variants whose theory class differs get one more.
 VARIANTS = {"egnn": {"egnn-fixed": dict(update_coords=False)}}  # the paper's QM9 setting, distance-only
-COLUMNS = {column: (name, settings) for name in BACKBONES
-           for column, settings in [(name, {})] + list(VARIANTS.get(name, {}).items())}
+COLUMNS = {
+    column: (name, settings)
+    for name in BACKBONES
+    for column, settings in [(name, {})] + list(VARIANTS.get(name, {}).items())
+}
 #: The test that bounds each declared ``Backbone.geometry`` ("frame": see module docstring).
-BOUND_OF_GEOMETRY = {"distances": "IGWL_(2)", "angles": "IGWL_(3)", "vectors": "GWL", "spherical tensors": "GWL",
-                     "orientation grid": "GWL", "frame": "GWL"}
+BOUND_OF_GEOMETRY = {
+    "distances": "IGWL_(2)",
+    "angles": "IGWL_(3)",
+    "vectors": "GWL",
+    "spherical tensors": "GWL",
+    "orientation grid": "GWL",
+    "frame": "GWL",
+}
 TEST_LABELS = {"GWL": "GWL", "IGWL": "IGWL", "IGWL_(2)": "IGWL₂", "IGWL_(3)": "IGWL₃", "IGWL_(4)": "IGWL₄"}
-_TEST_OPTIONS = {"GWL": (False, None), "IGWL": (True, None), "IGWL_(2)": (True, 2), "IGWL_(3)": (True, 3),
-                 "IGWL_(4)": (True, 4)}
+_TEST_OPTIONS = {
+    "GWL": (False, None),
+    "IGWL": (True, None),
+    "IGWL_(2)": (True, 2),
+    "IGWL_(3)": (True, 3),
+    "IGWL_(4)": (True, 4),
+}
 
 
 @dataclass
@@ -85,7 +106,7 @@ class Cell:
     margins: dict = field(default_factory=dict)
 
     def text(self) -> str:
-        """"3 (3)", "✗ (✗)", "✓ (✓)", with † when it differs from theory and ⚠ for a GWL violation."""
+        """ "3 (3)", "✗ (✗)", "✓ (✓)", with † when it differs from theory and ⚠ for a GWL violation."""
         if self.status == "error":
             return "error"
         return f"{_symbol(self.measured)} ({_symbol(self.expected)}){MARKS[self.status]}"
@@ -105,8 +126,14 @@ class Cell:
 
 
 #: Mark appended to a cell for each status.
-MARKS = {"ok": "", "differs": " †", "above body-order test": " °", "violates GWL": " ⚠",
-         "violates tensor-order bound": " ⚠", "beyond GWL (global frame)": " ‡"}
+MARKS = {
+    "ok": "",
+    "differs": " †",
+    "above body-order test": " °",
+    "violates GWL": " ⚠",
+    "violates tensor-order bound": " ⚠",
+    "beyond GWL (global frame)": " ‡",
+}
 
 
 def _number(x: float) -> str:
@@ -173,8 +200,9 @@ def describe_backbone(column: str) -> BackboneInfo:
     return info
 
 
-def run_expressivity(backbones=None, pair_names=None, max_layers: int = 6, seeds: int = 3,
-                     progress: bool = True, pairs=None, dtype=None) -> tuple[list[ReportRow], list[BackboneInfo]]:
+def run_expressivity(
+    backbones=None, pair_names=None, max_layers: int = 6, seeds: int = 3, progress: bool = True, pairs=None, dtype=None
+) -> tuple[list[ReportRow], list[BackboneInfo]]:
     """Run every test and backbone on every pair. ``backbones``: column names (``COLUMNS``: every
     backbone of BACKBONES and variants such as "egnn-fixed"; default: all); ``pair_names``: names
     from ``load_pairs`` (default: all); ``pairs``: HardPair objects instead (e.g. a user's pair);
@@ -193,12 +221,16 @@ def run_expressivity(backbones=None, pair_names=None, max_layers: int = 6, seeds
         pairs = [_rounded_pair(pair, dtype) for pair in pairs]
     infos = [describe_backbone(n) for n in names]
     rows = []
-    bar = tqdm(total=len(pairs) * (1 + len(infos)), desc="expressivity", unit="probe", disable=not progress,
-               file=sys.stderr)
+    bar = tqdm(
+        total=len(pairs) * (1 + len(infos)), desc="expressivity", unit="probe", disable=not progress, file=sys.stderr
+    )
     for pair in pairs:
         row = ReportRow(pair)
-        gwl = {(group, test): gwl_test(pair.g1, pair.g2, *_TEST_OPTIONS[test], group=group).iterations
-               for group in ("O3", "SO3") for test in TESTS}
+        gwl = {
+            (group, test): gwl_test(pair.g1, pair.g2, *_TEST_OPTIONS[test], group=group).iterations
+            for group in ("O3", "SO3")
+            for test in TESTS
+        }
         for test in TESTS:
             measured, expected = gwl[("O3", test)], pair.expected["O3"][test]
             row.tests[test] = Cell(measured, expected, "ok" if measured == expected else "differs")
@@ -256,8 +288,12 @@ def _probe(info: BackboneInfo, pair: HardPair, gwl: dict, max_layers: int, seeds
         status = "beyond GWL (global frame)" if info.global_frame else "violates GWL"
     elif measured == expected:
         status = "ok"
-    elif (measured is not None and info.bound.startswith("IGWL_(") and gwl[(info.group, "IGWL")] is not None
-          and (expected is None or measured < expected)):
+    elif (
+        measured is not None
+        and info.bound.startswith("IGWL_(")
+        and gwl[(info.group, "IGWL")] is not None
+        and (expected is None or measured < expected)
+    ):
         status = "above body-order test"  # more than the k-body test, within IGWL (nested aggregation)
     else:
         status = "differs"
@@ -295,11 +331,18 @@ def load_user_pair(path1, path2, graph_cutoff: float | None = None) -> HardPair:
                 raise ValueError(f"{path}: a structure file needs --graph-cutoff (Å) to build its graph")
             obj = read_structures(path)[0]
         graphs.append(as_graph(obj, path.name, graph_cutoff))
-    measured = {group: [gwl_test(*graphs, *_TEST_OPTIONS[t], group=group).iterations for t in TESTS]
-                for group in ("O3", "SO3")}
+    measured = {
+        group: [gwl_test(*graphs, *_TEST_OPTIONS[t], group=group).iterations for t in TESTS] for group in ("O3", "SO3")
+    }
     expected = _expected(*measured["O3"], so3=dict(zip(TESTS, measured["SO3"])))
-    return HardPair(f"{Path(path1).name} vs {Path(path2).name}", "user", graphs[0], graphs[1], expected,
-                    description="a user's pair (expected values: the tests as measured)")
+    return HardPair(
+        f"{Path(path1).name} vs {Path(path2).name}",
+        "user",
+        graphs[0],
+        graphs[1],
+        expected,
+        description="a user's pair (expected values: the tests as measured)",
+    )
 
 
 # --------------------------------------------------------------------------- outputs
@@ -308,12 +351,21 @@ def format_markdown(rows: list[ReportRow], infos: list[BackboneInfo], max_layers
     header = ["pair"] + [TEST_LABELS[t] for t in TESTS] + [i.name for i in infos] + ["note"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        cells = ([row.pair.name] + [row.tests[t].text() for t in TESTS]
-                 + [row.backbones[i.name].text() for i in infos] + [row.note])
+        cells = (
+            [row.pair.name]
+            + [row.tests[t].text() for t in TESTS]
+            + [row.backbones[i.name].text() for i in infos]
+            + [row.note]
+        )
         lines.append("| " + " | ".join(cells) + " |")
-    margins = ["", "Margins (gap / noise threshold; > 1 = separated) behind each backbone verdict: at the reported "
-               "layer count / at one layer fewer; \"<m\" = the largest over every count tried when none separated.",
-               "", "| pair | " + " | ".join(i.name for i in infos) + " |", "|" + "---|" * (1 + len(infos))]
+    margins = [
+        "",
+        "Margins (gap / noise threshold; > 1 = separated) behind each backbone verdict: at the reported "
+        'layer count / at one layer fewer; "<m" = the largest over every count tried when none separated.',
+        "",
+        "| pair | " + " | ".join(i.name for i in infos) + " |",
+        "|" + "---|" * (1 + len(infos)),
+    ]
     for row in rows:
         margins.append("| " + " | ".join([row.pair.name] + [row.backbones[i.name].margin_text() for i in infos]) + " |")
     legend = [
@@ -341,11 +393,17 @@ def format_markdown(rows: list[ReportRow], infos: list[BackboneInfo], max_layers
             continue
         seen = f"; warnings while probing: {', '.join(sorted(info.warnings))}" if info.warnings else ""
         bound = "global frame" if info.global_frame else f"bounded by {TEST_LABELS[info.bound]} ({info.group})"
-        first = f", first layer \"{info.first_layer}\"" if info.first_layer else ""
-        legend.append(f"- {info.name}: {info.backbone}, geometry \"{info.geometry}\"{first}, {bound}, order {info.order}, "
-                      f"rotation symmetry {info.rotation_symmetry}; settings {info.settings}{seen}")
-    errors = [(row.pair.name, name, cell.note) for row in rows for name, cell in row.backbones.items()
-              if cell.status == "error" and cell.note and not any(i.error for i in infos if i.name == name)]
+        first = f', first layer "{info.first_layer}"' if info.first_layer else ""
+        legend.append(
+            f'- {info.name}: {info.backbone}, geometry "{info.geometry}"{first}, {bound}, order {info.order}, '
+            f"rotation symmetry {info.rotation_symmetry}; settings {info.settings}{seen}"
+        )
+    errors = [
+        (row.pair.name, name, cell.note)
+        for row in rows
+        for name, cell in row.backbones.items()
+        if cell.status == "error" and cell.note and not any(i.error for i in infos if i.name == name)
+    ]
     legend += [f"- error {b} on {p}: {note}" for p, b, note in errors]
     return "\n".join(lines + margins + legend) + "\n"
 
@@ -359,13 +417,24 @@ def write_csv(rows: list[ReportRow], infos: list[BackboneInfo], path: Path) -> N
         for row in rows:
             for test in TESTS:
                 c = row.tests[test]
-                writer.writerow([row.pair.name, row.pair.family, test, "test", _csv(c.measured), _csv(c.expected),
-                                 c.status, ""])
+                writer.writerow(
+                    [row.pair.name, row.pair.family, test, "test", _csv(c.measured), _csv(c.expected), c.status, ""]
+                )
             for info in infos:
                 c = row.backbones[info.name]
                 kind = "orientation" if row.pair.is_orientation_pair else "layers"
-                writer.writerow([row.pair.name, row.pair.family, info.name, kind, _csv(c.measured),
-                                 _csv(c.expected), c.status, ";".join(f"{k}:{v:.4g}" for k, v in c.margins.items())])
+                writer.writerow(
+                    [
+                        row.pair.name,
+                        row.pair.family,
+                        info.name,
+                        kind,
+                        _csv(c.measured),
+                        _csv(c.expected),
+                        c.status,
+                        ";".join(f"{k}:{v:.4g}" for k, v in c.margins.items()),
+                    ]
+                )
 
 
 def _csv(value) -> str:
@@ -412,8 +481,16 @@ def write_heatmap(rows: list[ReportRow], infos: list[BackboneInfo], path: Path) 
     return True
 
 
-def write_report(out_dir, backbones=None, pair_names=None, max_layers: int = 6, seeds: int = 3,
-                 progress: bool = True, pairs=None, dtype=None) -> dict:
+def write_report(
+    out_dir,
+    backbones=None,
+    pair_names=None,
+    max_layers: int = 6,
+    seeds: int = 3,
+    progress: bool = True,
+    pairs=None,
+    dtype=None,
+) -> dict:
     """Run the report (``run_expressivity``; ``pairs``: HardPairs instead of library names;
     ``dtype``: the pairs' precision) and write report.md, report.csv and heatmap.png into ``out_dir``.
 
@@ -429,7 +506,14 @@ def write_report(out_dir, backbones=None, pair_names=None, max_layers: int = 6, 
     (out / "report.md").write_text(markdown + f"\nRun time: {seconds:.0f} s.\n")
     write_csv(rows, infos, out / "report.csv")
     heatmap = out / "heatmap.png" if write_heatmap(rows, infos, out / "heatmap.png") else None
-    violations = [(row.pair.name, name) for row in rows for name, c in row.backbones.items()
-                  if c.status.startswith("violates")]
-    return {"markdown": out / "report.md", "csv": out / "report.csv", "heatmap": heatmap, "seconds": seconds,
-            "violations": violations, "rows": rows}
+    violations = [
+        (row.pair.name, name) for row in rows for name, c in row.backbones.items() if c.status.startswith("violates")
+    ]
+    return {
+        "markdown": out / "report.md",
+        "csv": out / "report.csv",
+        "heatmap": heatmap,
+        "seconds": seconds,
+        "violations": violations,
+        "rows": rows,
+    }

@@ -47,8 +47,15 @@ PLATEAU = dict(mode="max", factor=0.9, patience=25, min_lr=1e-5)
 #: 128-wide models; these are kept CPU-sized), on top of each backbone's defaults.
 TRAIN_SETTINGS = {
     "schnet": dict(hidden_channels=32, num_filters=32, num_gaussians=16),
-    "dimenetpp": dict(hidden_channels=32, out_emb_channels=32, int_emb_size=16, basis_emb_size=8,
-                      num_spherical=3, num_radial=4, num_output_layers=2),
+    "dimenetpp": dict(
+        hidden_channels=32,
+        out_emb_channels=32,
+        int_emb_size=16,
+        basis_emb_size=8,
+        num_spherical=3,
+        num_radial=4,
+        num_output_layers=2,
+    ),
     # C = w / A = 250: phi_x is ~0.02 at its plain init, so atoms move by a few Å per layer, the
     # regime of the dojo's EGNN (raw x_i - x_j times a LayerNorm-fed phi_x of order 1). With the
     # backbone's defaults (C = 0.1) the U and S embeddings differ by ~1e-7 of their norm at
@@ -111,8 +118,16 @@ def dojo_k_chain_pair(k: int) -> tuple[Data, Data]:
     return graphs[0], graphs[1]
 
 
-def train_to_separate(backbone, g1, g2, num_layers: int, seeds: int = 10, epochs: int = 100,
-                      graph_cutoff: float | None = None, **backbone_kwargs) -> list[float]:
+def train_to_separate(
+    backbone,
+    g1,
+    g2,
+    num_layers: int,
+    seeds: int = 10,
+    epochs: int = 100,
+    graph_cutoff: float | None = None,
+    **backbone_kwargs,
+) -> list[float]:
     """Best accuracy (%) per seed of ``backbone`` trained to classify g1 (label 0) vs g2 (label 1).
 
     ``backbone``: a name in ``geognn.BACKBONES`` or a class; g1, g2: any input ``inputs.as_graph``
@@ -150,7 +165,7 @@ def train_to_separate(backbone, g1, g2, num_layers: int, seeds: int = 10, epochs
                 classifier.train()
                 for index in order_rng.permutation(2):
                     optimiser.zero_grad()
-                    loss = nn.functional.cross_entropy(classifier(singles[index]), labels[index:index + 1])
+                    loss = nn.functional.cross_entropy(classifier(singles[index]), labels[index : index + 1])
                     loss.backward()
                     optimiser.step()
                 classifier.eval()
@@ -162,16 +177,18 @@ def train_to_separate(backbone, g1, g2, num_layers: int, seeds: int = 10, epochs
     return accuracies
 
 
-def k_chain_experiment(columns=None, k: int = 4, layers=None, seeds: int = 10, epochs: int = 100,
-                       progress: bool = True) -> list[TrainResult]:
+def k_chain_experiment(
+    columns=None, k: int = 4, layers=None, seeds: int = 10, epochs: int = 100, progress: bool = True
+) -> list[TrainResult]:
     """The dojo's k-chain experiment for each column (backbone names of TRAIN_SETTINGS or
     TRAIN_VARIANTS; default: all), layer counts ``layers`` (default floor(k/2) .. k + 2)."""
     import sys
 
     from tqdm import tqdm
 
-    names = list(TRAIN_SETTINGS)[:3] + list(TRAIN_VARIANTS) + list(TRAIN_SETTINGS)[3:] if columns is None \
-        else list(columns)
+    names = (
+        list(TRAIN_SETTINGS)[:3] + list(TRAIN_VARIANTS) + list(TRAIN_SETTINGS)[3:] if columns is None else list(columns)
+    )
     known = list(TRAIN_SETTINGS) + list(TRAIN_VARIANTS)
     unknown = [n for n in names if n not in known]
     if unknown:
@@ -179,8 +196,9 @@ def k_chain_experiment(columns=None, k: int = 4, layers=None, seeds: int = 10, e
     layers = list(range(k // 2, k + 3)) if layers is None else [int(n) for n in layers]
     g1, g2 = dojo_k_chain_pair(k)
     results = []
-    bar = tqdm(total=len(names) * len(layers), desc=f"{k}-chain training", unit="run", disable=not progress,
-               file=sys.stderr)
+    bar = tqdm(
+        total=len(names) * len(layers), desc=f"{k}-chain training", unit="run", disable=not progress, file=sys.stderr
+    )
     for name in names:
         backbone, extra = TRAIN_VARIANTS.get(name, (name, {}))
         settings = {**TRAIN_SETTINGS[backbone], **extra}
@@ -205,8 +223,13 @@ def format_table(results: list[TrainResult], k: int) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in results:
         summary = r.summary()
-        lines.append("| " + " | ".join([r.name] + [f"{summary[n][0]:.1f} ± {summary[n][1]:.1f}" if n in summary else ""
-                                                   for n in layers]) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                [r.name] + [f"{summary[n][0]:.1f} ± {summary[n][1]:.1f}" if n in summary else "" for n in layers]
+            )
+            + " |"
+        )
     if k == 4:
         lines.append("| dojo GVP-GNN (paper) | " + " | ".join(DOJO_GVP_K4.get(n, "") for n in layers) + " |")
     return "\n".join(lines) + "\n"
@@ -214,11 +237,20 @@ def format_table(results: list[TrainResult], k: int) -> str:
 
 def results_json(results: list[TrainResult], k: int, seeds: int, epochs: int) -> dict:
     """The experiment as a JSON-able dict (settings, per-seed accuracies, mean and std)."""
-    return {"experiment": f"dojo {k}-chain, trained", "k": k, "seeds": seeds, "epochs": epochs,
-            "learning_rate": LEARNING_RATE, "plateau": PLATEAU,
-            "results": {r.name: {"settings": {key: list(v) if isinstance(v, tuple) else v
-                                              for key, v in r.settings.items()},
-                                 "accuracies": {str(n): a for n, a in r.accuracies.items()},
-                                 "mean_std": {str(n): list(ms) for n, ms in r.summary().items()}}
-                        for r in results},
-            "theory_layers": math.floor(k / 2) + 1}
+    return {
+        "experiment": f"dojo {k}-chain, trained",
+        "k": k,
+        "seeds": seeds,
+        "epochs": epochs,
+        "learning_rate": LEARNING_RATE,
+        "plateau": PLATEAU,
+        "results": {
+            r.name: {
+                "settings": {key: list(v) if isinstance(v, tuple) else v for key, v in r.settings.items()},
+                "accuracies": {str(n): a for n, a in r.accuracies.items()},
+                "mean_std": {str(n): list(ms) for n, ms in r.summary().items()},
+            }
+            for r in results
+        },
+        "theory_layers": math.floor(k / 2) + 1,
+    }

@@ -8,7 +8,6 @@ positions (forces) and to a strain of the cell (stress) flow through autograd fo
 from __future__ import annotations
 
 import copy
-
 import warnings
 from typing import Sequence
 
@@ -32,8 +31,9 @@ class NeighbourCapWarning(UserWarning):
     """``max_neighbors`` removed edges from a graph (or ties kept more than the cap)."""
 
 
-def build_graph(atoms, cutoff: float, max_neighbors: int | None = None, *,
-                dtype: torch.dtype | None = None, validate: bool = True) -> Data:
+def build_graph(
+    atoms, cutoff: float, max_neighbors: int | None = None, *, dtype: torch.dtype | None = None, validate: bool = True
+) -> Data:
     """Geometric graph of one structure.
 
     Args:
@@ -87,28 +87,46 @@ def build_graph(atoms, cutoff: float, max_neighbors: int | None = None, *,
         dropped = int((~keep).sum())
         if dropped:
             over = int((np.bincount(i[keep], minlength=n) > max_neighbors).sum())
-            more = (f"; {over} atom(s) keep more than {max_neighbors} (neighbours tied at the cap "
+            more = (
+                (
+                    f"; {over} atom(s) keep more than {max_neighbors} (neighbours tied at the cap "
                     "distance, or that count them among their nearest: the cap is symmetric and "
-                    "breaks no tie by atom order)") if over else ""
-            warnings.warn(f"{src}: max_neighbors={max_neighbors} dropped {dropped} of {i.size} "
-                          f"edges at cutoff {cutoff} Å{more}", NeighbourCapWarning, stacklevel=2)
+                    "breaks no tie by atom order)"
+                )
+                if over
+                else ""
+            )
+            warnings.warn(
+                f"{src}: max_neighbors={max_neighbors} dropped {dropped} of {i.size} edges at cutoff {cutoff} Å{more}",
+                NeighbourCapWarning,
+                stacklevel=2,
+            )
             i, j, S = i[keep], j[keep], S[keep]
         elif np.bincount(i, minlength=n).max(initial=0) > max_neighbors:
-            warnings.warn(f"{src}: max_neighbors={max_neighbors} dropped no edge: every pair beyond "
-                          f"the cap is tied at the cap distance (±{CAP_TIE_TOL} Å) or counted by its "
-                          "other atom among its nearest, and the cap breaks no tie by atom order",
-                          NeighbourCapWarning, stacklevel=2)
+            warnings.warn(
+                f"{src}: max_neighbors={max_neighbors} dropped no edge: every pair beyond "
+                f"the cap is tied at the cap distance (±{CAP_TIE_TOL} Å) or counted by its "
+                "other atom among its nearest, and the cap breaks no tie by atom order",
+                NeighbourCapWarning,
+                stacklevel=2,
+            )
     isolated = np.flatnonzero(np.bincount(i, minlength=n) == 0)
     if isolated.size:
         shortest = _shortest_distance(atoms) if isolated.size == n else None
         if shortest is not None:
-            warnings.warn(f"{src}: cutoff {cutoff} Å is smaller than every bond (shortest interatomic "
-                          f"distance {shortest:.3g} Å): no atom has a neighbour",
-                          IsolatedAtomWarning, stacklevel=2)
+            warnings.warn(
+                f"{src}: cutoff {cutoff} Å is smaller than every bond (shortest interatomic "
+                f"distance {shortest:.3g} Å): no atom has a neighbour",
+                IsolatedAtomWarning,
+                stacklevel=2,
+            )
         else:
             shown = ", ".join(map(str, isolated[:10])) + (", ..." if isolated.size > 10 else "")
-            warnings.warn(f"{src}: {isolated.size} atom(s) have no neighbour within {cutoff} Å "
-                          f"(indices {shown})", IsolatedAtomWarning, stacklevel=2)
+            warnings.warn(
+                f"{src}: {isolated.size} atom(s) have no neighbour within {cutoff} Å (indices {shown})",
+                IsolatedAtomWarning,
+                stacklevel=2,
+            )
 
     data = Data(
         z=torch.as_tensor(atoms.numbers, dtype=torch.long),
@@ -129,8 +147,7 @@ BOND_LENGTH_LIMIT = 4.5
 
 def _shortest_distance(atoms: Atoms) -> float | None:
     """Shortest interatomic distance (images included) if it is bond-like (< BOND_LENGTH_LIMIT Å)."""
-    _, _, _, d = neighbour_list(atoms.positions, atoms.cell[:], atoms.pbc, BOND_LENGTH_LIMIT,
-                                with_distances=True)
+    _, _, _, d = neighbour_list(atoms.positions, atoms.cell[:], atoms.pbc, BOND_LENGTH_LIMIT, with_distances=True)
     return float(d.min()) if d.size else None
 
 

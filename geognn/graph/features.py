@@ -41,8 +41,7 @@ class GaussianRBF(nn.Module):
         return torch.exp(-self.gamma * (distance.unsqueeze(-1) - self.centres) ** 2)
 
     def extra_repr(self) -> str:
-        return (f"start={float(self.centres[0])}, stop={float(self.centres[-1])}, "
-                f"num_basis={self.centres.numel()}")
+        return f"start={float(self.centres[0])}, stop={float(self.centres[-1])}, num_basis={self.centres.numel()}"
 
 
 class BesselRBF(nn.Module):

@@ -36,8 +36,9 @@ def _vesin_list(cutoff: float):
 DENSE_MAX_ATOMS = 200
 
 
-def neighbour_list(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float,
-                   *, with_distances: bool = False):
+def neighbour_list(
+    positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float, *, with_distances: bool = False
+):
     """All pairs within ``cutoff`` Å (strictly closer than it, as ASE).
 
     Args:
@@ -84,7 +85,7 @@ def _free_directions(cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
     if periodic.shape[0] == 0:
         return np.eye(3)
     _, _, vt = np.linalg.svd(periodic)  # rows beyond the rank span the orthogonal complement
-    return vt[periodic.shape[0]:]
+    return vt[periodic.shape[0] :]
 
 
 #: Atoms further than this many cells outside the cell (along periodic directions) are moved
@@ -105,9 +106,10 @@ def _wrap_far_atoms(positions, cell, pbc):
         fractional = positions @ np.linalg.inv(cell)
     else:
         basis = np.vstack([cell[pbc], _free_directions(cell, pbc)])  # periodic rows, then free
-        fractional = np.linalg.solve(basis.T, positions.T).T[:, :int(pbc.sum())]
-    if fractional.size == 0 or (np.all(fractional > -MAX_CELLS_OUTSIDE)
-                                and np.all(fractional < 1.0 + MAX_CELLS_OUTSIDE)):
+        fractional = np.linalg.solve(basis.T, positions.T).T[:, : int(pbc.sum())]
+    if fractional.size == 0 or (
+        np.all(fractional > -MAX_CELLS_OUTSIDE) and np.all(fractional < 1.0 + MAX_CELLS_OUTSIDE)
+    ):
         return positions, None
     images = np.zeros((positions.shape[0], 3), dtype=np.int64)
     images[:, pbc] = np.floor(fractional).astype(np.int64)
@@ -175,8 +177,9 @@ def cap_radii(i: np.ndarray, d: np.ndarray, n_atoms: int, max_neighbors: int) ->
     return radius
 
 
-def nearest_neighbours_mask(i: np.ndarray, j: np.ndarray, S: np.ndarray, d: np.ndarray,
-                            max_neighbors: int, n_atoms: int | None = None) -> np.ndarray:
+def nearest_neighbours_mask(
+    i: np.ndarray, j: np.ndarray, S: np.ndarray, d: np.ndarray, max_neighbors: int, n_atoms: int | None = None
+) -> np.ndarray:
     """Boolean mask [E] of the pairs kept by the ``max_neighbors`` cap: a symmetric, geometric rule.
 
     Rule: let ``r_a`` be atom a's cap radius (the distance of its ``max_neighbors``-th nearest

@@ -26,8 +26,7 @@ class MLP(nn.Sequential):
     ``MLP([64, 32, 1])`` maps [..., 64] -> [..., 1].
     """
 
-    def __init__(self, widths: Sequence[int], activation: type[nn.Module] = ShiftedSoftplus,
-                 bias_last: bool = True):
+    def __init__(self, widths: Sequence[int], activation: type[nn.Module] = ShiftedSoftplus, bias_last: bool = True):
         if len(widths) < 2:
             raise ValueError(f"MLP needs at least input and output widths, got {list(widths)}")
         layers: list[nn.Module] = []

@@ -41,7 +41,7 @@ def natural_irreps(channels: int, lmax: int) -> o3.Irreps:
 
 def all_parity_irreps(channels: int, lmax: int) -> o3.Irreps:
     """``C x (0e + 0o + 1o + 1e + 2e + 2o + ...)`` up to ``lmax``: both parities for each l."""
-    return o3.Irreps([(channels, (l, p)) for l in range(lmax + 1) for p in ((-1) ** l, -(-1) ** l)])
+    return o3.Irreps([(channels, (l, p)) for l in range(lmax + 1) for p in ((-1) ** l, -((-1) ** l))])
 
 
 def irrep_columns(irreps: o3.Irreps, ir: o3.Irrep | str) -> list[int]:
@@ -64,8 +64,9 @@ def select_irrep(x: torch.Tensor, irreps: o3.Irreps, ir: o3.Irrep | str) -> torc
 
 def _cartesian_permutation() -> list[int]:
     """``perm`` with ``cartesian[..., k] = v_1o[..., perm[k]]``, from e3nn's Y^1 of the unit axes."""
-    y1 = o3.spherical_harmonics(1, torch.eye(3, dtype=torch.float64), normalize=True,
-                                normalization="component")  # [3 axes, 3 components]
+    y1 = o3.spherical_harmonics(
+        1, torch.eye(3, dtype=torch.float64), normalize=True, normalization="component"
+    )  # [3 axes, 3 components]
     perm = [int(y1[k].abs().argmax()) for k in range(3)]
     # Y^1 is sqrt(3) times a signed permutation of (x, y, z): check it is a pure permutation
     expected = torch.zeros(3, 3, dtype=torch.float64)
@@ -112,7 +113,7 @@ def refresh_wigner_3j(module: nn.Module) -> None:
     for sub in module.modules():
         for name, buf in list(sub._buffers.items()):
             if name.startswith("_w3j_") and buf is not None and buf.is_floating_point():
-                l1, l2, l3 = (int(x) for x in name[len("_w3j_"):].split("_"))
+                l1, l2, l3 = (int(x) for x in name[len("_w3j_") :].split("_"))
                 exact = o3.wigner_3j(l1, l2, l3, dtype=torch.float64)
                 if exact.shape != buf.shape:  # not a plain 3j symbol: leave it alone
                     continue
@@ -160,8 +161,9 @@ class RadialEmbedding(nn.Module):
     def reset_parameters(self) -> None:
         """Frequencies back to n pi / r_c (they may have been trained)."""
         with torch.no_grad():
-            n = torch.arange(1, self.bessel.freqs.numel() + 1, dtype=self.bessel.freqs.dtype,
-                             device=self.bessel.freqs.device)
+            n = torch.arange(
+                1, self.bessel.freqs.numel() + 1, dtype=self.bessel.freqs.dtype, device=self.bessel.freqs.device
+            )
             self.bessel.freqs.copy_(n * math.pi / self.cutoff)
 
     def forward(self, distance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -187,15 +189,13 @@ class SphericalInputs(nn.Module):
     ``forward(batch) -> (h0 [N, C], edge_sh [E, irreps_sh], basis [E, B], envelope [E])``; geometry comes only from ``edge_vectors(batch)`` (r_ij, centre -> neighbour).
     """
 
-    def __init__(self, channels: int, max_ell: int, num_basis: int, cutoff: float, envelope_p: int,
-                 num_elements: int):
+    def __init__(self, channels: int, max_ell: int, num_basis: int, cutoff: float, envelope_p: int, num_elements: int):
         super().__init__()
         self.num_elements = int(num_elements)
         self.embedding = nn.Embedding(self.num_elements, channels)  # h^0: C x 0e
         self.radial_embedding = RadialEmbedding(cutoff, num_basis, envelope_p)
         self.irreps_sh = o3.Irreps.spherical_harmonics(int(max_ell))  # 0e + 1o + 2e + ...
-        self.spherical_harmonics = o3.SphericalHarmonics(self.irreps_sh, normalize=True,
-                                                         normalization="component")
+        self.spherical_harmonics = o3.SphericalHarmonics(self.irreps_sh, normalize=True, normalization="component")
 
     def reset_parameters(self) -> None:
         nn.init.normal_(self.embedding.weight)
@@ -248,8 +248,9 @@ def channelwise_tensor_product(irreps_in1, irreps_in2, irreps_out, instructions)
     """The tensor product of ``instructions`` ("uvu" or "uuu", per-sample external weights):
     ``ChannelwiseTensorProduct``, or e3nn's ``o3.TensorProduct`` when ``_USE_E3NN_TENSOR_PRODUCT``."""
     if _USE_E3NN_TENSOR_PRODUCT:
-        return _E3nnTensorProduct(irreps_in1, irreps_in2, irreps_out, instructions,
-                                  shared_weights=False, internal_weights=False)
+        return _E3nnTensorProduct(
+            irreps_in1, irreps_in2, irreps_out, instructions, shared_weights=False, internal_weights=False
+        )
     return ChannelwiseTensorProduct(irreps_in1, irreps_in2, irreps_out, instructions)
 
 
@@ -275,8 +276,15 @@ class EdgeConvolution(nn.Module):
     envelope [E]) -> [N, irreps_out]``.
     """
 
-    def __init__(self, irreps_in: o3.Irreps, irreps_sh: o3.Irreps, irreps_out: o3.Irreps,
-                 num_basis: int, radial_hidden: Sequence[int], avg_num_neighbors: float):
+    def __init__(
+        self,
+        irreps_in: o3.Irreps,
+        irreps_sh: o3.Irreps,
+        irreps_out: o3.Irreps,
+        num_basis: int,
+        radial_hidden: Sequence[int],
+        avg_num_neighbors: float,
+    ):
         super().__init__()
         self.irreps_in, self.irreps_sh = o3.Irreps(irreps_in), o3.Irreps(irreps_sh)
         self.irreps_out = o3.Irreps(irreps_out)
@@ -383,8 +391,9 @@ def make_gate(irreps_hidden: o3.Irreps) -> enn.Gate:
     if [ir for _, ir in irreps_hidden] != [ir for _, ir in scalars + gated]:
         raise ValueError(f"hidden irreps must list scalars first, got {irreps_hidden}")
     gates = o3.Irreps(f"{gated.num_irreps}x0e") if gated.num_irreps else o3.Irreps("")
-    return enn.Gate(scalars, [_act_for_parity(ir.p) for _, ir in scalars],
-                    gates, [torch.sigmoid] if gated.num_irreps else [], gated)
+    return enn.Gate(
+        scalars, [_act_for_parity(ir.p) for _, ir in scalars], gates, [torch.sigmoid] if gated.num_irreps else [], gated
+    )
 
 
 # --------------------------------------------------------------------------- MACE product basis
@@ -443,9 +452,13 @@ class SymmetricContraction(nn.Module):
             reached = {ir for _, ir1 in prev for _, ir2 in self.irreps_in for ir in ir1 * ir2}
             out = o3.Irreps([(m, ir) for m, ir in candidates if ir in reached])  # only reachable irreps
             wanted = [ir for _, ir in out]
-            instructions = [(i1, i2, wanted.index(ir), "uuu", True)
-                            for i1, (_, ir1) in enumerate(prev) for i2, (_, ir2) in enumerate(self.irreps_in)
-                            for ir in ir1 * ir2 if ir in wanted]
+            instructions = [
+                (i1, i2, wanted.index(ir), "uuu", True)
+                for i1, (_, ir1) in enumerate(prev)
+                for i2, (_, ir2) in enumerate(self.irreps_in)
+                for ir in ir1 * ir2
+                if ir in wanted
+            ]
             tp = channelwise_tensor_product(prev, self.irreps_in, out, instructions)
             self.products.append(tp)
             self.product_weights.append(nn.Embedding(num_elements, tp.weight_numel))

@@ -119,8 +119,10 @@ class ChannelwiseTensorProduct(nn.Module):
             if ir1.p * ir2.p != ir_out.p or not abs(ir1.l - ir2.l) <= ir_out.l <= ir1.l + ir2.l:
                 raise ValueError(f"instruction {(i1, i2, o)}: {ir1} x {ir2} cannot give {ir_out}")
             if mul_out != mul1 or (self.mode == "uuu" and mul2 != mul1):
-                raise ValueError(f"instruction {(i1, i2, o)}: multiplicities {mul1}, {mul2} -> {mul_out} "
-                                 f"do not fit mode {self.mode!r}")
+                raise ValueError(
+                    f"instruction {(i1, i2, o)}: multiplicities {mul1}, {mul2} -> {mul_out} "
+                    f"do not fit mode {self.mode!r}"
+                )
             fan_in[o] += mul2 if self.mode == "uvu" else 1
 
         # paths of each input block, weights located in e3nn's flat layout
@@ -136,7 +138,8 @@ class ChannelwiseTensorProduct(nn.Module):
             ir_out = self.irreps_out[o].ir
             alpha = math.sqrt(ir_out.dim / fan_in[o]) if fan_in[o] > 0 else math.sqrt(ir_out.dim)
             block_paths.setdefault(i1, []).append(
-                _Path(o, i2, ir_out.l, mul2 if self.mode == "uvu" else 1, alpha, weight_slice))
+                _Path(o, i2, ir_out.l, mul2 if self.mode == "uvu" else 1, alpha, weight_slice)
+            )
 
         # blocks whose paths have the same structure share one coupling matrix ("signature")
         self._blocks: list[tuple[int, int]] = []  # (input block, signature index)
@@ -147,10 +150,13 @@ class ChannelwiseTensorProduct(nn.Module):
                 self._signatures.append(sig)
             self._blocks.append((i1, self._signatures.index(sig)))
         self._paths = block_paths
-        self._y_used = [tuple(i2 for i2 in range(len(self.irreps_in2)) if i2 in {q[0] for q in paths})
-                        for _, paths in self._signatures]  # uuu: blocks of y each signature reads
-        self._m_sizes = [(2 * l1 + 1) * sum(mul2 * (2 * l3 + 1) for _, l3, mul2, _ in paths)
-                         for l1, paths in self._signatures]  # uvu: columns of M per signature
+        self._y_used = [
+            tuple(i2 for i2 in range(len(self.irreps_in2)) if i2 in {q[0] for q in paths})
+            for _, paths in self._signatures
+        ]  # uuu: blocks of y each signature reads
+        self._m_sizes = [
+            (2 * l1 + 1) * sum(mul2 * (2 * l3 + 1) for _, l3, mul2, _ in paths) for l1, paths in self._signatures
+        ]  # uvu: columns of M per signature
 
         # weights reordered so that forward meets them in (block, path) order: usually the identity
         order = [p.weight_slice for i1, _ in self._blocks for p in block_paths[i1] if p.weight_slice]
@@ -176,15 +182,17 @@ class ChannelwiseTensorProduct(nn.Module):
         self._compiled_main_left_right = nn.Module()  # e3nn's name for the module holding them
         for key in self._w3j_keys:
             exact = o3.wigner_3j(*key, dtype=torch.float64).to(torch.get_default_dtype())
-            self._compiled_main_left_right.register_buffer("_w3j_{}_{}_{}".format(*key), exact,
-                                                            persistent=key in persistent)
+            self._compiled_main_left_right.register_buffer(
+                "_w3j_{}_{}_{}".format(*key), exact, persistent=key in persistent
+            )
         self._cache: tuple[list, list[torch.Tensor]] | None = None
 
         # e3nn's other persistent buffers: weight (empty, the weights are external) and output_mask
         self.register_buffer("weight", torch.Tensor())
         reached = {p.i_out for paths in block_paths.values() for p in paths}
-        mask = [torch.full((mul * ir.dim,), 1.0 if o in reached else 0.0)
-                for o, (mul, ir) in enumerate(self.irreps_out)]
+        mask = [
+            torch.full((mul * ir.dim,), 1.0 if o in reached else 0.0) for o, (mul, ir) in enumerate(self.irreps_out)
+        ]
         self.register_buffer("output_mask", torch.cat(mask) if mask else torch.ones(0))
 
     # ------------------------------------------------------------------------- coupling matrices
@@ -222,7 +230,7 @@ class ChannelwiseTensorProduct(nn.Module):
                 d2, d3 = 2 * l2 + 1, 2 * l3 + 1
                 for v in range(mul2):  # uvu: channel v of y feeds only the columns of v
                     row = rows[i2] + v * d2
-                    g[row:row + d2, :, col + v * d3:col + (v + 1) * d3] = c
+                    g[row : row + d2, :, col + v * d3 : col + (v + 1) * d3] = c
                 col += mul2 * d3
             if self.mode == "uvu":
                 mats.append(g.reshape(rows[-1], -1))
@@ -236,14 +244,23 @@ class ChannelwiseTensorProduct(nn.Module):
         """``_build_couplings()``, rebuilt only when a Wigner 3j buffer was replaced or changed."""
         state = [(b, b._version) for b in (self._w3j(*key) for key in self._w3j_keys)]
         cached = self._cache
-        if cached is None or len(cached[0]) != len(state) or any(
-                a is not b or va != vb for (a, va), (b, vb) in zip(cached[0], state)):
+        if (
+            cached is None
+            or len(cached[0]) != len(state)
+            or any(a is not b or va != vb for (a, va), (b, vb) in zip(cached[0], state))
+        ):
             self._cache = cached = (state, self._build_couplings())
         return cached[1]
 
     # ------------------------------------------------------------------------- forward
-    def forward(self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None,
-                index: torch.Tensor | None = None, dim_size: int | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        weight: torch.Tensor | None = None,
+        index: torch.Tensor | None = None,
+        dim_size: int | None = None,
+    ) -> torch.Tensor:
         """``x [..., irreps_in1.dim], y [..., irreps_in2.dim], weight [..., weight_numel]
         -> [..., irreps_out.dim]``.
 
@@ -254,11 +271,14 @@ class ChannelwiseTensorProduct(nn.Module):
         """
         lead = x.shape[:-1]
         if y.shape[:-1] != lead or (weight is not None and weight.shape[:-1] != lead):
-            raise ValueError(f"leading dimensions differ: x {tuple(x.shape)}, y {tuple(y.shape)}, "
-                             f"weight {None if weight is None else tuple(weight.shape)}")
+            raise ValueError(
+                f"leading dimensions differ: x {tuple(x.shape)}, y {tuple(y.shape)}, "
+                f"weight {None if weight is None else tuple(weight.shape)}"
+            )
         if self.weight_numel and (weight is None or weight.shape[-1] != self.weight_numel):
-            raise ValueError(f"weight must have {self.weight_numel} columns, got "
-                             f"{None if weight is None else tuple(weight.shape)}")
+            raise ValueError(
+                f"weight must have {self.weight_numel} columns, got {None if weight is None else tuple(weight.shape)}"
+            )
         if index is not None and (dim_size is None or x.dim() != 2 or index.shape != lead):
             raise ValueError("index needs 2-d inputs, one index per row, and dim_size")
         n = lead.numel()
@@ -299,8 +319,10 @@ class ChannelwiseTensorProduct(nn.Module):
         if self.mode == "uvu":  # M[e, i, (p, v, k)] for every signature in one matmul
             m = (y @ couplings[0]).split(self._m_sizes, dim=-1)
         else:  # y per channel, rows and channels last: [2 l2 + 1, n, U] per block
-            y_blocks = [b.reshape(n, mul, ir.dim).permute(2, 0, 1) for b, (mul, ir) in
-                        zip(y.split([mul * ir.dim for mul, ir in self.irreps_in2], dim=-1), self.irreps_in2)]
+            y_blocks = [
+                b.reshape(n, mul, ir.dim).permute(2, 0, 1)
+                for b, (mul, ir) in zip(y.split([mul * ir.dim for mul, ir in self.irreps_in2], dim=-1), self.irreps_in2)
+            ]
             y_channels = {}
         for i1, s in self._blocks:
             mul1, ir1 = self.irreps_in1[i1]
@@ -339,5 +361,7 @@ class ChannelwiseTensorProduct(nn.Module):
                 yield p, (out if split_dim == 1 else out.transpose(0, 1))  # [n, k, U]
 
     def extra_repr(self) -> str:
-        return (f"{self.irreps_in1.simplify()} x {self.irreps_in2.simplify()} -> {self.irreps_out.simplify()}, "
-                f"mode={self.mode!r}, {len(self.instructions)} paths, weight_numel={self.weight_numel}")
+        return (
+            f"{self.irreps_in1.simplify()} x {self.irreps_in2.simplify()} -> {self.irreps_out.simplify()}, "
+            f"mode={self.mode!r}, {len(self.instructions)} paths, weight_numel={self.weight_numel}"
+        )

@@ -6,5 +6,11 @@ in ``geognn.testing``."""
 from .frames import DegenerateFrameWarning, FrameBuilder
 from .sphere import fibonacci_grid, orientation_grid, random_rotation, repulsion_grid
 
-__all__ = ["DegenerateFrameWarning", "FrameBuilder", "fibonacci_grid", "orientation_grid",
-           "random_rotation", "repulsion_grid"]
+__all__ = [
+    "DegenerateFrameWarning",
+    "FrameBuilder",
+    "fibonacci_grid",
+    "orientation_grid",
+    "random_rotation",
+    "repulsion_grid",
+]

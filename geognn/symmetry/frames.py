@@ -168,9 +168,11 @@ def _slab_normals(cell: torch.Tensor, pbc: torch.Tensor) -> torch.Tensor:
     n_periodic = pbc.sum(-1)
     if not bool((n_periodic == 2).all()):
         bad = [tuple(bool(x) for x in row) for row in pbc[n_periodic != 2].tolist()][:3]
-        raise ValueError(f"dim=2 frames need slabs with exactly two periodic directions "
-                         f"(pbc like (True, True, False)); got pbc {bad}. Use dim=3 for molecules "
-                         "and bulk crystals.")
+        raise ValueError(
+            f"dim=2 frames need slabs with exactly two periodic directions "
+            f"(pbc like (True, True, False)); got pbc {bad}. Use dim=3 for molecules "
+            "and bulk crystals."
+        )
     order = torch.argsort((~pbc).to(torch.int8), dim=-1, stable=True)  # periodic first, then the free one
     rows = torch.arange(cell.shape[0], device=cell.device)
     a, b, c = cell[rows, order[:, 0]], cell[rows, order[:, 1]], cell[rows, order[:, 2]]
@@ -231,7 +233,7 @@ def _equal_groups(rows: torch.Tensor, tol: float) -> torch.Tensor:
     """[K, D] -> [G, K] averaging matrix of the groups of equal rows (max |difference| <= tol),
     groups in order of first occurrence (greedy: a row joins the group of the first row equal to it)."""
     k = rows.shape[0]
-    same = (torch.cdist(rows.detach().unsqueeze(0), rows.detach().unsqueeze(0), p=float("inf"))[0] <= tol)
+    same = torch.cdist(rows.detach().unsqueeze(0), rows.detach().unsqueeze(0), p=float("inf"))[0] <= tol
     same = same.cpu().numpy()  # [K, K]
     group = np.full(k, -1)
     n_groups = 0
@@ -317,8 +319,9 @@ class FrameBuilder:
         if d == 2:
             full = torch.cat([axes, normals.unsqueeze(-1)], -1)
             if self.group == "SO3":
-                full = torch.cat([full[..., :1], full[..., 1:2] * torch.linalg.det(full).detach()[:, None, None],
-                                  full[..., 2:]], -1)
+                full = torch.cat(
+                    [full[..., :1], full[..., 1:2] * torch.linalg.det(full).detach()[:, None, None], full[..., 2:]], -1
+                )
             axes = full
         signs = _sign_combinations(self.group, d, axes.dtype, axes.device)  # [S, d]
         if d == 2:
@@ -329,7 +332,7 @@ class FrameBuilder:
         """Signs [B, d] fixing each axis by m_k = Σ w (z_j - z_i)(r·v_k)³, and an ambiguity mask [B]."""
         proj = torch.einsum("ed,edk->ek", vec.detach(), axes.detach()[edge_graph])  # [E, d]
         w = (weight * dz).detach()[:, None]
-        moment = scatter_sum(w * proj ** 3, edge_graph, n_graphs)  # [B, d]
+        moment = scatter_sum(w * proj**3, edge_graph, n_graphs)  # [B, d]
         scale = scatter_sum(w.abs() * vec.detach().norm(dim=-1, keepdim=True) ** 3, edge_graph, n_graphs)
         n_fixed = axes.shape[-1] - (1 if self.group == "SO3" else 0)  # SO(3): last sign from det
         ambiguous = (moment[:, :n_fixed].abs() <= SIGN_TOL * scale).any(-1)
@@ -355,8 +358,7 @@ class FrameBuilder:
             if axis is None:
                 return torch.eye(3, dtype=dtype, device=device).unsqueeze(0)
             u = _orthonormal_to(axis.detach()).to(dtype)
-            return torch.stack([torch.stack([u, torch.linalg.cross(s * axis, u), s * axis], -1)
-                                for s in axis_signs])
+            return torch.stack([torch.stack([u, torch.linalg.cross(s * axis, u), s * axis], -1) for s in axis_signs])
         d_det = distance.detach()
         anchor = None
         for z in torch.unique(z_center).tolist():  # the smallest shortest-shell among species
@@ -376,10 +378,12 @@ class FrameBuilder:
                     if self.group == "O3":
                         frames.append(torch.stack([e1, -e2, third], -1))
             return _unique_frames(torch.stack(frames))
+
         # 3D: second vectors from the anchor shell, else from the first shell with a non-collinear one
         def pair_frames(b_vecs):
-            cross = torch.linalg.cross(a_hat[:, None, :].expand(-1, len(b_vecs), -1),
-                                       b_vecs[None, :, :].expand(len(a_hat), -1, -1))  # [A, B, 3]
+            cross = torch.linalg.cross(
+                a_hat[:, None, :].expand(-1, len(b_vecs), -1), b_vecs[None, :, :].expand(len(a_hat), -1, -1)
+            )  # [A, B, 3]
             ok = (cross.detach().norm(dim=-1) > COLLINEAR_TOL * b_vecs.detach().norm(dim=-1)[None, :]).nonzero()
             if not len(ok):
                 return None
@@ -409,7 +413,6 @@ class FrameBuilder:
                 frames.append(torch.stack([e1, e2, -e3], -1))
         return _unique_frames(torch.stack(frames))
 
-
     def __call__(self, batch, vec: torch.Tensor, mode: str, n_samples: int = 1) -> FrameSet:
         """Frames of every structure of ``batch`` given its edge vectors ``vec`` [E, 3] Å.
 
@@ -427,8 +430,9 @@ class FrameBuilder:
         z = batch[K.Z]
         ambiguous = torch.zeros_like(degenerate)
         if mode == "det":
-            signs, ambiguous = self.third_moment_signs(axes, vec, weight, (z[j] - z[i]).to(vec.dtype),
-                                                       edge_graph, n_graphs)
+            signs, ambiguous = self.third_moment_signs(
+                axes, vec, weight, (z[j] - z[i]).to(vec.dtype), edge_graph, n_graphs
+            )
             chosen = self.sign_frames(axes * signs[:, None, :], normals)[0:1]  # the all-plus combination
             ambiguous = ambiguous & ~degenerate
         per_graph: list[torch.Tensor | None] = [None] * n_graphs
@@ -466,12 +470,11 @@ class FrameBuilder:
         for b in range(n_graphs):
             f = common[:, b] if per_graph[b] is None else per_graph[b]
             w = torch.zeros(n_frames, dtype=vec.dtype, device=vec.device)
-            w[:f.shape[0]] = 1.0 / f.shape[0]
+            w[: f.shape[0]] = 1.0 / f.shape[0]
             if f.shape[0] > n_frames:
                 extra[b], extra_weight[b] = f[n_frames:], 1.0 / f.shape[0]
                 f = f[:n_frames]
             pad = n_frames - f.shape[0]
             rotations.append(torch.cat([f, f[:1].expand(pad, 3, 3)]) if pad else f)
             weights.append(w)
-        return FrameSet(torch.stack(rotations, 1), torch.stack(weights, 1), degenerate, ambiguous,
-                        extra, extra_weight)
+        return FrameSet(torch.stack(rotations, 1), torch.stack(weights, 1), degenerate, ambiguous, extra, extra_weight)

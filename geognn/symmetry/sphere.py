@@ -80,8 +80,7 @@ def repulsion_grid(num_points: int, steps: int = 500, dtype: torch.dtype = torch
     return points.detach().to(dtype)
 
 
-def orientation_grid(num_points: int, method: str = "fibonacci",
-                     dtype: torch.dtype = torch.float64) -> torch.Tensor:
+def orientation_grid(num_points: int, method: str = "fibonacci", dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """A deterministic near-uniform grid of ``num_points`` orientations [num_points, 3].
 
     ``method``: "fibonacci" (default; instant) or "repulsion" (Thomson-relaxed, more uniform).
@@ -93,8 +92,9 @@ def orientation_grid(num_points: int, method: str = "fibonacci",
     raise ValueError(f"unknown grid method '{method}'; choose one of: {', '.join(GRID_METHODS)}")
 
 
-def random_rotation(dtype: torch.dtype = torch.float64, device=None,
-                    generator: torch.Generator | None = None) -> torch.Tensor:
+def random_rotation(
+    dtype: torch.dtype = torch.float64, device=None, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """A rotation matrix [3, 3] (det +1) drawn uniformly (Haar) from SO(3) with torch's RNG.
 
     QR of a Gaussian matrix with the signs of R's diagonal moved into Q (Haar on O(3)), then a
@@ -116,5 +116,12 @@ def covering_radius(points: torch.Tensor, num_probes: int = 20000) -> float:
     return float(torch.arccos(cos).max())
 
 
-__all__ = ["GRID_METHODS", "covering_radius", "fibonacci_grid", "orientation_grid", "random_rotation",
-           "repulsion_grid", "thomson_energy"]
+__all__ = [
+    "GRID_METHODS",
+    "covering_radius",
+    "fibonacci_grid",
+    "orientation_grid",
+    "random_rotation",
+    "repulsion_grid",
+    "thomson_energy",
+]

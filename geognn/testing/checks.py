@@ -77,20 +77,40 @@ class Tolerance:
 
 
 def _tolerances(energy, forces, stress, fd_forces, fd_stress, cutoff_energy, cutoff_forces, vectors):
-    return {"energy": Tolerance(*energy, "eV/atom"), "forces": Tolerance(*forces, "eV/Å"),
-            "stress": Tolerance(*stress, "eV/Å³"), "fd_forces": Tolerance(*fd_forces, "eV/Å"),
-            "fd_stress": Tolerance(*fd_stress, "eV/Å³"), "cutoff_energy": Tolerance(*cutoff_energy, "eV"),
-            "cutoff_forces": Tolerance(*cutoff_forces, "eV/Å"), "vectors": Tolerance(*vectors, "(units of node_vectors)")}
+    return {
+        "energy": Tolerance(*energy, "eV/atom"),
+        "forces": Tolerance(*forces, "eV/Å"),
+        "stress": Tolerance(*stress, "eV/Å³"),
+        "fd_forces": Tolerance(*fd_forces, "eV/Å"),
+        "fd_stress": Tolerance(*fd_stress, "eV/Å³"),
+        "cutoff_energy": Tolerance(*cutoff_energy, "eV"),
+        "cutoff_forces": Tolerance(*cutoff_forces, "eV/Å"),
+        "vectors": Tolerance(*vectors, "(units of node_vectors)"),
+    }
 
 
 #: Tolerances per dtype and quantity (atol, rtol, unit); see the module docstring for the measured errors.
 TOLERANCE: dict[torch.dtype, dict[str, Tolerance]] = {
-    torch.float64: _tolerances(energy=(1e-9, 1e-9), forces=(1e-8, 1e-8), stress=(1e-9, 1e-8),
-                               fd_forces=(1e-6, 1e-6), fd_stress=(1e-7, 1e-6),
-                               cutoff_energy=(1e-7, 0.0), cutoff_forces=(1e-5, 0.0), vectors=(1e-9, 1e-8)),
-    torch.float32: _tolerances(energy=(2e-5, 2e-6), forces=(1e-4, 1e-4), stress=(1e-5, 1e-4),
-                               fd_forces=(2e-4, 1e-4), fd_stress=(1e-5, 1e-4),
-                               cutoff_energy=(2e-4, 0.0), cutoff_forces=(1e-3, 0.0), vectors=(1e-4, 1e-4)),
+    torch.float64: _tolerances(
+        energy=(1e-9, 1e-9),
+        forces=(1e-8, 1e-8),
+        stress=(1e-9, 1e-8),
+        fd_forces=(1e-6, 1e-6),
+        fd_stress=(1e-7, 1e-6),
+        cutoff_energy=(1e-7, 0.0),
+        cutoff_forces=(1e-5, 0.0),
+        vectors=(1e-9, 1e-8),
+    ),
+    torch.float32: _tolerances(
+        energy=(2e-5, 2e-6),
+        forces=(1e-4, 1e-4),
+        stress=(1e-5, 1e-4),
+        fd_forces=(2e-4, 1e-4),
+        fd_stress=(1e-5, 1e-4),
+        cutoff_energy=(2e-4, 0.0),
+        cutoff_forces=(1e-3, 0.0),
+        vectors=(1e-4, 1e-4),
+    ),
 }
 #: Finite-difference steps: positions (Å) for forces and strain for stress, always evaluated in
 #: float64 (a float32 model's forces are compared with differences of a float64 copy of it: in
@@ -231,8 +251,9 @@ def reference_energies_removed(model):
                 b.copy_(s)
 
 
-def predict(model, structures: Sequence[Atoms], *, stress: bool | None = None, batched: bool = True,
-            reference: bool = True):
+def predict(
+    model, structures: Sequence[Atoms], *, stress: bool | None = None, batched: bool = True, reference: bool = True
+):
     """Run ``model`` on structures; list of dicts of numpy float64 ``energy`` (eV), ``forces``
     [N, 3] (eV/Å), ``stress`` [3, 3] (eV/Å³ or None) and ``natoms``.
 
@@ -254,12 +275,14 @@ def predict(model, structures: Sequence[Atoms], *, stress: bool | None = None, b
         sizes = [len(g[K.Z]) for g in chunk]
         forces = torch.split(out[K.FORCES].detach(), sizes)
         for b in range(len(chunk)):
-            results.append({
-                "energy": float(out[K.ENERGY][b].detach()),
-                "forces": forces[b].double().numpy(),
-                "stress": out[K.STRESS][b].detach().double().numpy() if stress else None,
-                "natoms": sizes[b],
-            })
+            results.append(
+                {
+                    "energy": float(out[K.ENERGY][b].detach()),
+                    "forces": forces[b].double().numpy(),
+                    "stress": out[K.STRESS][b].detach().double().numpy() if stress else None,
+                    "natoms": sizes[b],
+                }
+            )
     return results
 
 
@@ -287,8 +310,7 @@ class _Errors:
     def forces(self, got, expected):
         got, expected = np.asarray(got, float), np.asarray(expected, float)
         if got.size:
-            self._add("forces", np.linalg.norm(got - expected, axis=-1).max(),
-                      np.linalg.norm(expected, axis=-1).max())
+            self._add("forces", np.linalg.norm(got - expected, axis=-1).max(), np.linalg.norm(expected, axis=-1).max())
 
     def stress(self, got, expected):
         if got is not None:
@@ -451,9 +473,15 @@ def check_determinism(model, structures: Sequence[Atoms]) -> CheckResult:
 _STENCIL = ((1.0, 8.0), (-1.0, -8.0), (2.0, -1.0), (-2.0, 1.0))
 
 
-def check_finite_difference_forces(model, atoms: Atoms, rng: np.random.Generator, *,
-                                   step: float | None = None, n_components: int = 6,
-                                   n_directions: int = 2) -> CheckResult:
+def check_finite_difference_forces(
+    model,
+    atoms: Atoms,
+    rng: np.random.Generator,
+    *,
+    step: float | None = None,
+    n_components: int = 6,
+    n_directions: int = 2,
+) -> CheckResult:
     """Forces are -dE/dx: autograd forces against central differences of the learned energy.
 
     Checks ``n_components`` random Cartesian components (one atom, one axis) and ``n_directions``
@@ -488,7 +516,7 @@ def check_finite_difference_forces(model, atoms: Atoms, rng: np.random.Generator
     energies = [r["energy"] for r in _learned(_float64(model), displaced, stress=False)]
     err = 0.0
     for p, d in enumerate(directions):
-        e = energies[len(_STENCIL) * p: len(_STENCIL) * (p + 1)]
+        e = energies[len(_STENCIL) * p : len(_STENCIL) * (p + 1)]
         derivative = sum(w * ei for (_k, w), ei in zip(_STENCIL, e)) / (12 * step)
         err = max(err, abs(float(np.sum(forces * d)) + derivative))
     if not np.isfinite(err):
@@ -526,7 +554,7 @@ def check_finite_difference_stress(model, atoms: Atoms, *, step: float | None = 
     energies = [r["energy"] for r in _learned(_float64(model), strained, stress=False)]
     fd = np.zeros((3, 3))
     for p, (a, b) in enumerate(pairs):
-        e = energies[len(_STENCIL) * p: len(_STENCIL) * (p + 1)]
+        e = energies[len(_STENCIL) * p : len(_STENCIL) * (p + 1)]
         # off-diagonal: eps_ab = eps_ba = step/2, so dE/d(step) = V (sigma_ab + sigma_ba) / 2 = V sigma_ab
         deriv = sum(w * ei for (_k, w), ei in zip(_STENCIL, e)) / (12 * step)
         fd[a, b] = fd[b, a] = deriv / volume
@@ -573,9 +601,10 @@ def check_cutoff_smoothness(model, atoms: Atoms, rng: np.random.Generator, *, ep
     jump = abs(e_out - e_in)
     force_jump = float(np.linalg.norm(f_out - f_in, axis=-1).max())
     t_e, t_f = _tolerance(model, "cutoff_energy"), _tolerance(model, "cutoff_forces")
-    measured = (Measured("energy jump", jump if np.isfinite(jump) else float("inf"), t_e.bound(0.0), t_e.unit),
-                Measured("force jump", force_jump if np.isfinite(force_jump) else float("inf"),
-                         t_f.bound(0.0), t_f.unit))
+    measured = (
+        Measured("energy jump", jump if np.isfinite(jump) else float("inf"), t_e.bound(0.0), t_e.unit),
+        Measured("force jump", force_jump if np.isfinite(force_jump) else float("inf"), t_f.bound(0.0), t_f.unit),
+    )
     return CheckResult("cutoff smoothness", measured, f"eps={eps} Å, ray={u.tolist()}, anchor atom {anchor}")
 
 
@@ -619,7 +648,9 @@ def check_initial_scale(model, structures: Sequence[Atoms]) -> CheckResult:
     results = _learned(model, structures, stress=False)
     energy = max(abs(r["energy"]) / r["natoms"] for r in results)
     forces = np.concatenate([r["forces"] for r in results])
-    rms = float(np.sqrt(np.mean(np.sum(forces ** 2, axis=-1))))
-    measured = tuple(Measured(q, v if np.isfinite(v) else float("inf"), INITIAL_SCALE[q].atol, INITIAL_SCALE[q].unit)
-                     for q, v in (("energy", energy), ("forces", rms)))
+    rms = float(np.sqrt(np.mean(np.sum(forces**2, axis=-1))))
+    measured = tuple(
+        Measured(q, v if np.isfinite(v) else float("inf"), INITIAL_SCALE[q].atol, INITIAL_SCALE[q].unit)
+        for q, v in (("energy", energy), ("forces", rms))
+    )
     return CheckResult("initial scale", measured, f"{len(structures)} structures; max |E|/atom, rms |F|")

@@ -48,18 +48,21 @@ class SymmetryReport:
 
     def __str__(self) -> str:
         s = self.summary
-        lines = [f"symmetry report: {self.n_structures} structures x {self.n_transforms} random transforms",
-                 f"  energy invariance error (eV/atom): mean {s['energy_mean']:.2e}, max {s['energy_max']:.2e}",
-                 f"  force equivariance error (eV/Å):   mean {s['forces_mean']:.2e}, max {s['forces_max']:.2e}",
-                 "  histogram of log10(error):  " + "  ".join(f"[{e:g},{e + 2:g})" for e in LOG10_BINS)]
+        lines = [
+            f"symmetry report: {self.n_structures} structures x {self.n_transforms} random transforms",
+            f"  energy invariance error (eV/atom): mean {s['energy_mean']:.2e}, max {s['energy_max']:.2e}",
+            f"  force equivariance error (eV/Å):   mean {s['forces_mean']:.2e}, max {s['forces_max']:.2e}",
+            "  histogram of log10(error):  " + "  ".join(f"[{e:g},{e + 2:g})" for e in LOG10_BINS),
+        ]
         for which in ("energy", "forces"):
             counts, _ = self.histogram(which)
             lines.append(f"  {which:<8}" + " " * 19 + "  ".join(f"{c:>8d}" for c in counts))
         return "\n".join(lines)
 
 
-def symmetry_report(model, structures: Sequence[Atoms], n_rotations: int = 8, *, reflections: bool = True,
-                    seed: int = 0) -> SymmetryReport:
+def symmetry_report(
+    model, structures: Sequence[Atoms], n_rotations: int = 8, *, reflections: bool = True, seed: int = 0
+) -> SymmetryReport:
     """Invariance error of energies and equivariance error of forces of ``model`` under random
     rotations (and reflections) of ``structures`` (ase.Atoms; molecules or crystals).
 
@@ -83,6 +86,10 @@ def symmetry_report(model, structures: Sequence[Atoms], n_rotations: int = 8, *,
             energy_err.append(abs(got["energy"] - ref["energy"]) / len(atoms))
             force_err.append(float(np.max(np.linalg.norm(got["forces"] - ref["forces"] @ m.T, axis=-1))))
     energy, forces = np.asarray(energy_err), np.asarray(force_err)
-    summary = {"energy_mean": float(energy.mean()), "energy_max": float(energy.max()),
-               "forces_mean": float(forces.mean()), "forces_max": float(forces.max())}
+    summary = {
+        "energy_mean": float(energy.mean()),
+        "energy_max": float(energy.max()),
+        "forces_mean": float(forces.mean()),
+        "forces_max": float(forces.max()),
+    }
     return SymmetryReport(energy, forces, len(structures), len(mats), summary)

@@ -147,9 +147,21 @@ class TrainConfig:
         for key in positive:
             if not getattr(self, key) > 0:
                 raise ValueError(f"config {key}={getattr(self, key)!r} must be > 0")
-        for key in ("energy_weight", "forces_weight", "stress_weight", "weight_decay", "grad_clip",
-                    "patience", "early_stopping", "time_limit", "checkpoint_every",
-                    "num_workers", "threads", "val_fraction", "test_fraction"):
+        for key in (
+            "energy_weight",
+            "forces_weight",
+            "stress_weight",
+            "weight_decay",
+            "grad_clip",
+            "patience",
+            "early_stopping",
+            "time_limit",
+            "checkpoint_every",
+            "num_workers",
+            "threads",
+            "val_fraction",
+            "test_fraction",
+        ):
             if getattr(self, key) < 0:
                 raise ValueError(f"config {key}={getattr(self, key)!r} must be >= 0")
         if self.warmup_steps is not None and not (isinstance(self.warmup_steps, int) and self.warmup_steps >= 0):
@@ -163,8 +175,9 @@ class TrainConfig:
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"config device={self.device!r}: choose auto, cpu, cuda or cuda:N")
         names = self.target_names
-        if names is not None and (not names or len(set(names)) != len(names)
-                                  or not all(isinstance(n, str) and n for n in names)):
+        if names is not None and (
+            not names or len(set(names)) != len(names) or not all(isinstance(n, str) and n for n in names)
+        ):
             raise ValueError(f"config target={self.target!r}: give one or more distinct label names")
         for key in ("unit", "readout"):
             values = self.per_target(key, len(names) if names else None)
@@ -189,8 +202,10 @@ class TrainConfig:
         if len(values) == 1:
             return values * (n or 1)
         if n is not None and len(values) != n:
-            raise ValueError(f"config {key}={value!r}: give one {key} for all targets or one per target "
-                             f"({n} target(s): {self.target_names})")
+            raise ValueError(
+                f"config {key}={value!r}: give one {key} for all targets or one per target "
+                f"({n} target(s): {self.target_names})"
+            )
         return values
 
     # ----------------------------------------------------------------------------- files
@@ -274,13 +289,21 @@ def _number(value: Any) -> Any:
 
 
 #: What each annotation of a TrainConfig field accepts (bool is not a number here).
-_TYPE_WORDS = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false",
-               "dict": "a mapping", "list[str]": "a list of strings", "None": "null"}
+_TYPE_WORDS = {
+    "int": "an integer",
+    "float": "a number",
+    "str": "a string",
+    "bool": "true or false",
+    "dict": "a mapping",
+    "list[str]": "a list of strings",
+    "None": "null",
+}
 
 
 def check_type(key: str, value: Any, annotation: str) -> None:
     """ValueError naming ``key`` when ``value`` does not fit ``annotation`` (a field's type as
     written, e.g. ``"int | None"``); ints are accepted where floats are."""
+
     def fits(kind: str) -> bool:
         if kind == "None":
             return value is None

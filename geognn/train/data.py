@@ -72,23 +72,29 @@ def _open(config: TrainConfig, root: str):
     options = {}
     if config.unit is not None:
         if config.dataset in ("qm9", "oc20-is2re", "oc20-s2ef"):
-            raise ValueError(f"{config.dataset} labels come in the dataset's own units; --unit (config unit) is "
-                             "for cif-folder, extxyz and ase-db")
+            raise ValueError(
+                f"{config.dataset} labels come in the dataset's own units; --unit (config unit) is "
+                "for cif-folder, extxyz and ase-db"
+            )
         units = config.per_target("unit", len(names) if names else None)
         if config.dataset == "cif-folder":
             from ..datasets.folders import cif_folder_labels
 
             labels = names or cif_folder_labels(root)
             if len(units) > 1 and len(units) != len(labels):
-                raise ValueError(f"{len(units)} units {units} for the {len(labels)} label(s) {labels} of {root}: "
-                                 "give one unit for all or one per label")
+                raise ValueError(
+                    f"{len(units)} units {units} for the {len(labels)} label(s) {labels} of {root}: "
+                    "give one unit for all or one per label"
+                )
             options["energy_unit"] = units[0] if len(set(units)) == 1 else dict(zip(labels, units))
         elif len(set(units)) == 1 and is_total_energy_unit(units[0]):
             options["energy_unit"] = units[0]  # energies and forces in that unit
         else:
             if names is None and len(units) > 1:
-                raise ValueError(f"{len(units)} units {units} but no --target: name the {config.dataset} labels "
-                                 "they belong to (one --target per --unit)")
+                raise ValueError(
+                    f"{len(units)} units {units} but no --target: name the {config.dataset} labels "
+                    "they belong to (one --target per --unit)"
+                )
             options["units"] = dict(zip(names or ["energy"], units))
     try:
         from ..datasets import open_dataset
@@ -102,8 +108,7 @@ def _open(config: TrainConfig, root: str):
     target = names if config.dataset != "qm9" else names[0]
     if config.dataset.startswith("oc20"):
         target = config.target  # fixed by the task; open_dataset checks a given name
-    return open_dataset(config.dataset, root, target=target, on_error=config.on_error, limit=config.limit,
-                        **options)
+    return open_dataset(config.dataset, root, target=target, on_error=config.on_error, limit=config.limit, **options)
 
 
 def resolve_targets(config: TrainConfig, dataset) -> list[Target]:
@@ -117,9 +122,12 @@ def resolve_targets(config: TrainConfig, dataset) -> list[Target]:
         unit = units.get(name, units.get("energy", "eV") if name == "energy" else "")
         target = Target(name, unit, readout or default_readout(unit, name))
         if target.readout == "sum" and is_per_atom_unit(unit):
-            warnings.warn(f"target {name!r} is in {unit} (a per-atom quantity) but its readout is 'sum': the "
-                          "prediction will grow with the number of atoms; use --readout mean for intensive labels",
-                          UserWarning, stacklevel=2)
+            warnings.warn(
+                f"target {name!r} is in {unit} (a per-atom quantity) but its readout is 'sum': the "
+                "prediction will grow with the number of atoms; use --readout mean for intensive labels",
+                UserWarning,
+                stacklevel=2,
+            )
         out.append(target)
     return out
 
@@ -224,8 +232,14 @@ def labelled_graph(atoms, index: int, config: TrainConfig, targets: Sequence[str
 class GraphDataset(torch.utils.data.Dataset):
     """Item i of ``structures`` as a labelled graph (built on access, or all at once with ``cache``)."""
 
-    def __init__(self, structures, config: TrainConfig, cache: bool | None = None, progress: bool = False,
-                 targets: Sequence[str] | None = None):
+    def __init__(
+        self,
+        structures,
+        config: TrainConfig,
+        cache: bool | None = None,
+        progress: bool = False,
+        targets: Sequence[str] | None = None,
+    ):
         self.structures = structures
         self.config = config
         self.targets = list(targets or config.target_names or ["energy"])  # label names
@@ -234,8 +248,12 @@ class GraphDataset(torch.utils.data.Dataset):
         if self.cache:
             from tqdm.auto import tqdm
 
-            self.graphs = [self._build(i) for i in tqdm(range(len(structures)), desc="building graphs",
-                                                          unit="structure", leave=False, disable=not progress)]
+            self.graphs = [
+                self._build(i)
+                for i in tqdm(
+                    range(len(structures)), desc="building graphs", unit="structure", leave=False, disable=not progress
+                )
+            ]
 
     def _build(self, i: int):
         try:
@@ -275,8 +293,9 @@ class EpochBatches(torch.utils.data.Sampler):
     mid-epoch by skipping ``start`` batches. ``set_epoch`` picks the epoch and first batch.
     """
 
-    def __init__(self, indices: Sequence[int], batch_size: int, seed: int, shuffle: bool = True,
-                 rank: int = 0, world: int = 1):
+    def __init__(
+        self, indices: Sequence[int], batch_size: int, seed: int, shuffle: bool = True, rank: int = 0, world: int = 1
+    ):
         self.indices, self.batch_size, self.seed = list(indices), batch_size, seed
         self.shuffle, self.rank, self.world = shuffle, rank, world
         self.epoch, self.start = 0, 0
@@ -292,23 +311,28 @@ class EpochBatches(torch.utils.data.Sampler):
         if self.world > 1:
             total = -(-len(order) // self.world) * self.world
             order = (order * (total // max(len(order), 1) + 1))[:total] if self.shuffle else order
-            order = order[self.rank::self.world]
+            order = order[self.rank :: self.world]
         return order
 
     def batches(self) -> list[list[int]]:
         shard = self.shard()
-        return [shard[k:k + self.batch_size] for k in range(0, len(shard), self.batch_size)]
+        return [shard[k : k + self.batch_size] for k in range(0, len(shard), self.batch_size)]
 
     def __len__(self) -> int:
         return len(self.batches())
 
     def __iter__(self):
-        return iter(self.batches()[self.start:])
+        return iter(self.batches()[self.start :])
 
 
 def make_loader(dataset: GraphDataset, sampler: EpochBatches, num_workers: int):
     # own generator: creating an iterator draws a seed from it, which must not touch the global RNG
     # (its state is part of the checkpoint)
-    return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_graphs,
-                                       num_workers=num_workers, persistent_workers=num_workers > 0,
-                                       generator=torch.Generator().manual_seed(sampler.seed))
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=collate_graphs,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        generator=torch.Generator().manual_seed(sampler.seed),
+    )

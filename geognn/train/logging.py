@@ -40,7 +40,8 @@ class RunLog:
             return
         with self.path.open("a", newline="") as f:
             csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore").writerow(
-                {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+                {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
+            )
         if self.tb is not None:
             for key, value in row.items():
                 if key != "epoch" and isinstance(value, (int, float)):

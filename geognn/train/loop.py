@@ -6,7 +6,8 @@ their ids; ``--split FILE`` takes it back, by ids),
 ``state.pt`` (everything needed to resume, written atomically every ``checkpoint_every`` steps,
 every epoch, and when SIGINT/SIGTERM stops the run after its current step, see checkpoint.py),
 ``model.pt`` (best-validation model, EMA weights if EMA is on; loadable by ``geognn.load_model`` /
-``geognn predict``), ``result.json`` and, when structures were left out, ``skipped.csv``. With
+``geognn predict``), ``result.json``, ``test_predictions.csv`` (truth and prediction of each test
+structure, see predictions.py) and, when structures were left out, ``skipped.csv``. With
 ``ensemble`` = N > 1 the folder holds one run folder per member (``member_0`` ... with seeds
 seed, seed+1, ..., all on member 0's split) and ``model.pt`` is the ensemble of their best
 models (``geognn.model.Ensemble``).
@@ -47,8 +48,14 @@ from .losses import LossSpec, combine, loss_counts, loss_sums
 from .metrics import Metrics
 from .optim import EMA, LRSchedule, auto_warmup
 
-DATASET_LABELS = {"qm9": "QM9 molecules", "oc20-is2re": "OC20 IS2RE", "oc20-s2ef": "OC20 S2EF",
-                  "cif-folder": "CIF folder", "extxyz": "extxyz file", "ase-db": "ASE database"}
+DATASET_LABELS = {
+    "qm9": "QM9 molecules",
+    "oc20-is2re": "OC20 IS2RE",
+    "oc20-s2ef": "OC20 S2EF",
+    "cif-folder": "CIF folder",
+    "extxyz": "extxyz file",
+    "ase-db": "ASE database",
+}
 #: Structures sampled from the training set to fit reference energies and the output scale.
 STATS_SAMPLE = 20_000
 
@@ -69,18 +76,28 @@ class TrainResult:
     test_metrics: dict | None = None
     unit: str = "eV"
     per_target: dict | None = None
+    #: what the baseline is: the reference energies fitted on composition, or (``fit_reference``
+    #: off, as in the OC20 IS2RE recipe) references fixed at zero, i.e. predicting 0
+    baseline: str = "per-element reference values only (linear fit on composition)"
 
     def summary(self, target: str | None = None) -> str:
         """One line per target: model MAE, composition baseline MAE and their ratio."""
-        rows = self.per_target or {target or "target": {"unit": self.unit, "test_mae": self.test_mae,
-                                                        "baseline_test_mae": self.baseline_test_mae}}
+        rows = self.per_target or {
+            target or "target": {
+                "unit": self.unit,
+                "test_mae": self.test_mae,
+                "baseline_test_mae": self.baseline_test_mae,
+            }
+        }
         lines = []
         for name, r in rows.items():
             mae, base = r["test_mae"], r["baseline_test_mae"]
             ratio = base / mae if mae > 0 else math.inf
             u, f = shown(r["unit"])
-            lines.append(f"test MAE of {name}: model {mae * f:.4g} {u} | per-element reference values only "
-                         f"(linear fit on composition) {base * f:.4g} {u} | model is {ratio:.2f}x better")
+            lines.append(
+                f"test MAE of {name}: model {mae * f:.4g} {u} | {self.baseline} {base * f:.4g} {u} | "
+                f"model is {ratio:.2f}x better"
+            )
         return "\n".join(lines)
 
 
@@ -95,7 +112,7 @@ def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) 
     n_val, n_test = int(round(n * val_fraction)), int(round(n * test_fraction))
     if n - n_val - n_test < 1 or n_val < 1:
         raise ValueError(f"{n} structures are too few for val/test fractions {val_fraction}/{test_fraction}")
-    return {"val": perm[:n_val], "test": perm[n_val:n_val + n_test], "train": perm[n_val + n_test:]}
+    return {"val": perm[:n_val], "test": perm[n_val : n_val + n_test], "train": perm[n_val + n_test :]}
 
 
 def _ids(structures) -> list[str]:
@@ -130,14 +147,16 @@ def _resume_split(path: Path, structures) -> dict[str, list[int]]:
     for name, stored in (payload.get("ids") or {}).items():
         for i, sid in zip(split[name], stored):
             if i >= len(ids) or ids[i] != sid:
-                raise ValueError(f"{path}: split {name!r} index {i} was structure {sid!r}; the data changed since "
-                                 "the run started")
+                raise ValueError(
+                    f"{path}: split {name!r} index {i} was structure {sid!r}; the data changed since the run started"
+                )
     return split
 
 
 # --------------------------------------------------------------------------- statistics
-def training_statistics(structures, graphs: GraphDataset, train_idx, config: TrainConfig, seed: int,
-                        targets: list[str] | None = None):
+def training_statistics(
+    structures, graphs: GraphDataset, train_idx, config: TrainConfig, seed: int, targets: list[str] | None = None
+):
     """(atomic numbers, labels [B, T]) of up to STATS_SAMPLE training structures, for reference values."""
     targets = list(targets or graphs.targets)
     idx = list(train_idx)
@@ -195,8 +214,9 @@ def run_metrics(model, config: TrainConfig, baseline: bool = False) -> Metrics:
     energy = model.energy_target.name if model.energy_target is not None else None
     members = model.members if isinstance(model, Ensemble) else [model]
     scales = {name: float(members[0].heads[name].scale) for name in model.target_names}
-    return Metrics(model.targets, forces=forces and not baseline, stress=stress and not baseline,
-                   energy=energy, scales=scales)
+    return Metrics(
+        model.targets, forces=forces and not baseline, stress=stress and not baseline, energy=energy, scales=scales
+    )
 
 
 def baseline_outputs(model: Model, batch) -> dict[str, torch.Tensor]:
@@ -206,8 +226,15 @@ def baseline_outputs(model: Model, batch) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def evaluate(model: Model | Ensemble, graphs: GraphDataset, indices, config: TrainConfig, d: distributed.Dist,
-             unit: str | None = None, baseline: bool = False) -> Metrics:
+def evaluate(
+    model: Model | Ensemble,
+    graphs: GraphDataset,
+    indices,
+    config: TrainConfig,
+    d: distributed.Dist,
+    unit: str | None = None,
+    baseline: bool = False,
+) -> Metrics:
     """Metrics of ``model`` (or of its reference values alone) on ``indices``, summed over ranks.
 
     The targets and their units come from ``model``; ``unit`` is accepted for older callers and unused.
@@ -283,20 +310,33 @@ def _train_ensemble(config: TrainConfig, d: distributed.Dist, resume: bool, prog
     test = split["test"] or split["val"]
     val = evaluate(ensemble, run.graphs, split["val"], config, d).score
     calibration = ensemble_calibration(ensemble, run.graphs, test, config, d)
-    result = finish_run(ensemble, run.graphs, test, config, d, out, model_path, val=val,
-                        epochs=max(r["epochs"] for r in member_results), steps=0,
-                        extra={"ensemble": config.ensemble, "members": member_results, "calibration": calibration})
+    result = finish_run(
+        ensemble,
+        run.graphs,
+        test,
+        config,
+        d,
+        out,
+        model_path,
+        val=val,
+        epochs=max(r["epochs"] for r in member_results),
+        steps=0,
+        extra={"ensemble": config.ensemble, "members": member_results, "calibration": calibration},
+    )
     if progress:
         for name, c in calibration.items():
-            print(f"ensemble {name}: {100 * c['within_1sigma']:.0f}% of test errors within 1 sigma, "
-                  f"{100 * c['within_2sigma']:.0f}% within 2 sigma, rank correlation |error| vs sigma "
-                  f"{c['spearman_abs_error_sigma']:.2f}")
+            print(
+                f"ensemble {name}: {100 * c['within_1sigma']:.0f}% of test errors within 1 sigma, "
+                f"{100 * c['within_2sigma']:.0f}% within 2 sigma, rank correlation |error| vs sigma "
+                f"{c['spearman_abs_error_sigma']:.2f}"
+            )
     return result
 
 
 @torch.no_grad()
-def ensemble_calibration(ensemble: Ensemble, graphs: GraphDataset, indices, config: TrainConfig,
-                         d: distributed.Dist) -> dict[str, dict[str, float]]:
+def ensemble_calibration(
+    ensemble: Ensemble, graphs: GraphDataset, indices, config: TrainConfig, d: distributed.Dist
+) -> dict[str, dict[str, float]]:
     """Per target on ``indices``: the fraction of |error| within 1 and 2 sigma, the Spearman rank
     correlation of |error| with sigma, and the mean sigma (target unit). This rank's share only."""
     errors = {n: [] for n in ensemble.target_names}
@@ -315,9 +355,13 @@ def ensemble_calibration(ensemble: Ensemble, graphs: GraphDataset, indices, conf
         if not errors[n]:
             continue
         err, sig = torch.cat(errors[n]), torch.cat(sigmas[n])
-        result[n] = {"n": int(err.numel()), "within_1sigma": float((err <= sig).double().mean()),
-                     "within_2sigma": float((err <= 2 * sig).double().mean()),
-                     "spearman_abs_error_sigma": spearman(err, sig), "mean_sigma": float(sig.mean())}
+        result[n] = {
+            "n": int(err.numel()),
+            "within_1sigma": float((err <= sig).double().mean()),
+            "within_2sigma": float((err <= 2 * sig).double().mean()),
+            "spearman_abs_error_sigma": spearman(err, sig),
+            "mean_sigma": float(sig.mean()),
+        }
     return result
 
 
@@ -335,8 +379,9 @@ class TrainingInterrupted(Exception):
     (``state.pt``); ``geognn train --resume`` continues from ``step``. ``signum``: the signal."""
 
     def __init__(self, signum: int, state: Path, epoch: int, step: int):
-        super().__init__(f"{signal.Signals(signum).name}: stopped at epoch {epoch + 1}, step {step}; "
-                         f"state saved to {state}")
+        super().__init__(
+            f"{signal.Signals(signum).name}: stopped at epoch {epoch + 1}, step {step}; state saved to {state}"
+        )
         self.signum, self.state, self.epoch, self.step = signum, state, epoch, step
 
 
@@ -360,8 +405,12 @@ def stop_on_signals(say: bool = True):
             raise KeyboardInterrupt
         received.append(signum)
         if say:
-            print(f"\n{signal.Signals(signum).name}: stopping after this step and saving state.pt "
-                  "(again to stop at once, without saving)", file=sys.stderr, flush=True)
+            print(
+                f"\n{signal.Signals(signum).name}: stopping after this step and saving state.pt "
+                "(again to stop at once, without saving)",
+                file=sys.stderr,
+                flush=True,
+            )
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -372,8 +421,9 @@ def stop_on_signals(say: bool = True):
 
 
 class _Run:
-    def __init__(self, config: TrainConfig, d: distributed.Dist, resume: bool, progress: bool, dataset,
-                 split: dict | None = None):
+    def __init__(
+        self, config: TrainConfig, d: distributed.Dist, resume: bool, progress: bool, dataset, split: dict | None = None
+    ):
         self.config, self.d, self.progress = config, d, progress
         self.out = Path(config.out)
         self.state_path, self.model_path = self.out / "state.pt", self.out / "model.pt"
@@ -396,11 +446,17 @@ class _Run:
         self.unit = self.targets[0].unit
         if progress and not self.resume:
             kinds = {"sum": "extensive", "mean": "intensive"}
-            print("targets: " + ", ".join(f"{t.name} ({t.unit or 'no unit'}, readout {t.readout}: {kinds[t.readout]})"
-                                          for t in self.targets))
+            print(
+                "targets: "
+                + ", ".join(
+                    f"{t.name} ({t.unit or 'no unit'}, readout {t.readout}: {kinds[t.readout]})" for t in self.targets
+                )
+            )
         if config.forces_weight + config.stress_weight > 0 and not any(t.is_energy for t in self.targets):
-            raise ValueError("forces_weight/stress_weight > 0 need an extensive energy target (eV, readout sum); "
-                             f"the targets are {[t.to_dict() for t in self.targets]}")
+            raise ValueError(
+                "forces_weight/stress_weight > 0 need an extensive energy target (eV, readout sum); "
+                f"the targets are {[t.to_dict() for t in self.targets]}"
+            )
         split_path = self.out / "split.json"
         if self.resume and split_path.exists():
             self.split = _resume_split(split_path, self.structures)
@@ -416,12 +472,12 @@ class _Run:
 
                 self.split = qm9_standard_split(len(self.structures), config.seed)
             else:
-                self.split = split_indices(len(self.structures), config.val_fraction, config.test_fraction,
-                                           config.seed)
+                self.split = split_indices(len(self.structures), config.val_fraction, config.test_fraction, config.seed)
             if d.main:
                 write_run_split(split_path, self.split, self.structures, config.seed)
-        self.graphs = GraphDataset(self.structures, config, config.cache_graphs, progress,
-                                   targets=[t.name for t in self.targets])
+        self.graphs = GraphDataset(
+            self.structures, config, config.cache_graphs, progress, targets=[t.name for t in self.targets]
+        )
         if self.graphs.graphs is not None:
             bad = [g for g in self.graphs.graphs if isinstance(g, Skipped)]
             if bad and config.on_error == "raise":
@@ -437,9 +493,16 @@ class _Run:
         self.sampler = EpochBatches(self.split["train"], config.batch_size, config.seed, rank=d.rank, world=d.world)
         self.steps_per_epoch = math.ceil(len(self.sampler) / config.accumulate)
         total_steps = config.epochs * self.steps_per_epoch
-        self.schedule = LRSchedule(config.lr, config.scheduler, auto_warmup(config.warmup_steps, total_steps),
-                                   total_steps, config.min_lr_ratio, config.patience, config.plateau_factor,
-                                   time_budget=config.time_limit)
+        self.schedule = LRSchedule(
+            config.lr,
+            config.scheduler,
+            auto_warmup(config.warmup_steps, total_steps),
+            total_steps,
+            config.min_lr_ratio,
+            config.patience,
+            config.plateau_factor,
+            time_budget=config.time_limit,
+        )
         self._tic = time.perf_counter()  # start of the current timed stretch (self.elapsed counts the ones before)
         if progress and not self.resume:
             print(f"recipe: {'L1' if config.loss == 'mae' else 'MSE'} loss, {self.schedule.describe()}")
@@ -447,7 +510,8 @@ class _Run:
         self.ddp = None
         if d.world > 1:
             self.ddp = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+                self.model, device_ids=[d.device.index] if d.device.type == "cuda" else None
+            )
         # position and bookkeeping (all saved in state.pt)
         self.epoch, self.batch_in_epoch, self.step = 0, 0, 0  # epoch = epochs completed
         self.best_val, self.since_best, self.elapsed = math.inf, 0, 0.0
@@ -462,14 +526,27 @@ class _Run:
         names = [t.name for t in self.targets]
         zs, ys = training_statistics(self.structures, self.graphs, train_idx, c, c.seed, names)
         source = Path(c.data_root).name if c.data_root else ("shipped subset" if c.dataset == "qm9" else "in memory")
-        metadata = {"trained_on": f"{DATASET_LABELS.get(c.dataset, c.dataset)} ({source}), target"
-                                  f"{'s' if len(names) > 1 else ''} {', '.join(names)}, {len(train_idx)} "
-                                  "training structures",
-                    "periodic": self._periodic(train_idx), "elements": sorted({int(z) for zz in zs for z in zz}),
-                    "target": names[0], "units": self.unit, "seed": c.seed}
-        model = build_model(c.backbone, cutoff=c.cutoff, forces=c.forces_weight > 0, stress=c.stress_weight > 0,
-                            max_neighbors=c.max_neighbors, metadata=metadata, targets=self.targets, **extra,
-                            **c.resolved_backbone_kwargs())
+        metadata = {
+            "trained_on": f"{DATASET_LABELS.get(c.dataset, c.dataset)} ({source}), target"
+            f"{'s' if len(names) > 1 else ''} {', '.join(names)}, {len(train_idx)} "
+            "training structures",
+            "periodic": self._periodic(train_idx),
+            "elements": sorted({int(z) for zz in zs for z in zz}),
+            "target": names[0],
+            "units": self.unit,
+            "seed": c.seed,
+        }
+        model = build_model(
+            c.backbone,
+            cutoff=c.cutoff,
+            forces=c.forces_weight > 0,
+            stress=c.stress_weight > 0,
+            max_neighbors=c.max_neighbors,
+            metadata=metadata,
+            targets=self.targets,
+            **extra,
+            **c.resolved_backbone_kwargs(),
+        )
         fit_output(model, zs, ys, c)
         return model.to(self.d.device)
 
@@ -486,12 +563,21 @@ class _Run:
         return False
 
     def _state(self) -> dict:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "schedule": self.schedule.state_dict(),
-                "ema": self.ema.model.state_dict() if self.ema else None,
-                "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "step": self.step,
-                "best_val": self.best_val, "since_best": self.since_best, "elapsed": self.elapsed,
-                "epoch_loss": list(self.epoch_loss), "rng": rng_states(), "world": self.d.world}
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "ema": self.ema.model.state_dict() if self.ema else None,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "step": self.step,
+            "best_val": self.best_val,
+            "since_best": self.since_best,
+            "elapsed": self.elapsed,
+            "epoch_loss": list(self.epoch_loss),
+            "rng": rng_states(),
+            "world": self.d.world,
+        }
 
     def _save(self) -> None:
         if self.d.main:
@@ -500,8 +586,10 @@ class _Run:
     def _load(self) -> None:
         s = load_state(self.state_path, map_location=self.d.device)
         if s["world"] != self.d.world:
-            raise ValueError(f"{self.state_path}: written by {s['world']} process(es), resumed with "
-                             f"{self.d.world}: the sampler position would not match")
+            raise ValueError(
+                f"{self.state_path}: written by {s['world']} process(es), resumed with "
+                f"{self.d.world}: the sampler position would not match"
+            )
         try:
             self.model.load_state_dict(upgrade_state_dict(s["model"]))
             self.optimizer.load_state_dict(s["optimizer"])
@@ -510,16 +598,20 @@ class _Run:
                 self.ema.model.load_state_dict(upgrade_state_dict(s["ema"]))
         except (RuntimeError, KeyError, ValueError) as exc:  # config.json edited since, or another version
             first = " ".join(str(exc).split())[:300]
-            raise ValueError(f"{self.state_path}: does not fit the model of {self.out / 'config.json'} "
-                             f"(was config.json edited since the run started?): {first}") from None
+            raise ValueError(
+                f"{self.state_path}: does not fit the model of {self.out / 'config.json'} "
+                f"(was config.json edited since the run started?): {first}"
+            ) from None
         self.epoch, self.batch_in_epoch, self.step = s["epoch"], s["batch_in_epoch"], s["step"]
         self.best_val, self.since_best, self.elapsed = s["best_val"], s["since_best"], s["elapsed"]
         self.epoch_loss = list(s["epoch_loss"])
         self.loss_spec = LossSpec.from_config(self.config, self.model)
         set_rng_states({k: v.cpu() for k, v in s["rng"].items()})
         if self.progress:
-            print(f"resuming {self.out} at epoch {self.epoch + 1}, batch {self.batch_in_epoch} "
-                  f"(step {self.step}, best val MAE {self._show(self.best_val)})")
+            print(
+                f"resuming {self.out} at epoch {self.epoch + 1}, batch {self.batch_in_epoch} "
+                f"(step {self.step}, best val MAE {self._show(self.best_val)})"
+            )
 
     def _show(self, value: float) -> str:
         """The validation score as printed: the MAE in its unit, or the normalised score (several targets)."""
@@ -533,8 +625,12 @@ class _Run:
         c, d = self.config, self.d
         self.forces, self.stress = c.forces_weight > 0, c.stress_weight > 0
         val_cols = list(run_metrics(self.model, c).result())
-        self.log = RunLog(self.out, ["epoch", "step", "train_loss", "lr", "elapsed_s"]
-                          + [f"val_{k}" for k in val_cols], self.epoch if self.resume else None, d.main)
+        self.log = RunLog(
+            self.out,
+            ["epoch", "step", "train_loss", "lr", "elapsed_s"] + [f"val_{k}" for k in val_cols],
+            self.epoch if self.resume else None,
+            d.main,
+        )
         try:
             with stop_on_signals(say=self.progress) as self._signals:
                 self._epochs()
@@ -551,8 +647,9 @@ class _Run:
         if tic is not None:
             self.elapsed += time.perf_counter() - tic
             self._save()
-        return TrainingInterrupted(self._signals[0] if self._signals else signal.SIGINT, self.state_path,
-                                   self.epoch, self.step)
+        return TrainingInterrupted(
+            self._signals[0] if self._signals else signal.SIGINT, self.state_path, self.epoch, self.step
+        )
 
     def _batches(self, loader):
         """The loader's batches; when a stop was asked and the loader fails (its workers got the
@@ -582,9 +679,15 @@ class _Run:
                 break
             self.sampler.set_epoch(self.epoch + 1, self.batch_in_epoch)
             n_batches = len(self.sampler)
-            bar = tqdm(total=self.steps_per_epoch, initial=self.batch_in_epoch // c.accumulate,
-                       desc=f"epoch {self.epoch + 1}", unit="step", disable=not self.progress, leave=False,
-                       mininterval=1.0)
+            bar = tqdm(
+                total=self.steps_per_epoch,
+                initial=self.batch_in_epoch // c.accumulate,
+                desc=f"epoch {self.epoch + 1}",
+                unit="step",
+                disable=not self.progress,
+                leave=False,
+                mininterval=1.0,
+            )
             group, stopped, interrupted = [], False, False
             for loaded in self._batches(loader):
                 group.append(loaded)
@@ -599,8 +702,11 @@ class _Run:
                 except StructureError as exc:
                     self.elapsed += time.perf_counter() - tic
                     self._save()
-                    raise StructureError(exc.source, f"{exc.problem} (state.pt holds the last good step; "
-                                                     "on_error='skip' leaves such structures out)") from None
+                    raise StructureError(
+                        exc.source,
+                        f"{exc.problem} (state.pt holds the last good step; "
+                        "on_error='skip' leaves such structures out)",
+                    ) from None
                 self.batch_in_epoch += len(group)
                 group = []
                 bar.update(1)
@@ -646,7 +752,7 @@ class _Run:
         loss_value = 0.0
         for k, batch in enumerate(batches):
             sync = k == len(batches) - 1 or self.ddp is None
-            with (contextlib.nullcontext() if sync else self.ddp.no_sync()), autocast(c, d.device):
+            with contextlib.nullcontext() if sync else self.ddp.no_sync(), autocast(c, d.device):
                 out = model(batch, forces=self.forces, stress=self.stress)
                 loss = combine(loss_sums(out, batch, self.loss_spec), counts, self.loss_spec)
             loss.backward()
@@ -691,14 +797,21 @@ class _Run:
         train_loss = float(loss_sum) / max(self.epoch_loss[1], 1)
         self.epoch_loss = [0.0, 0]
         self.elapsed += time.perf_counter() - tic
-        row = {"epoch": self.epoch, "step": self.step, "train_loss": train_loss,
-               "lr": self.optimizer.param_groups[0]["lr"], "elapsed_s": round(self.elapsed, 1)}
+        row = {
+            "epoch": self.epoch,
+            "step": self.step,
+            "train_loss": train_loss,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "elapsed_s": round(self.elapsed, 1),
+        }
         row.update({f"val_{k}": v for k, v in metrics.result().items()})
         self.log.write(row)
         if self.progress:
             limit = f"/{c.time_limit:.0f}" if c.time_limit else ""
-            tqdm.write(f"epoch {self.epoch:3d}  train loss {train_loss:.4f}  val MAE {self._show(val):>12}  "
-                       f"({self.elapsed:.0f}{limit} s)")
+            tqdm.write(
+                f"epoch {self.epoch:3d}  train loss {train_loss:.4f}  val MAE {self._show(val):>12}  "
+                f"({self.elapsed:.0f}{limit} s)"
+            )
         self._save()
         if c.early_stopping and self.since_best >= c.early_stopping:
             if self.progress:
@@ -711,12 +824,33 @@ class _Run:
         test = self.split["test"] or self.split["val"]
         if not self.split["test"] and self.progress:
             print("note: no test set (val_data_root gives validation data only): test errors are validation errors")
-        return finish_run(best, self.graphs, test, self.config, self.d, self.out, self.model_path,
-                          val=self.best_val, epochs=self.epoch, steps=self.step)
+        return finish_run(
+            best,
+            self.graphs,
+            test,
+            self.config,
+            self.d,
+            self.out,
+            self.model_path,
+            val=self.best_val,
+            epochs=self.epoch,
+            steps=self.step,
+        )
 
 
-def finish_run(best, graphs: GraphDataset, test, c: TrainConfig, d: distributed.Dist, out: Path, model_path: Path,
-               val: float, epochs: int, steps: int, extra: dict | None = None) -> TrainResult:
+def finish_run(
+    best,
+    graphs: GraphDataset,
+    test,
+    c: TrainConfig,
+    d: distributed.Dist,
+    out: Path,
+    model_path: Path,
+    val: float,
+    epochs: int,
+    steps: int,
+    extra: dict | None = None,
+) -> TrainResult:
     """Test errors of ``best`` (a model or an ensemble) and of the composition baseline; writes result.json
     and ``test_predictions.csv`` (truth, prediction and, for an ensemble, spread of each test structure;
     columns and units in geognn/train/predictions.py)."""
@@ -728,19 +862,34 @@ def finish_run(best, graphs: GraphDataset, test, c: TrainConfig, d: distributed.
     units = {t.name: t.unit for t in best.targets}
     per_target = {n: {"unit": units[n], "test_mae": maes[n], "baseline_test_mae": base[n]} for n in maes}
     unit = best.targets[0].unit
-    result = TrainResult(test_mae=metrics.mae, baseline_test_mae=baseline.mae, val_mae=val, epochs=epochs,
-                         model_path=model_path, test_metrics=metrics.result(), unit=unit, per_target=per_target)
+    result = TrainResult(
+        test_mae=metrics.mae,
+        baseline_test_mae=baseline.mae,
+        val_mae=val,
+        epochs=epochs,
+        model_path=model_path,
+        test_metrics=metrics.result(),
+        unit=unit,
+        per_target=per_target,
+        baseline=TrainResult.baseline if c.fit_reference else "no reference energies (predicting 0)",
+    )
     rows = collect_predictions(best, graphs, test, c, d, _ids(graphs.structures))
     if d.main:
         write_predictions(out / FILE_NAME, rows, prediction_columns(best))
         ev = unit == "eV"
-        payload = {"target": best.targets[0].name, "unit": unit,
-                   "test_mae_eV" if ev else "test_mae": result.test_mae,
-                   "baseline_test_mae_eV" if ev else "baseline_test_mae": result.baseline_test_mae,
-                   "val_mae_eV" if ev else "val_mae": val,
-                   "targets": [t.to_dict() for t in best.targets], "per_target": per_target,
-                   "epochs": epochs, "steps": steps, "test": result.test_metrics,
-                   "test_predictions": {"file": FILE_NAME, "n": len(rows), "units": units}}
+        payload = {
+            "target": best.targets[0].name,
+            "unit": unit,
+            "test_mae_eV" if ev else "test_mae": result.test_mae,
+            "baseline_test_mae_eV" if ev else "baseline_test_mae": result.baseline_test_mae,
+            "val_mae_eV" if ev else "val_mae": val,
+            "targets": [t.to_dict() for t in best.targets],
+            "per_target": per_target,
+            "epochs": epochs,
+            "steps": steps,
+            "test": result.test_metrics,
+            "test_predictions": {"file": FILE_NAME, "n": len(rows), "units": units},
+        }
         payload.update(extra or {})
         (out / "result.json").write_text(json.dumps(payload, indent=2) + "\n")
     return result

@@ -54,8 +54,15 @@ class LossSpec:
         terms = tuple(TargetTerm(name, head.target.readout, float(head.scale)) for name, head in model.heads.items())
         energy = model.energy_target
         scale = float(model.heads[energy.name].scale) if energy is not None else 1.0
-        return cls(config.energy_weight, config.forces_weight, config.stress_weight,
-                   config.energy_normalisation == "per_atom", config.loss, scale, terms)
+        return cls(
+            config.energy_weight,
+            config.forces_weight,
+            config.stress_weight,
+            config.energy_normalisation == "per_atom",
+            config.loss,
+            scale,
+            terms,
+        )
 
     @property
     def terms(self) -> tuple[TargetTerm, ...]:

@@ -19,6 +19,7 @@ of its own spread, so that no unit dominates).
 from __future__ import annotations
 
 import math
+
 import torch
 
 from .. import conventions as K
@@ -50,16 +51,26 @@ class Metrics:
         scales: name -> scale for ``score`` (default 1).
     """
 
-    def __init__(self, targets, unit: str = "eV", forces: bool = False, stress: bool = False,
-                 energy: str | None = None, scales: dict[str, float] | None = None):
+    def __init__(
+        self,
+        targets,
+        unit: str = "eV",
+        forces: bool = False,
+        stress: bool = False,
+        energy: str | None = None,
+        scales: dict[str, float] | None = None,
+    ):
         if isinstance(targets, str):
             targets = [(targets, unit)]
         self.targets = [(t.name, t.unit) if hasattr(t, "name") else (str(t[0]), str(t[1])) for t in targets]
         self.forces, self.stress = forces, stress
         names = [n for n, _ in self.targets]
         if energy is None:
-            energy = "energy" if "energy" in names else (names[0] if len(names) == 1 and self.targets[0][1] == "eV"
-                                                        else None)
+            energy = (
+                "energy"
+                if "energy" in names
+                else (names[0] if len(names) == 1 and self.targets[0][1] == "eV" else None)
+            )
         self.energy = energy
         self.scales = {n: float((scales or {}).get(n, 1.0)) for n in names}
         self.target_sums = torch.zeros(len(self.targets), len(_TARGET_FIELDS), dtype=torch.float64)
@@ -90,7 +101,8 @@ class Metrics:
             if e_err is not None:
                 graph = batch[K.BATCH].cpu()[free]
                 max_err = torch.zeros(e_err.numel(), dtype=torch.float64).scatter_reduce(
-                    0, graph, err.abs().amax(-1), reduce="amax")
+                    0, graph, err.abs().amax(-1), reduce="amax"
+                )
                 self._add("efwt", ((e_err.abs() < EWT_THRESHOLD) & (max_err < FWT_THRESHOLD)).sum())
         if self.stress:
             true = batch[K.STRESS].double().cpu()
@@ -104,13 +116,16 @@ class Metrics:
         import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            device = torch.device("cuda", torch.cuda.current_device()) \
-                if dist.get_backend() == "nccl" else torch.device("cpu")
+            device = (
+                torch.device("cuda", torch.cuda.current_device())
+                if dist.get_backend() == "nccl"
+                else torch.device("cpu")
+            )
             flat = torch.cat([self.target_sums.flatten(), self.sums]).to(device)
             dist.all_reduce(flat)
             flat = flat.cpu()
             self.target_sums = flat[: self.target_sums.numel()].view_as(self.target_sums)
-            self.sums = flat[self.target_sums.numel():]
+            self.sums = flat[self.target_sums.numel() :]
 
     def maes(self) -> dict[str, float]:
         """MAE of each target in its natural unit (eV for energies)."""
@@ -151,4 +166,3 @@ class Metrics:
         if self.stress:
             out["stress_mae_meV_A3"] = s["s_abs"] / max(s["s_n"], 1) * K.MEV_PER_EV
         return out
-

@@ -37,8 +37,17 @@ class LRSchedule:
     (the run's state.pt also stores the elapsed training time the time budget resumes from).
     """
 
-    def __init__(self, lr: float, kind: str = "plateau", warmup_steps: int | None = 0, total_steps: int = 1,
-                 min_lr_ratio: float = 0.0, patience: int = 5, factor: float = 0.5, time_budget: float = 0.0):
+    def __init__(
+        self,
+        lr: float,
+        kind: str = "plateau",
+        warmup_steps: int | None = 0,
+        total_steps: int = 1,
+        min_lr_ratio: float = 0.0,
+        patience: int = 5,
+        factor: float = 0.5,
+        time_budget: float = 0.0,
+    ):
         self.base, self.kind, self.warmup = lr, kind, auto_warmup(warmup_steps, total_steps)
         self.total, self.min_ratio = max(int(total_steps), 1), min_lr_ratio
         self.patience, self.factor = patience, factor
@@ -98,8 +107,13 @@ class LRSchedule:
                 self.bad_epochs = 0
 
     def state_dict(self) -> dict:
-        return {"scale": self.scale, "best": self.best, "bad_epochs": self.bad_epochs,
-                "progress": self.progress, "elapsed": self.elapsed}
+        return {
+            "scale": self.scale,
+            "best": self.best,
+            "bad_epochs": self.bad_epochs,
+            "progress": self.progress,
+            "elapsed": self.elapsed,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.scale, self.best, self.bad_epochs = float(state["scale"]), float(state["best"]), int(state["bad_epochs"])

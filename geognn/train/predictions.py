@@ -74,9 +74,13 @@ def collect_predictions(model, graphs: GraphDataset, indices, config, d, ids: li
     model.eval()
     cols = prediction_columns(model)
     sampler = EpochBatches(indices, config.batch_size, config.seed, shuffle=False, rank=d.rank, world=d.world)
-    loader = torch.utils.data.DataLoader(_Indexed(graphs), batch_sampler=sampler, collate_fn=collate_graphs,
-                                         num_workers=config.num_workers,
-                                         generator=torch.Generator().manual_seed(config.seed))  # not the global RNG
+    loader = torch.utils.data.DataLoader(
+        _Indexed(graphs),
+        batch_sampler=sampler,
+        collate_fn=collate_graphs,
+        num_workers=config.num_workers,
+        generator=torch.Generator().manual_seed(config.seed),
+    )  # not the global RNG
     rows = {}
     for loaded in loader:
         if loaded.batch is None:
