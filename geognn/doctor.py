@@ -9,7 +9,7 @@ Reports, in this order:
    neighbour list (dense numpy search for molecules up to ``DENSE_MAX_ATOMS`` atoms, vesin for
    periodic or larger systems; ``geognn.graph.neighbours``), checked against ASE's on the test crystal;
 3. one check per backbone of ``geognn.backbones.BACKBONES`` (small settings,
-   ``DOCTOR_SETTINGS``; defaults for a backbone not listed there): a model on a batch of one
+   ``geognn.backbones.SMALL_SETTINGS``; defaults for a backbone not listed there): a model on a batch of one
    rattled ethanol molecule and one rattled rock-salt NaCl cell (cutoff ``CUTOFF`` Å), energy,
    forces and stress by autograd in training mode, then ``backward()`` of a loss on energies and
    forces (the double backward training does). It passes when every output and every parameter
@@ -48,40 +48,9 @@ PACKAGES = (
 #: Graph cutoff of the checks, Å.
 CUTOFF = 4.0
 
-#: Small settings per backbone (fast on a CPU core; each backbone's own code paths still run).
-DOCTOR_SETTINGS = {
-    "schnet": dict(hidden_channels=16, num_filters=16, num_layers=2, num_gaussians=12),
-    "dimenetpp": dict(
-        hidden_channels=16,
-        num_layers=2,
-        out_emb_channels=16,
-        int_emb_size=8,
-        basis_emb_size=4,
-        num_spherical=3,
-        num_radial=4,
-        num_output_layers=2,
-    ),
-    "egnn": dict(hidden_channels=16, num_layers=2),
-    "painn": dict(hidden_channels=16, num_layers=2),
-    "nequip": dict(hidden_channels=8, num_layers=2, max_ell=2),
-    "mace": dict(hidden_channels=8, num_layers=2, max_ell=2, correlation=3),
-    "faenet": dict(hidden_channels=16, num_filters=16, num_layers=2, num_gaussians=12, pg_hidden_channels=4),
-    "ponita": dict(
-        hidden_channels=8,
-        num_layers=2,
-        num_ori=6,
-        basis_dim=8,
-        degree=2,
-        widening_factor=2,
-        layer_scale=0.5,
-        grid="repulsion",
-    ),
-    "pnita": dict(hidden_channels=8, num_layers=2, basis_dim=8, degree=2, widening_factor=2, layer_scale=0.5),
-}
-
 #: |sum of the molecule's forces| allowed, eV/Å, per eV/Å of the largest force component: the
 #: float32 round-off of a sum of 9 force vectors, measured ≤ 2.3e-7 for every backbone (CPU,
-#: float32, DOCTOR_SETTINGS); an energy that depends on absolute positions gives O(1).
+#: float32, geognn.backbones.SMALL_SETTINGS); an energy that depends on absolute positions gives O(1).
 FORCE_SUM_TOL = 1e-4
 
 
@@ -186,6 +155,7 @@ def check_backbone(name: str, device: str = "cpu", graphs=None) -> dict:
     docstring); returns {"name", "ok", "seconds", "detail"} and never raises."""
     import torch
 
+    from .backbones import SMALL_SETTINGS
     from .graph.build import build_graph, collate
     from .model import build_model
 
@@ -195,7 +165,7 @@ def check_backbone(name: str, device: str = "cpu", graphs=None) -> dict:
             graphs = [build_graph(a, CUTOFF) for a in doctor_structures()]
         batch = collate(graphs).to(device)
         torch.manual_seed(0)
-        model = build_model(name, cutoff=CUTOFF, forces=True, stress=True, **DOCTOR_SETTINGS.get(name, {}))
+        model = build_model(name, cutoff=CUTOFF, forces=True, stress=True, **SMALL_SETTINGS.get(name, {}))
         model = model.to(device).train()
         out = model(batch, forces=True, stress=True)
         energy, forces, stress = out["energy"], out["forces"], out["stress"]

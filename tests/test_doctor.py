@@ -1,6 +1,6 @@
 """geognn doctor: versions, code paths, and a forward + backward of every backbone.
 
-The whole doctor run (all nine backbones at DOCTOR_SETTINGS) is done once per module, ~5 s of
+The whole doctor run (all nine backbones at geognn.backbones.SMALL_SETTINGS) is done once per module, ~5 s of
 CPU on a 2-core machine; the other tests check one or two backbones. Planted
 failures (a backbone that raises, one whose energy depends on absolute positions, one with NaN
 output) must each give exit status 1 and name the backbone.
