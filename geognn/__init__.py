@@ -5,7 +5,7 @@ Flow: files / ase.Atoms / pymatgen -> ``read_structures`` -> ``build_graph`` -> 
 Conventions (units, edge direction, cell rows, stress sign) live in ``geognn.conventions``.
 
 Model-side names (``BACKBONES``, ``Model``, ``Ensemble``, ``Target``, ``build_model``, ``load_model``,
-``FrameAveraging``, ``GeoGNNCalculator``) are imported on first use, so that data loading (``geognn.io``,
+``FrameAveraging``, ``GeoGNNCalculator``, ``export``) are imported on first use, so that data loading (``geognn.io``,
 ``geognn.graph``, ``geognn.datasets``) never imports the models.
 """
 
@@ -26,6 +26,7 @@ _LAZY = {
     "Target": ".targets",
     "FrameAveraging": ".backbones.frame_averaging",
     "GeoGNNCalculator": ".calculator",
+    "export": ".export",
 }
 
 
@@ -41,5 +42,20 @@ def __dir__():
     return sorted(set(globals()) | set(_LAZY))
 
 
-__all__ = ["BACKBONES", "Ensemble", "FrameAveraging", "GeoGNNCalculator", "Model", "Target", "StructureError", "build_graph", "build_model",
-           "collate", "edge_vectors", "load_model", "read_structures", "__version__"]
+__all__ = [
+    "BACKBONES",
+    "Ensemble",
+    "FrameAveraging",
+    "GeoGNNCalculator",
+    "Model",
+    "Target",
+    "StructureError",
+    "build_graph",
+    "build_model",
+    "collate",
+    "edge_vectors",
+    "export",
+    "load_model",
+    "read_structures",
+    "__version__",
+]

@@ -1,4 +1,4 @@
-"""Command line: ``geognn train``, ``predict``, ``expressivity``, ``plot`` and ``doctor``.
+"""Command line: ``geognn train``, ``predict``, ``expressivity``, ``plot``, ``doctor`` and ``export``.
 
 Errors in user input become one-line messages on stderr (``error: ...``, naming the file or
 option and the problem), never tracebacks. Exit status: 0 done; 2 bad arguments, options,
@@ -19,7 +19,6 @@ import shlex
 import sys
 import warnings
 from pathlib import Path
-
 
 from . import conventions as K
 
@@ -66,8 +65,7 @@ def predict_columns(model) -> list[tuple[str, str]]:
     return cols
 
 
-def predict_structures(model, paths, batch_size: int = 16, device: str = "cpu",
-                       allow_partial_occupancy: bool = False):
+def predict_structures(model, paths, batch_size: int = 16, device: str = "cpu", allow_partial_occupancy: bool = False):
     """Predict every structure in ``paths``; returns (rows, failures, notes).
 
     ``rows``: dicts keyed by ``predict_columns(model)`` (stress as 6 Voigt components in GPa, or
@@ -94,8 +92,10 @@ def predict_structures(model, paths, batch_size: int = 16, device: str = "cpu",
                 continue
             for atoms in structures:
                 if int(atoms.numbers.max()) > model.max_z:
-                    failures.append(f"{source_of(atoms)}: element Z={int(atoms.numbers.max())} is beyond "
-                                    f"what this model can embed (max_z={model.max_z})")
+                    failures.append(
+                        f"{source_of(atoms)}: element Z={int(atoms.numbers.max())} is beyond "
+                        f"what this model can embed (max_z={model.max_z})"
+                    )
                     continue
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
@@ -113,31 +113,36 @@ def predict_structures(model, paths, batch_size: int = 16, device: str = "cpu",
     mismatched = [a for a, _ in items if trained_periodic is not None and bool(a.pbc.any()) != trained_periodic]
     if mismatched:
         kind = "periodic structures" if not trained_periodic else "molecules (no periodic direction)"
-        notes.append(f"model was trained on {'crystals' if trained_periodic else 'molecules'} "
-                     f"({trained_on}); {len(mismatched)} input(s) are {kind}, outside its training "
-                     "domain: predictions run but are extrapolations")
+        notes.append(
+            f"model was trained on {'crystals' if trained_periodic else 'molecules'} "
+            f"({trained_on}); {len(mismatched)} input(s) are {kind}, outside its training "
+            "domain: predictions run but are extrapolations"
+        )
     if elements:
         unseen = sorted({int(z) for a, _ in items for z in a.numbers} - elements)
         if unseen:
             from ase.data import chemical_symbols
 
-            notes.append("elements never seen in training: " + ", ".join(chemical_symbols[z] for z in unseen)
-                         + " (their predictions are not meaningful)")
+            notes.append(
+                "elements never seen in training: "
+                + ", ".join(chemical_symbols[z] for z in unseen)
+                + " (their predictions are not meaningful)"
+            )
 
     model = model.to(device).eval()
     scalars = [t.name for t in model.targets] + [t.name + "_std" for t in model.targets]
     energy = model.energy_target
     rows = []
     for k in range(0, len(items), batch_size):
-        chunk = items[k:k + batch_size]
+        chunk = items[k : k + batch_size]
         batch = collate([g for _, g in chunk]).to(device)
         with torch.set_grad_enabled(energy is not None):
-            out = model(batch, forces=energy is not None,
-                        stress=energy is not None and any(a.pbc.any() for a, _ in chunk))
+            out = model(
+                batch, forces=energy is not None, stress=energy is not None and any(a.pbc.any() for a, _ in chunk)
+            )
         forces = torch.split(out[K.FORCES].detach().cpu(), [len(a) for a, _ in chunk]) if energy else None
         for b, (atoms, _) in enumerate(chunk):
-            row = {"file": atoms.info.get("source", ""), "formula": atoms.get_chemical_formula(),
-                   "natoms": len(atoms)}
+            row = {"file": atoms.info.get("source", ""), "formula": atoms.get_chemical_formula(), "natoms": len(atoms)}
             for name in scalars:
                 if name in out:
                     row[name] = float(out[name][b].detach())
@@ -167,7 +172,7 @@ def format_rows(rows, fmt: str, columns: list[tuple[str, str]], about: dict | No
         writer = csv.writer(buf)
         writer.writerow(flat + ([f"stress_{v}" for v in VOIGT_NAMES] if "stress" in names else []))
         for r in rows:
-            stress = ((r["stress"] or [""] * 6) if "stress" in names else [])
+            stress = (r["stress"] or [""] * 6) if "stress" in names else []
             writer.writerow([r.get(c, "") for c in flat] + stress)
         return buf.getvalue()
     header, body = [], [[] for _ in rows]
@@ -203,13 +208,17 @@ def default_checkpoint(paths, allow_partial_occupancy: bool = False) -> Path:
             continue
         for f in files:
             try:
-                periodic.update(bool(a.pbc.any()) for a in read_file(f, allow_partial_occupancy=allow_partial_occupancy))
+                periodic.update(
+                    bool(a.pbc.any()) for a in read_file(f, allow_partial_occupancy=allow_partial_occupancy)
+                )
             except StructureError:
                 continue
     if periodic == {True, False}:
-        raise ValueError("the inputs mix molecules and periodic structures, which the shipped models answer "
-                         "differently (molecules: QM9 energy in eV; crystals: MP-20 formation energy per atom "
-                         "in eV/atom): predict them in two calls, or name a model with --checkpoint")
+        raise ValueError(
+            "the inputs mix molecules and periodic structures, which the shipped models answer "
+            "differently (molecules: QM9 energy in eV; crystals: MP-20 formation energy per atom "
+            "in eV/atom): predict them in two calls, or name a model with --checkpoint"
+        )
     return CRYSTAL_CHECKPOINT if periodic == {True} else DEFAULT_CHECKPOINT
 
 
@@ -235,8 +244,11 @@ def cmd_predict(args) -> int:
         _error(str(exc))
         return 2
     try:
-        paths = ([Path(p) for p in args.checkpoint] if args.checkpoint
-                 else [default_checkpoint(args.paths, args.allow_partial_occupancy)])
+        paths = (
+            [Path(p) for p in args.checkpoint]
+            if args.checkpoint
+            else [default_checkpoint(args.paths, args.allow_partial_occupancy)]
+        )
         model = load_models(paths)
         if args.uncertainty == "frames":
             model = FrameSpread(model)
@@ -249,20 +261,30 @@ def cmd_predict(args) -> int:
     if not args.checkpoint:
         meta = model.metadata
         kind = "crystal" if paths[0] == CRYSTAL_CHECKPOINT else "molecule"
-        mae = (f"; test MAE {meta['test_mae']:.3g} {meta.get('test_mae_unit', '')} on {meta.get('test_set', 'held-out data')}"
-               if isinstance(meta.get("test_mae"), (int, float)) else "")
-        print(f"note: no --checkpoint: answered by the shipped {kind} model {paths[0].name} "
-              f"({meta.get('trained_on', 'unknown training data')}{mae})", file=sys.stderr)
+        mae = (
+            f"; test MAE {meta['test_mae']:.3g} {meta.get('test_mae_unit', '')} on {meta.get('test_set', 'held-out data')}"
+            if isinstance(meta.get("test_mae"), (int, float))
+            else ""
+        )
+        print(
+            f"note: no --checkpoint: answered by the shipped {kind} model {paths[0].name} "
+            f"({meta.get('trained_on', 'unknown training data')}{mae})",
+            file=sys.stderr,
+        )
     with warnings.catch_warnings(record=True) as caught:  # e.g. partial occupancies replaced
         warnings.simplefilter("always")
-        rows, failures, notes = predict_structures(model, args.paths, args.batch_size, args.device,
-                                                   args.allow_partial_occupancy)
+        rows, failures, notes = predict_structures(
+            model, args.paths, args.batch_size, args.device, args.allow_partial_occupancy
+        )
     notes = [str(w.message) for w in caught] + notes
     for note in notes:
         print(f"warning: {note}", file=sys.stderr)
-    about = {"checkpoints": [str(p) for p in paths], "trained_on": model.metadata.get("trained_on"),
-             "targets": [t.to_dict() for t in model.targets],
-             "ensemble": len(model.members) if isinstance(model, Ensemble) else 1}
+    about = {
+        "checkpoints": [str(p) for p in paths],
+        "trained_on": model.metadata.get("trained_on"),
+        "targets": [t.to_dict() for t in model.targets],
+        "ensemble": len(model.members) if isinstance(model, Ensemble) else 1,
+    }
     if isinstance(model, FrameSpread):
         about["uncertainty"] = {"frames": "frames", "grid": f"{model.num_rotations} rotated grids"}[model.kind]
     text = format_rows(rows, args.format, predict_columns(model), about)
@@ -320,8 +342,14 @@ def cmd_train(args) -> int:
         if args.resume:
             config_path = Path(args.resume) / "config.json"
             if not Path(args.resume).is_dir():
-                _error(f"--resume {args.resume}: " + ("a file, not a geognn run folder" if Path(args.resume).exists()
-                                                      else "no such folder, not a geognn run folder"))
+                _error(
+                    f"--resume {args.resume}: "
+                    + (
+                        "a file, not a geognn run folder"
+                        if Path(args.resume).exists()
+                        else "no such folder, not a geognn run folder"
+                    )
+                )
                 return 2
             if not config_path.exists():
                 _error(f"{args.resume}: no config.json, not a geognn run folder")
@@ -367,14 +395,16 @@ def cmd_train(args) -> int:
         return 128 + exc.signum
     except KeyboardInterrupt:  # before training started, or a second Ctrl-C before the state was saved
         state = "a state.pt" if any(Path(config.out).glob("**/state.pt")) else "no state.pt yet"
-        print(f"interrupted; {config.out} holds {state}: geognn train --resume "
-              f"{shlex.quote(str(config.out))} continues from the last saved step", file=sys.stderr)
+        print(
+            f"interrupted; {config.out} holds {state}: geognn train --resume "
+            f"{shlex.quote(str(config.out))} continues from the last saved step",
+            file=sys.stderr,
+        )
         return 130
     if os.environ.get("RANK", "0") != "0":
         return 0  # under torchrun, rank 0 reports
     print(result.summary())
-    print(f"checkpoint: {result.model_path}  (predict with: geognn predict --checkpoint "
-          f"{result.model_path} FILE...)")
+    print(f"checkpoint: {result.model_path}  (predict with: geognn predict --checkpoint {result.model_path} FILE...)")
     return 0
 
 
@@ -385,11 +415,18 @@ def _check_backbone(config) -> None:
 
     extra = {"frame_averaging": config.frame_averaging} if config.frame_averaging is not None else {}
     try:
-        build_model(config.backbone, cutoff=config.cutoff, max_neighbors=config.max_neighbors, **extra,
-                    **config.resolved_backbone_kwargs())
+        build_model(
+            config.backbone,
+            cutoff=config.cutoff,
+            max_neighbors=config.max_neighbors,
+            **extra,
+            **config.resolved_backbone_kwargs(),
+        )
     except (TypeError, RuntimeError) as exc:  # an unknown keyword; a size torch cannot make
-        raise ValueError(f"config backbone_kwargs={config.backbone_kwargs!r} for backbone "
-                         f"{config.backbone!r}: {' '.join(str(exc).split())[:300]}") from None
+        raise ValueError(
+            f"config backbone_kwargs={config.backbone_kwargs!r} for backbone "
+            f"{config.backbone!r}: {' '.join(str(exc).split())[:300]}"
+        ) from None
 
 
 def _check_folder(path, option: str) -> None:
@@ -405,10 +442,36 @@ def _check_folder(path, option: str) -> None:
 
 
 #: ``geognn train`` options that set the config key of the same name.
-TRAIN_OPTIONS = ("dataset", "data_root", "val_data_root", "target", "unit", "readout", "backbone", "cutoff", "epochs",
-                 "time_limit", "batch_size", "lr", "seed", "out", "limit", "threads", "forces_weight", "stress_weight",
-                 "accumulate", "scheduler", "warmup_steps", "ema_decay", "early_stopping", "checkpoint_every",
-                 "num_workers", "on_error", "device", "ensemble")
+TRAIN_OPTIONS = (
+    "dataset",
+    "data_root",
+    "val_data_root",
+    "target",
+    "unit",
+    "readout",
+    "backbone",
+    "cutoff",
+    "epochs",
+    "time_limit",
+    "batch_size",
+    "lr",
+    "seed",
+    "out",
+    "limit",
+    "threads",
+    "forces_weight",
+    "stress_weight",
+    "accumulate",
+    "scheduler",
+    "warmup_steps",
+    "ema_decay",
+    "early_stopping",
+    "checkpoint_every",
+    "num_workers",
+    "on_error",
+    "device",
+    "ensemble",
+)
 
 
 # --------------------------------------------------------------------------- expressivity
@@ -439,8 +502,15 @@ def cmd_expressivity(args) -> int:
     try:
         user = [load_user_pair(*args.pair, graph_cutoff=args.graph_cutoff)] if args.pair else None
         dtype = {"float32": torch.float32, "float64": None}[args.dtype]
-        result = write_report(args.out, backbones, pairs, args.max_layers, 3 if args.seeds is None else args.seeds,
-                              pairs=user, dtype=dtype)
+        result = write_report(
+            args.out,
+            backbones,
+            pairs,
+            args.max_layers,
+            3 if args.seeds is None else args.seeds,
+            pairs=user,
+            dtype=dtype,
+        )
     except ValueError as exc:
         _error(str(exc))
         return 2
@@ -505,6 +575,34 @@ def cmd_plot(args) -> int:
     return 2 if errors else 0
 
 
+def cmd_export(args) -> int:
+    """``geognn export MODEL.pt OUT.pt``: a TorchScript file that runs with torch alone (geognn/export.py)."""
+    from .export import ExportError, export_model
+    from .model import load_model
+
+    try:
+        model = load_model(args.checkpoint)
+    except (FileNotFoundError, ValueError) as exc:
+        _error(str(exc))
+        return 2
+    except OSError as exc:  # e.g. a checkpoint that cannot be read
+        _error(_os_message(exc))
+        return 2
+    try:
+        export_model(model, args.out)
+    except ExportError as exc:
+        _error(f"{args.checkpoint}: {exc}")
+        return 2
+    except OSError as exc:  # an output folder that cannot be made or written
+        _error(f"{args.out}: cannot write ({exc.strerror or exc})")
+        return 1
+    except RuntimeError as exc:  # the traced module differs from the eager model: nothing written
+        _error(f"{args.checkpoint}: {exc}")
+        return 1
+    print(f"wrote {args.out} (load with torch.jit.load; inputs and outputs: geognn/export.py)")
+    return 0
+
+
 def cmd_doctor(args) -> int:
     """``geognn doctor``: versions, code paths and a forward + backward of every backbone (geognn/doctor.py)."""
     from .doctor import main as doctor_main
@@ -518,31 +616,57 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="geognn", description="Geometric GNNs for molecules and materials.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train a model (default: SchNet on the shipped QM9 subset, U0)",
-                       description="Options override the --config file; --set KEY=VALUE sets any config key "
-                                   "(see geognn/train/config.py).")
+    p = sub.add_parser(
+        "train",
+        help="train a model (default: SchNet on the shipped QM9 subset, U0)",
+        description="Options override the --config file; --set KEY=VALUE sets any config key "
+        "(see geognn/train/config.py).",
+    )
     p.add_argument("--config", help="YAML or JSON file of config keys")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="set any config key (repeatable)")
-    p.add_argument("--dataset", choices=["qm9", "oc20-is2re", "oc20-s2ef", "cif-folder", "extxyz", "ase-db"],
-                   help="dataset kind (default: qm9)")
+    p.add_argument(
+        "--dataset",
+        choices=["qm9", "oc20-is2re", "oc20-s2ef", "cif-folder", "extxyz", "ase-db"],
+        help="dataset kind (default: qm9)",
+    )
     p.add_argument("--data-root", help="dataset path (default: the shipped QM9 subset)")
-    p.add_argument("--val-data-root", help="validation data of the same kind (e.g. OC20's val LMDB) instead of "
-                                           "a random split")
-    p.add_argument("--target", action="append", metavar="NAME",
-                   help="label to learn, repeatable for several (default: U0 for qm9; the columns of a CGCNN "
-                        "id_prop.csv header, else energy)")
-    p.add_argument("--unit", action="append", metavar="UNIT",
-                   help="unit of the labels in the files, one for all or one per --target (default: eV; energies "
-                        "are converted to eV, eV/atom and meV/atom to eV/atom)")
-    p.add_argument("--readout", action="append", choices=["sum", "mean"],
-                   help="sum (extensive: total energies) or mean (intensive: per-atom energies, band gaps, ...), "
-                        "one for all or one per --target (default: mean for per-atom units and non-energies, "
-                        "sum for total energies)")
-    p.add_argument("--split", metavar="FILE",
-                   help="train/val/test by ids from a split.json (a run's, or geognn.datasets.write_split's); "
-                        "or 'random' (default) / 'qm9-standard'")
-    p.add_argument("--ensemble", type=int, metavar="N",
-                   help="train N models (seeds seed..seed+N-1, same split) into one ensemble checkpoint")
+    p.add_argument(
+        "--val-data-root", help="validation data of the same kind (e.g. OC20's val LMDB) instead of a random split"
+    )
+    p.add_argument(
+        "--target",
+        action="append",
+        metavar="NAME",
+        help="label to learn, repeatable for several (default: U0 for qm9; the columns of a CGCNN "
+        "id_prop.csv header, else energy)",
+    )
+    p.add_argument(
+        "--unit",
+        action="append",
+        metavar="UNIT",
+        help="unit of the labels in the files, one for all or one per --target (default: eV; energies "
+        "are converted to eV, eV/atom and meV/atom to eV/atom)",
+    )
+    p.add_argument(
+        "--readout",
+        action="append",
+        choices=["sum", "mean"],
+        help="sum (extensive: total energies) or mean (intensive: per-atom energies, band gaps, ...), "
+        "one for all or one per --target (default: mean for per-atom units and non-energies, "
+        "sum for total energies)",
+    )
+    p.add_argument(
+        "--split",
+        metavar="FILE",
+        help="train/val/test by ids from a split.json (a run's, or geognn.datasets.write_split's); "
+        "or 'random' (default) / 'qm9-standard'",
+    )
+    p.add_argument(
+        "--ensemble",
+        type=int,
+        metavar="N",
+        help="train N models (seeds seed..seed+N-1, same split) into one ensemble checkpoint",
+    )
     p.add_argument("--backbone", help="backbone name (default: schnet)")
     p.add_argument("--cutoff", type=float, help="graph cutoff in Å (default: 5.0)")
     p.add_argument("--epochs", type=int, help="maximum number of epochs")
@@ -567,57 +691,104 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("predict", help="each target of the model (energies, forces, stress, ...) for the "
-                                       "structures in files")
-    p.add_argument("paths", nargs="*", metavar="FILE_OR_DIR",
-                   help="CIF, POSCAR/CONTCAR/.vasp, .xyz/.extxyz, ASE .db/.traj/.json; folders are read recursively")
-    p.add_argument("--checkpoint", nargs="+", metavar="PT",
-                   help="model checkpoint; several (a.pt b.pt ...) make an ensemble: mean and <target>_std "
-                        "(default: the shipped models: QM9 SchNet for molecules, the MP-20 crystal ensemble for periodic structures). Names after the first that do not end in "
-                        ".pt/.pth/.ckpt are taken as inputs")
-    p.add_argument("--uncertainty", choices=["ensemble", "frames"], default="ensemble",
-                   help="<target>_std column: 'ensemble' (default) is the members' spread when there are several "
-                        "checkpoints or an ensemble checkpoint (none for a single model); 'frames' is one model's "
-                        "spread over its frames (frame_averaging=...) or over 8 random rotations of its "
-                        "orientation grid (ponita), at no extra training")
+    p = sub.add_parser(
+        "predict", help="each target of the model (energies, forces, stress, ...) for the structures in files"
+    )
+    p.add_argument(
+        "paths",
+        nargs="*",
+        metavar="FILE_OR_DIR",
+        help="CIF, POSCAR/CONTCAR/.vasp, .xyz/.extxyz, ASE .db/.traj/.json; folders are read recursively",
+    )
+    p.add_argument(
+        "--checkpoint",
+        nargs="+",
+        metavar="PT",
+        help="model checkpoint; several (a.pt b.pt ...) make an ensemble: mean and <target>_std "
+        "(default: the shipped models: QM9 SchNet for molecules, the MP-20 crystal ensemble for periodic structures). Names after the first that do not end in "
+        ".pt/.pth/.ckpt are taken as inputs",
+    )
+    p.add_argument(
+        "--uncertainty",
+        choices=["ensemble", "frames"],
+        default="ensemble",
+        help="<target>_std column: 'ensemble' (default) is the members' spread when there are several "
+        "checkpoints or an ensemble checkpoint (none for a single model); 'frames' is one model's "
+        "spread over its frames (frame_averaging=...) or over 8 random rotations of its "
+        "orientation grid (ponita), at no extra training",
+    )
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
     p.add_argument("--output", help="write the predictions to this file instead of stdout")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--allow-partial-occupancy", action="store_true",
-                   help="read CIF sites with occupancy < 1 as their majority species (default: reject)")
+    p.add_argument(
+        "--allow-partial-occupancy",
+        action="store_true",
+        help="read CIF sites with occupancy < 1 as their majority species (default: reject)",
+    )
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("expressivity", help="hard pairs vs GWL/IGWL tests and every backbone: report.md, .csv, heatmap")
     p.add_argument("--backbones", default="all", help="comma-separated backbone names, or all (default)")
-    p.add_argument("--pairs", default="all", help="comma-separated pair names (see geognn.expressivity.load_pairs), or all")
+    p.add_argument(
+        "--pairs", default="all", help="comma-separated pair names (see geognn.expressivity.load_pairs), or all"
+    )
     p.add_argument("--max-layers", type=int, default=6, help="deepest model tried per pair (default: 6)")
-    p.add_argument("--seeds", type=int, default=None,
-                   help="random initialisations per probe (default: 3) or trained runs per cell with --train (default: 10)")
-    p.add_argument("--pair", nargs=2, metavar=("G1", "G2"),
-                   help="your own pair instead of the library: two torch.save'd graphs (.pt, PyG Data: pos, edge_index, "
-                        "z/atoms/one-hot x; trusted files only) or structure files (with --graph-cutoff)")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=None,
+        help="random initialisations per probe (default: 3) or trained runs per cell with --train (default: 10)",
+    )
+    p.add_argument(
+        "--pair",
+        nargs=2,
+        metavar=("G1", "G2"),
+        help="your own pair instead of the library: two torch.save'd graphs (.pt, PyG Data: pos, edge_index, "
+        "z/atoms/one-hot x; trusted files only) or structure files (with --graph-cutoff)",
+    )
     p.add_argument("--graph-cutoff", type=float, help="Å, radius graph of structure files given to --pair")
-    p.add_argument("--dtype", choices=["float64", "float32"], default="float64",
-                   help="precision of the pairs' coordinates (float32: as the dojo builds them; default: float64)")
-    p.add_argument("--train", action="store_true",
-                   help="instead: the dojo's trained k-chain experiment (layers k//2..k+2; accuracy mean ± std)")
+    p.add_argument(
+        "--dtype",
+        choices=["float64", "float32"],
+        default="float64",
+        help="precision of the pairs' coordinates (float32: as the dojo builds them; default: float64)",
+    )
+    p.add_argument(
+        "--train",
+        action="store_true",
+        help="instead: the dojo's trained k-chain experiment (layers k//2..k+2; accuracy mean ± std)",
+    )
     p.add_argument("--k", type=int, default=4, help="chain length for --train (default: 4)")
     p.add_argument("--epochs", type=int, default=100, help="epochs per run for --train (default: 100)")
     p.add_argument("--out", default="expressivity_report", help="output folder (default: expressivity_report)")
     p.set_defaults(func=cmd_expressivity)
 
-    p = sub.add_parser("plot", help="learning_curves.png (metrics.csv) and parity.png (test_predictions.csv) "
-                                    "of a run folder")
+    p = sub.add_parser(
+        "plot", help="learning_curves.png (metrics.csv) and parity.png (test_predictions.csv) of a run folder"
+    )
     p.add_argument("run_dir", metavar="RUN_DIR", help="a geognn train run folder (--out)")
     p.set_defaults(func=cmd_plot)
 
-    p = sub.add_parser("doctor", help="versions, code paths (torch-scatter, CUDA/MPS, TensorBoard, neighbour "
-                                      "list) and a forward + backward of every backbone, for bug reports")
+    p = sub.add_parser(
+        "doctor",
+        help="versions, code paths (torch-scatter, CUDA/MPS, TensorBoard, neighbour "
+        "list) and a forward + backward of every backbone, for bug reports",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable report")
     p.add_argument("--device", default="auto", help="auto (CUDA if available, as training), cpu, cuda, mps")
     p.add_argument("--backbones", default="all", help="comma-separated backbone names, or all (default)")
     p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser(
+        "export",
+        help="write a model as a TorchScript file that runs without geognn (energy and forces)",
+        description="Inputs of the written module: positions [N,3] Å, atomic numbers [N], cell [3,3] Å, "
+        "edge_index [2,E], edge_shift [E,3]; outputs: energy [] eV, forces [N,3] eV/Å.",
+    )
+    p.add_argument("checkpoint", metavar="MODEL.pt", help="a geognn checkpoint (one model, not an ensemble)")
+    p.add_argument("out", metavar="OUT.pt", help="the TorchScript file to write")
+    p.set_defaults(func=cmd_export)
     return parser
 
 
