@@ -10,6 +10,7 @@ with a periodic direction; asking for it on a molecule raises PropertyNotImpleme
 
 from __future__ import annotations
 
+import copy
 import os
 
 import numpy as np
@@ -23,6 +24,20 @@ from .model import Ensemble, Model, load_model
 #: (ASE property, geognn output key): geognn and ASE share units, so no factors are needed.
 RESULTS_MAP = (("energy", K.ENERGY), ("free_energy", K.ENERGY), ("forces", K.FORCES), ("stress", K.STRESS))
 
+#: dtype names the calculator accepts -> torch dtype.
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """``"float32"``/``"float64"`` or ``torch.float32``/``torch.float64`` -> the torch dtype; else ValueError."""
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    if isinstance(dtype, str) and dtype in DTYPES:
+        return DTYPES[dtype]
+    raise ValueError(
+        f"GeoGNNCalculator dtype must be one of {sorted(DTYPES)} (or torch.float32/torch.float64), got {dtype!r}"
+    )
+
 
 class GeoGNNCalculator(Calculator):
     """ASE calculator for a ``geognn.Model`` or a checkpoint path.
@@ -31,20 +46,42 @@ class GeoGNNCalculator(Calculator):
         model_or_checkpoint: a ``Model`` or ``Ensemble`` with an extensive energy target, or the
             path of a checkpoint (``Model.save``); an ensemble gives the members' mean.
         device: torch device to run on (default: "cpu").
-        dtype: floating dtype for the graph and the model (default: torch.float64, so that
-            finite-difference checks and tight relaxations behave; float32 is faster).
+        dtype: floating dtype for the graph and the model, ``"float32"``, ``"float64"`` or the
+            matching ``torch.dtype`` (default: torch.float64, so that finite-difference checks,
+            tight relaxations and long NVE runs behave; float32 is faster). The weights are cast to
+            it; a model passed in whose dtype or device differs is copied first, so the caller's
+            model is left as it was.
+
+    Raises:
+        ValueError: for a dtype other than those above, or a model with no extensive energy target.
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress"]
 
-    def __init__(self, model_or_checkpoint: Model | Ensemble | str | os.PathLike, device: str = "cpu",
-                 dtype: torch.dtype = torch.float64, **kwargs):
+    def __init__(
+        self,
+        model_or_checkpoint: Model | Ensemble | str | os.PathLike,
+        device: str = "cpu",
+        dtype: torch.dtype | str = torch.float64,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
-        model = model_or_checkpoint if isinstance(model_or_checkpoint, (Model, Ensemble)) \
+        dtype = resolve_dtype(dtype)
+        model = (
+            model_or_checkpoint
+            if isinstance(model_or_checkpoint, (Model, Ensemble))
             else load_model(model_or_checkpoint)
+        )
         if model.energy_target is None:
-            raise ValueError(f"the calculator needs a model with an extensive energy target (eV, readout sum); "
-                             f"this one predicts {model.target_names}")
+            raise ValueError(
+                f"the calculator needs a model with an extensive energy target (eV, readout sum); "
+                f"this one predicts {model.target_names}"
+            )
+        tensors = [*model.parameters(), *model.buffers()]
+        if model is model_or_checkpoint and any(
+            (t.is_floating_point() and t.dtype != dtype) or t.device != torch.device(device) for t in tensors
+        ):
+            model = copy.deepcopy(model)  # nn.Module.to casts in place: leave the caller's model alone
         self.model = model.to(device=device, dtype=dtype).eval()
         self.device, self.dtype = torch.device(device), dtype
 
