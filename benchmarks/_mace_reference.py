@@ -38,15 +38,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import serve_steps  # noqa: E402  (stdlib-only module, shared with geognn's side)
 
 
-def build(inputs: dict, config: dict):
+def scaleshift_mace(elements: list[int], config: dict):
+    """mace-torch's ScaleShiftMACE for ``elements`` at the size in ``config`` (keywords of
+    ScaleShiftMACE, see the module docstring), zero atomic energies, seed 0. Also used by
+    bench_md.py's mace-torch worker."""
     from e3nn import o3
     from mace import modules
 
-    z = inputs["atomic_numbers"].astype(np.int64)
-    elements = sorted({int(x) for x in z})
-    index = {e: k for k, e in enumerate(elements)}
     torch.manual_seed(0)
-    model = modules.ScaleShiftMACE(
+    return modules.ScaleShiftMACE(
         r_max=float(config["r_max"]),
         num_bessel=int(config["num_bessel"]),
         num_polynomial_cutoff=int(config["num_polynomial_cutoff"]),
@@ -65,7 +65,15 @@ def build(inputs: dict, config: dict):
         radial_MLP=list(config["radial_MLP"]),
         atomic_inter_scale=1.0,
         atomic_inter_shift=0.0,
-    ).eval()
+    )
+
+
+def build(inputs: dict, config: dict):
+
+    z = inputs["atomic_numbers"].astype(np.int64)
+    elements = sorted({int(x) for x in z})
+    index = {e: k for k, e in enumerate(elements)}
+    model = scaleshift_mace(elements, config).eval()
     n_graphs = int(inputs["cell"].shape[0])
     batch = torch.from_numpy(inputs["batch"].astype(np.int64))
     counts = torch.bincount(batch, minlength=n_graphs)
