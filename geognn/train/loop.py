@@ -28,6 +28,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -182,6 +183,52 @@ def training_statistics(
     if not zs:
         raise ValueError("no usable training structures")
     return zs, torch.tensor(ys, dtype=torch.float64).reshape(len(zs), len(targets))
+
+
+class UnseenElementWarning(UserWarning):
+    """Validation or test structures hold elements that no training structure has."""
+
+
+def unseen_elements(graphs: GraphDataset, split: dict) -> dict[str, dict[int, int]]:
+    """{"val": {Z: structures}, "test": {...}}: for each element absent from every training
+    structure, how many validation/test structures contain it. Needs the cached graphs (an empty
+    dict for lazily read data, e.g. OC20 LMDBs, where the check would read the whole set)."""
+    if graphs.graphs is None:
+        return {}
+
+    def elements(i) -> set[int]:
+        g = graphs.graphs[i]
+        return set() if isinstance(g, Skipped) else {int(z) for z in g[K.Z].unique()}
+
+    seen = set().union(*(elements(i) for i in split["train"])) if split["train"] else set()
+    out = {}
+    for part in ("val", "test"):
+        counts: dict[int, int] = {}
+        for i in split.get(part, []):
+            for z in elements(i) - seen:
+                counts[z] = counts.get(z, 0) + 1
+        if counts:
+            out[part] = dict(sorted(counts.items()))
+    return out
+
+
+def warn_unseen_elements(unseen: dict[str, dict[int, int]]) -> None:
+    """One warning naming the elements that only validation/test structures hold."""
+    if not unseen:
+        return
+    from ase.data import chemical_symbols
+
+    parts = "; ".join(
+        f"{part}: " + ", ".join(f"{chemical_symbols[z]} in {n} structure{'s' if n > 1 else ''}" for z, n in c.items())
+        for part, c in unseen.items()
+    )
+    warnings.warn(
+        f"elements never seen in training ({parts}): the model has no reference energy or "
+        "embedding trained for them, so their errors will be large; use more data (--limit) or a "
+        "split whose training set covers every element (--split)",
+        UnseenElementWarning,
+        stacklevel=2,
+    )
 
 
 def fit_output(model: Model, zs, ys, config: TrainConfig) -> None:
@@ -525,6 +572,8 @@ class _Run:
         extra = {"frame_averaging": c.frame_averaging} if c.frame_averaging is not None else {}
         names = [t.name for t in self.targets]
         zs, ys = training_statistics(self.structures, self.graphs, train_idx, c, c.seed, names)
+        if self.d.main:
+            warn_unseen_elements(unseen_elements(self.graphs, self.split))
         source = Path(c.data_root).name if c.data_root else ("shipped subset" if c.dataset == "qm9" else "in memory")
         metadata = {
             "trained_on": f"{DATASET_LABELS.get(c.dataset, c.dataset)} ({source}), target"
