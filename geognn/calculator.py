@@ -28,6 +28,29 @@ RESULTS_MAP = (("energy", K.ENERGY), ("free_energy", K.ENERGY), ("forces", K.FOR
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
+def energy_model(
+    model_or_checkpoint, device: torch.device, dtype: torch.dtype, user: str = "the calculator"
+) -> Model | Ensemble:
+    """The model (a Model, an Ensemble or a checkpoint path) on ``device`` in ``dtype``, in eval
+    mode, for simulation: it must have an extensive energy target (eV, readout sum), else a
+    ValueError naming ``user``. A model passed in whose dtype or device differs is copied first
+    (``nn.Module.to`` casts in place), so the caller's model is left as it was."""
+    model = (
+        model_or_checkpoint if isinstance(model_or_checkpoint, (Model, Ensemble)) else load_model(model_or_checkpoint)
+    )
+    if model.energy_target is None:
+        raise ValueError(
+            f"{user} needs a model with an extensive energy target (eV, readout sum); "
+            f"this one predicts {model.target_names}"
+        )
+    tensors = [*model.parameters(), *model.buffers()]
+    if model is model_or_checkpoint and any(
+        (t.is_floating_point() and t.dtype != dtype) or t.device != device for t in tensors
+    ):
+        model = copy.deepcopy(model)
+    return model.to(device=device, dtype=dtype).eval()
+
+
 def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
     """``"float32"``/``"float64"`` or ``torch.float32``/``torch.float64`` -> the torch dtype; else ValueError."""
     if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
@@ -67,22 +90,7 @@ class GeoGNNCalculator(Calculator):
     ):
         super().__init__(**kwargs)
         dtype = resolve_dtype(dtype)
-        model = (
-            model_or_checkpoint
-            if isinstance(model_or_checkpoint, (Model, Ensemble))
-            else load_model(model_or_checkpoint)
-        )
-        if model.energy_target is None:
-            raise ValueError(
-                f"the calculator needs a model with an extensive energy target (eV, readout sum); "
-                f"this one predicts {model.target_names}"
-            )
-        tensors = [*model.parameters(), *model.buffers()]
-        if model is model_or_checkpoint and any(
-            (t.is_floating_point() and t.dtype != dtype) or t.device != torch.device(device) for t in tensors
-        ):
-            model = copy.deepcopy(model)  # nn.Module.to casts in place: leave the caller's model alone
-        self.model = model.to(device=device, dtype=dtype).eval()
+        self.model = energy_model(model_or_checkpoint, torch.device(device), dtype, "the calculator")
         self.device, self.dtype = torch.device(device), dtype
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):

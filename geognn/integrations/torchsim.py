@@ -27,7 +27,6 @@ Conventions, checked against TorchSim 0.3.0's code (``torch_sim/state.py``, ``mo
 
 from __future__ import annotations
 
-import copy
 import os
 
 import numpy as np
@@ -43,8 +42,9 @@ except ImportError as err:  # pragma: no cover - exercised only where TorchSim i
     ) from err
 
 from .. import conventions as K
+from ..calculator import energy_model
 from ..graph.build import build_graph, collate
-from ..model import Ensemble, Model, load_model
+from ..model import Ensemble, Model
 
 #: dtypes TorchSim states and geognn models can share.
 DTYPES = (torch.float32, torch.float64)
@@ -95,22 +95,7 @@ class GeoGNNModel(ModelInterface):
         if dtype not in DTYPES:
             raise ValueError(f"GeoGNNModel dtype must be torch.float32 or torch.float64, got {dtype!r}")
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        model = (
-            checkpoint_or_model
-            if isinstance(checkpoint_or_model, (Model, Ensemble))
-            else load_model(checkpoint_or_model)
-        )
-        if model.energy_target is None:
-            raise ValueError(
-                f"GeoGNNModel needs a model with an extensive energy target (eV, readout sum); "
-                f"this one predicts {model.target_names}"
-            )
-        tensors = [*model.parameters(), *model.buffers()]
-        if model is checkpoint_or_model and any(
-            (t.is_floating_point() and t.dtype != dtype) or t.device != device for t in tensors
-        ):
-            model = copy.deepcopy(model)  # nn.Module.to casts in place: leave the caller's model alone
-        self.model = model.to(device=device, dtype=dtype).eval()
+        self.model = energy_model(checkpoint_or_model, device, dtype, "GeoGNNModel")
         self._device, self._dtype = device, dtype
         self._compute_forces, self._compute_stress = bool(compute_forces), bool(compute_stress)
         self._memory_scales_with = "n_atoms_x_density"  # radial cutoff: memory grows with density
