@@ -25,13 +25,12 @@ their angles differ (GWL and IGWL_(3) separate them at iteration 1).
 from __future__ import annotations
 
 from collections import Counter
-from fractions import Fraction
 
 import torch
 from torch_geometric.data import Data
 
 from .. import conventions as K
-from .gwl import DEFAULT_TOL
+from .gwl import DEFAULT_TOL, _histograms_differ
 from .inputs import as_graph
 
 #: Values of ``Backbone.first_layer_geometry`` this module can test ("" means no extra limit).
@@ -71,16 +70,6 @@ def vector_sum_colours(data: Data, tol: float = DEFAULT_TOL) -> list[tuple]:
     return colours
 
 
-def _frequencies(data: Data, colours: list[tuple]) -> Counter:
-    """Colour counts, or per-atom frequencies for periodic graphs (their cell is arbitrary)."""
-    counts = Counter(colours)
-    periodic = K.PBC in data and bool(torch.as_tensor(data[K.PBC]).any())
-    if not periodic:
-        return counts
-    total = len(colours)
-    return Counter({c: Fraction(n, total) for c, n in counts.items()})
-
-
 def first_layer_separates(g1: Data, g2: Data, geometry: str, tol: float = DEFAULT_TOL) -> bool:
     """Whether a one-layer model of the given ``first_layer_geometry`` can tell g1 from g2.
 
@@ -91,4 +80,6 @@ def first_layer_separates(g1: Data, g2: Data, geometry: str, tol: float = DEFAUL
     if geometry not in FIRST_LAYER_GEOMETRIES:
         raise ValueError(f"first_layer_geometry must be one of {', '.join(FIRST_LAYER_GEOMETRIES)}, got {geometry!r}")
     g1, g2 = as_graph(g1, "g1"), as_graph(g2, "g2")
-    return _frequencies(g1, vector_sum_colours(g1, tol)) != _frequencies(g2, vector_sum_colours(g2, tol))
+    c1, c2 = vector_sum_colours(g1, tol), vector_sum_colours(g2, tol)
+    periodic = any(K.PBC in g and bool(torch.as_tensor(g[K.PBC]).any()) for g in (g1, g2))
+    return _histograms_differ(Counter(c1), Counter(c2), len(c1), len(c2), periodic)

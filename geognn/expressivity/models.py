@@ -218,8 +218,13 @@ def graph_embeddings(model: Backbone, batch, readout: str = "invariant") -> torc
         node = torch.cat([out[K.NODE_FEATURES], out[K.NODE_VECTORS].flatten(1)], dim=-1)
     else:
         node = out[K.NODE_FEATURES]
-    graphs = graph_index(batch)
-    pooled = scatter_sum(node, graphs, dim_size=num_graphs(batch))  # [B, D]
+    return pool_atoms(node, batch)
+
+
+def pool_atoms(node: torch.Tensor, batch) -> torch.Tensor:
+    """[N, D] per-atom values -> [B, D]: the sum over each graph's atoms, the mean for periodic
+    graphs (their cell is arbitrary, so only per-atom values compare between cells)."""
+    pooled = scatter_sum(node, graph_index(batch), dim_size=num_graphs(batch))  # [B, D]
     periodic = batch[K.PBC].any(dim=-1).to(pooled.dtype).unsqueeze(-1)  # [B, 1]
     natoms = batch[K.NATOMS].to(pooled.dtype).unsqueeze(-1)
     return pooled * (1 - periodic) + pooled / natoms * periodic
@@ -298,10 +303,7 @@ def _coordinate_jacobians(model: Backbone, graphs: list[Data], seed: int) -> tup
     bias = torch.randn(READOUT_FEATURES, generator=generator, dtype=torch.float64).to(h.dtype)
     u = (h - mean) / std
     node = torch.cat([u, torch.tanh(u @ weight / h.shape[1] ** 0.5 + bias)], dim=-1)  # [N, D]
-    pooled = scatter_sum(node, graph_index(batch), dim_size=len(graphs))  # [B, D]
-    periodic = batch[K.PBC].any(dim=-1).to(pooled.dtype).unsqueeze(-1)
-    natoms = batch[K.NATOMS].to(pooled.dtype).unsqueeze(-1)
-    emb = pooled * (1 - periodic) + pooled / natoms * periodic
+    emb = pool_atoms(node, batch)  # [B, D]
     dim = emb.shape[1]
     # row d of every graph's Jacobian at once: graphs are independent, so d (sum_b emb[b, d]) / d pos
     # splits into the graphs' own rows
@@ -420,28 +422,21 @@ def separation(
     for seed in range(int(seeds)):
         model = build_backbone(backbone, num_layers, cutoff, seed, backbone_kwargs)
         rng = np.random.default_rng(1000 + seed)
-        exact = getattr(model, "rotation_symmetry", "exact") == "exact"
-        if readout == "invariant" and exact and rounded:
-            reflect = bool(getattr(model, "reflection_invariant", True))
-            copies1, _ = _copies(g1, dtypes[0], rng, True, reflect)
-            copies2, _ = _copies(g2, dtypes[1], rng, True, reflect)
-            gap, noise, scale = projected_gaps(model, g1, g2, copies1, copies2, seed)
-            gaps.append(gap)
-            thresholds.append(NOISE_FACTOR * max(noise) + PROJECTED_RELATIVE_FLOOR * scale)
-            continue
         # Equivariant readouts are compared unrotated (the pair's two graphs are rotated copies of
         # each other), except Cartesian ones of approximately equivariant backbones (PONITA's grid):
         # their copies are rotated and the readout rotated back, so the noise includes the
         # discretisation error a rotation causes, which must not count as seeing the orientation.
-        rotate_back = (
-            readout == "equivariant"
-            and _last_irreps(model) is None
-            and getattr(model, "rotation_symmetry", "exact") == "approximate"
-        )
+        symmetry = getattr(model, "rotation_symmetry", "exact")
+        rotate_back = readout == "equivariant" and _last_irreps(model) is None and symmetry == "approximate"
         rotate = readout == "invariant" or rotate_back
         reflect = bool(getattr(model, "reflection_invariant", True))
         copies1, rotations1 = _copies(g1, dtypes[0], rng, rotate, reflect)
         copies2, rotations2 = _copies(g2, dtypes[1], rng, rotate, reflect)
+        if readout == "invariant" and symmetry == "exact" and rounded:
+            gap, noise, scale = projected_gaps(model, g1, g2, copies1, copies2, seed)
+            gaps.append(gap)
+            thresholds.append(NOISE_FACTOR * max(noise) + PROJECTED_RELATIVE_FLOOR * scale)
+            continue
         with torch.no_grad():
             emb = graph_embeddings(model, collate([g1, g2] + copies1 + copies2), readout)  # [2 + 2 * NUM_COPIES, D]
         if rotate_back:
@@ -456,7 +451,7 @@ def separation(
         )
         scale = max(float(e1.norm()), float(e2.norm()))
         gaps.append(float((e1 - e2).norm()))
-        approximate = getattr(model, "rotation_symmetry", "exact") == "approximate"
+        approximate = symmetry == "approximate"
         factor = APPROXIMATE_NOISE_FACTOR if approximate else NOISE_FACTOR
         thresholds.append(factor * noise + RELATIVE_FLOOR * scale)
     return Separation(tuple(gaps), tuple(thresholds))
