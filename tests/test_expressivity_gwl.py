@@ -31,6 +31,8 @@ from geognn.graph.build import edge_vectors
 
 OPTIONS = {
     "GWL": dict(invariant=False),
+    "GWL_(l<=1)": dict(max_order=1),
+    "GWL_(l<=2)": dict(max_order=2),
     "IGWL": dict(invariant=True),
     "IGWL_(2)": dict(invariant=True, body_order=2),
     "IGWL_(3)": dict(invariant=True, body_order=3),

@@ -289,7 +289,7 @@ def test_cli_runs_a_users_pair_from_files(tmp_path, capsys):
         == 0
     )
     markdown = (out / "report.md").read_text()
-    assert "| u.pt vs s.pt | 2 (2) | ✗ (✗) | ✗ (✗) | ✗ (✗) | ✗ (✗) | ✗ (✗) | 2 (2) |" in markdown
+    assert "| u.pt vs s.pt | 2 (2) | 2 (2) | 2 (2) | ✗ (✗) | ✗ (✗) | ✗ (✗) | ✗ (✗) | ✗ (✗) | 2 (2) |" in markdown
     ase_pair = [tmp_path / "bent.xyz", tmp_path / "linear.xyz"]
     Atoms("OH2", positions=[[0, 0, 0], [0.96, 0, 0], BENT_H]).write(ase_pair[0])
     Atoms("OH2", positions=[[0, 0, 0], [0.96, 0, 0], [-0.96, 0, 0]]).write(ase_pair[1])
@@ -361,4 +361,4 @@ def test_cli_float32_library_pairs_keep_the_theoretical_answers(tmp_path):
         == 0
     )
     markdown = (tmp_path / "report.md").read_text()
-    assert "| 4-chain | 3 (3) | ✗ (✗) | ✗ (✗) | ✗ (✗) | ✗ (✗) | ✗ (✗) | 3 (3) |" in markdown
+    assert "| 4-chain | 3 (3) | 3 (3) | 3 (3) | ✗ (✗) | ✗ (✗) | ✗ (✗) | ✗ (✗) | ✗ (✗) | 3 (3) |" in markdown

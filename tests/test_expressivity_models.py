@@ -190,7 +190,9 @@ def test_report_writes_table_csv_and_heatmap(tmp_path):
         tmp_path, ["schnet", "painn"], ["2-chain", "2-fold"], max_layers=2, seeds=1, progress=False
     )
     markdown = result["markdown"].read_text()
-    assert "| 2-chain | 2 (2) | ✗ (✗) | ✗ (✗) | ✗ (✗) | ✗ (✗) | ✗ (✗) | 2 (2) |" in markdown
+    # GWL, GWL_ℓ≤1, GWL_ℓ≤2, IGWL, IGWL₂..₄, schnet, painn
+    assert "| 2-chain | 2 (2) | 2 (2) | 2 (2) | ✗ (✗) | ✗ (✗) | ✗ (✗) | ✗ (✗) | ✗ (✗) | 2 (2) |" in markdown
+    assert 'painn: painn, geometry "vectors", first layer "vector sums", bounded by GWL_ℓ≤1 (O3)' in markdown
     assert "| 2-fold |" in markdown and "orientation needs tensor order ≥ 2" in markdown
     rows = list(csv.DictReader(open(result["csv"])))
     painn = {
@@ -235,10 +237,17 @@ def test_every_backbone_declares_its_geometry_and_the_report_reads_it():
         if inner.geometry != "frame":  # FAENet's vectors exist only with force_head, from frame averaging
             assert inner.tensor_order == readout_order(model), name
         info = report_module.describe_backbone(name)
-        assert info.bound == report_module.BOUND_OF_GEOMETRY[declared[name]]
-    assert report_module.describe_backbone("pnita").bound == "IGWL_(2)"  # was compared with IGWL before
-    assert report_module.describe_backbone("egnn-fixed").bound == "IGWL_(2)"
-    assert report_module.describe_backbone("egnn").bound == "GWL"
+        assert info.bound == report_module.bounds_of(declared[name], inner.feature_order)[0]
+    assert report_module.describe_backbone("pnita").bounds == ["IGWL_(2)"]  # was compared with IGWL before
+    assert report_module.describe_backbone("egnn-fixed").bounds == ["IGWL_(2)"]
+    # order-bounded GWL for equivariant features of bounded order (settings: max_ell = 2)
+    assert report_module.describe_backbone("egnn").bounds == ["GWL_(l<=1)"]
+    assert report_module.describe_backbone("painn").bounds == ["GWL_(l<=1)"]
+    assert report_module.describe_backbone("nequip").bounds == ["GWL_(l<=2)"]
+    assert report_module.describe_backbone("mace").bounds == ["GWL_(l<=2)"]
+    # DimeNet++'s angular basis holds P_l for l < num_spherical = 3 (PROBE_SETTINGS)
+    assert report_module.describe_backbone("dimenetpp").bounds == ["IGWL_(3)", "GWL_(l<=2)"]
+    assert report_module.describe_backbone("ponita").bounds == ["GWL"]
 
 
 def test_a_backbone_without_a_declared_geometry_is_a_clear_error(monkeypatch):

@@ -90,6 +90,17 @@ class Backbone(nn.Module):
             return max(ir.l for _, ir in self.layers[-1].irreps_out)
         return 0
 
+    @property
+    def feature_order(self) -> int | None:
+        """L of the test GWL_(l<=L) that bounds the backbone (``geognn.expressivity.tensor_gwl``):
+        the largest order l of any equivariant quantity it forms (edge spherical harmonics, tensor
+        products, angular basis). None where no such bound applies (distances only, orientation
+        grids, frames). Default: ``tensor_order`` for "vectors" and "spherical tensors"; backbones
+        whose inner features go higher (e.g. MACE's edge harmonics) override it."""
+        if self.geometry in ("vectors", "spherical tensors"):
+            return self.tensor_order
+        return None
+
     def reset_parameters(self) -> None:  # pragma: no cover - every backbone overrides
         raise NotImplementedError
 

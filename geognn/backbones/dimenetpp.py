@@ -572,6 +572,13 @@ class DimeNetPlusPlus(Backbone):
     def out_channels(self) -> int:
         return self._out_channels
 
+    @property
+    def feature_order(self) -> int:
+        """``num_spherical - 1``: the angular basis holds Legendre polynomials P_l(cos angle) of
+        l < num_spherical, and P_l(u . v) is an inner product of the order-l harmonics Y_l(u),
+        Y_l(v); so DimeNet++ is also bounded by GWL_(l<=num_spherical-1) (Backbone.feature_order)."""
+        return int(self.hparams["num_spherical"]) - 1
+
     def reset_parameters(self) -> None:
         with torch.no_grad():  # Bessel frequencies back to n pi / c
             n = torch.arange(1, self.rbf.freqs.numel() + 1, dtype=self.rbf.freqs.dtype, device=self.rbf.freqs.device)

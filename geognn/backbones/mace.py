@@ -207,6 +207,12 @@ class MACE(ExactCouplingsMixin, Backbone):
     def out_channels(self) -> int:
         return self.hparams["hidden_channels"] * self.hparams["num_layers"]
 
+    @property
+    def feature_order(self) -> int:
+        """``max_ell``: the edge harmonics and A reach it, the hidden features stop at
+        ``hidden_max_ell`` <= max_ell (Backbone.feature_order)."""
+        return int(self.hparams["max_ell"])
+
     def reset_parameters(self) -> None:
         self.inputs.reset_parameters()
         for layer in self.layers:

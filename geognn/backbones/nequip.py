@@ -182,6 +182,11 @@ class NequIP(ExactCouplingsMixin, Backbone):
         self.reset_parameters()
         self._keep_couplings_exact()
 
+    @property
+    def feature_order(self) -> int:
+        """``max_ell``: edge harmonics and hidden irreps stop there (Backbone.feature_order)."""
+        return int(self.hparams["max_ell"])
+
     def reset_parameters(self) -> None:
         self.inputs.reset_parameters()
         for layer in self.layers:

@@ -17,7 +17,9 @@ up to G, i.e. the neighbours' colours plus the complete invariant geometry of th
 neighbourhood, but no orientation travelling from further away. IGWL_(k) (``body_order=k``) sees
 only k-body scalars of the neighbourhood: k = 2 distances; k = 3 also the angles between pairs of
 neighbours; k = 4 also the Gram matrix of triples of neighbours (and, for SO(3), the sign of their
-volume ``x_ij . (x_ik x x_il)``, which tells mirror images apart).
+volume ``x_ij . (x_ik x x_il)``, which tells mirror images apart). GWL_(l<=L) (``max_order=L``,
+``tensor_gwl.py``) is GWL whose nodes hold only tensors of order <= L: the class of PaiNN and EGNN
+(L = 1) and of NequIP and MACE (L = their ``max_ell``).
 
 How the hash is made exact
 --------------------------
@@ -72,6 +74,7 @@ from torch_geometric.data import Data
 
 from .. import conventions as K
 from .inputs import as_graph
+from .tensor_gwl import check_order, tensor_gwl_colours
 
 #: Groups the colours are invariant under: "O3" (rotations and reflections) or "SO3" (rotations).
 GROUPS = ("O3", "SO3")
@@ -101,11 +104,29 @@ class GWLResult:
     group: str = "O3"
 
 
-def test_name(invariant: bool, body_order: int | None) -> str:
-    """ "GWL", "IGWL" or "IGWL_(k)" for the given options."""
+def test_name(invariant: bool, body_order: int | None, max_order: int | None = None) -> str:
+    """ "GWL", "GWL_(l<=L)", "IGWL" or "IGWL_(k)" for the given options."""
     if not invariant:
-        return "GWL"
+        return "GWL" if max_order is None else f"GWL_(l<={max_order})"
     return "IGWL" if body_order is None else f"IGWL_({body_order})"
+
+
+def test_options(name: str) -> dict:
+    """Keyword arguments of :func:`gwl_test` for a test name ("GWL", "GWL_(l<=L)", "IGWL",
+    "IGWL_(k)"): the inverse of :func:`test_name`. ValueError for any other name."""
+    import re
+
+    if name == "GWL":
+        return {}
+    if name == "IGWL":
+        return {"invariant": True}
+    match = re.fullmatch(r"GWL_\(l<=(\d+)\)", name)
+    if match:
+        return {"max_order": int(match.group(1))}
+    match = re.fullmatch(r"IGWL_\((\d+)\)", name)
+    if match and int(match.group(1)) in BODY_ORDERS:
+        return {"invariant": True, "body_order": int(match.group(1))}
+    raise ValueError(f"unknown test {name!r}: expected GWL, GWL_(l<=L), IGWL or IGWL_(k) with k in {BODY_ORDERS}")
 
 
 # --------------------------------------------------------------------------- graphs the test runs on
@@ -186,8 +207,9 @@ def gwl_test(
     group: str = "O3",
     tol: float = DEFAULT_TOL,
     graph_cutoff: float | None = None,
+    max_order: int | None = None,
 ) -> GWLResult:
-    """Run GWL (or IGWL, IGWL_(k)) on two geometric graphs side by side.
+    """Run GWL (or GWL_(l<=L), IGWL, IGWL_(k)) on two geometric graphs side by side.
 
     Args:
         g1: the first graph; anything ``geognn.expressivity.inputs.as_graph`` accepts:
@@ -205,6 +227,9 @@ def gwl_test(
         group: "O3" or "SO3" (SO(3) tells mirror images apart).
         tol: rounding step of the canonical forms (see the module docstring).
         graph_cutoff: Å, radius of the graphs built from ``ase.Atoms`` inputs (ignored otherwise).
+        max_order: None (GWL: tensors of every order) or L >= 1: GWL_(l<=L), whose nodes hold only
+            tensors up to order L (``tensor_gwl.py``; the class of PaiNN and EGNN at L = 1, of
+            NequIP and MACE at their ``max_ell``); only with ``invariant=False``.
 
     Returns:
         :class:`GWLResult`.
@@ -219,6 +244,12 @@ def gwl_test(
         )
     if int(max_iter) != max_iter or max_iter < 1:
         raise ValueError(f"max_iter must be a positive integer, got {max_iter}")
+    if max_order is not None:
+        if invariant:
+            raise ValueError(
+                "max_order bounds the tensors of GWL: pass invariant=False with it (IGWL holds no tensors)"
+            )
+        max_order = check_order(max_order)
     if not tol > 0:
         raise ValueError(f"tol must be > 0, got {tol}")
     first = _Geometry.from_data(as_graph(g1, "g1", graph_cutoff), "g1")
@@ -237,8 +268,15 @@ def gwl_test(
     colours = _ranks([(int(z),) for z in union.z])
     poses: list = [None] * union.num_nodes
     history = [histograms(colours)]
+    name = test_name(invariant, body_order, max_order)
     if differ(history[-1]):
-        return GWLResult(True, 0, history, test_name(invariant, body_order), group)
+        return GWLResult(True, 0, history, name, group)
+    if max_order is not None:
+        for t, new_colours in enumerate(tensor_gwl_colours(union, max_order, max_iter, mirror, tol), start=1):
+            history.append(histograms(new_colours))
+            if differ(history[-1]):
+                return GWLResult(True, t, history, name, group)
+        return GWLResult(False, None, history, name, group)
     for t in range(1, int(max_iter) + 1):
         forms, new_poses = [], []
         for i in range(union.num_nodes):
@@ -254,12 +292,12 @@ def gwl_test(
         new_colours = _ranks(forms)
         history.append(histograms(new_colours))
         if differ(history[-1]):
-            return GWLResult(True, t, history, test_name(invariant, body_order), group)
+            return GWLResult(True, t, history, name, group)
         stable = len(set(new_colours.tolist())) == len(set(colours.tolist()))
         colours, poses = new_colours, new_poses or poses
         if invariant and stable:
             break
-    return GWLResult(False, None, history, test_name(invariant, body_order), group)
+    return GWLResult(False, None, history, name, group)
 
 
 def _histograms_differ(h1: dict, h2: dict, n1: int, n2: int, periodic: bool) -> bool:

@@ -2,8 +2,9 @@
 
 Every pair is built by a function below whose docstring says where the construction comes from
 and why the expected outcomes hold. The expected outcomes are data (``HardPair.expected``): for
-each group ("O3", "SO3") and each test ("GWL", "IGWL", "IGWL_(2)", "IGWL_(3)", "IGWL_(4)") the
-first GWL iteration at which the pair is told apart, or None if it never is. The tests in
+each group ("O3", "SO3") and each test ("GWL", "GWL_(l<=1)", "GWL_(l<=2)", "IGWL", "IGWL_(2)",
+"IGWL_(3)", "IGWL_(4)") the first GWL iteration at which the pair is told apart, or None if it
+never is. GWL_(l<=L) (``tensor_gwl.py``) is GWL whose nodes hold tensors of order <= L only. The tests in
 ``tests/test_expressivity_gwl.py`` check each of them and each pair's claimed geometric facts.
 
 Families:
@@ -32,7 +33,7 @@ from torch_geometric.data import Data
 from .gwl import graph_from_atoms, graph_from_bonds
 
 #: Names of the tests, in the order reports show them.
-TESTS = ("GWL", "IGWL", "IGWL_(2)", "IGWL_(3)", "IGWL_(4)")
+TESTS = ("GWL", "GWL_(l<=1)", "GWL_(l<=2)", "IGWL", "IGWL_(2)", "IGWL_(3)", "IGWL_(4)")
 #: Families of pairs, in library order.
 FAMILIES = ("k-chain", "rotational symmetry", "Pozdnyakov", "periodic")
 #: Bond length used by the molecular pairs, Å.
@@ -76,9 +77,10 @@ class HardPair:
         return max(float(edge_vectors(g).norm(dim=-1).max()) for g in (self.g1, self.g2))
 
 
-def _expected(gwl=None, igwl=None, igwl2=None, igwl3=None, igwl4=None, so3=None) -> dict:
-    """Expected iterations per test; ``so3`` overrides some tests under SO(3) (chiral pairs)."""
-    o3 = dict(zip(TESTS, (gwl, igwl, igwl2, igwl3, igwl4)))
+def _expected(gwl=None, igwl=None, igwl2=None, igwl3=None, igwl4=None, so3=None, order1=None, order2=None) -> dict:
+    """Expected iterations per test; ``so3`` overrides some tests under SO(3) (chiral pairs);
+    ``order1``, ``order2``: GWL_(l<=1), GWL_(l<=2)."""
+    o3 = dict(zip(TESTS, (gwl, order1, order2, igwl, igwl2, igwl3, igwl4)))
     return {"O3": o3, "SO3": {**o3, **(so3 or {})}}
 
 
@@ -97,6 +99,9 @@ def k_chain_pair(k: int, bond: float = BOND, bend_deg: float = 60.0) -> HardPair
     separates them. The two differ only in the relative orientation of the two ends, which are
     k + 1 bonds apart: GWL needs a node whose receptive field holds both ends, i.e.
     floor(k/2) + 1 iterations (the middle of the path), and so does an equivariant GNN in layers.
+    Vectors suffice (GWL_(l<=1) and GWL_(l<=2) as GWL): each end's bond direction travels inward as
+    a vector, and the middle node compares the two ends' vectors by their inner product, which is
+    the same for both ends in the "U" and opposite in the "S" (the difference is in the plane).
     """
     if int(k) != k or k < 2:
         raise ValueError(f"k must be an integer >= 2, got {k}")
@@ -111,7 +116,12 @@ def k_chain_pair(k: int, bond: float = BOND, bend_deg: float = 60.0) -> HardPair
         return graph_from_bonds(positions, [6] * (k + 2), [(a, a + 1) for a in range(k + 1)])
 
     return HardPair(
-        f"{k}-chain", "k-chain", chain(True), chain(False), _expected(gwl=k // 2 + 1), description=_doc(k_chain_pair)
+        f"{k}-chain",
+        "k-chain",
+        chain(True),
+        chain(False),
+        _expected(gwl=k // 2 + 1, order1=k // 2 + 1, order2=k // 2 + 1),
+        description=_doc(k_chain_pair),
     )
 
 
@@ -163,6 +173,10 @@ def two_body_degenerate_pair() -> HardPair:
     tetrahedron (g2). Every 2-body scalar (the four centre-neighbour distances) is the same, so
     IGWL_(2) (and a distance-only GNN such as SchNet) never separates them; the angles differ
     (90 and 180 degrees vs 109.47 degrees), so 3-body scalars separate them at iteration 1.
+    Tensors of order 1 never do (GWL_(l<=1)): by symmetry (D4h, Td) the centre's vectors are zero
+    in both, every leaf's vectors lie along its bond, and the projections on the bond are equal.
+    Order 2 does at once: the sum of Y_2(u) over the neighbours is non-zero for the planar square
+    and zero for the tetrahedron (GWL_(l<=2) at iteration 1).
     """
     square = [[1, 0, 0], [0, 1, 0], [-1, 0, 0], [0, -1, 0]]
     tetrahedron = [[1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]]
@@ -171,7 +185,7 @@ def two_body_degenerate_pair() -> HardPair:
         "Pozdnyakov",
         _star_graph(square),
         _star_graph(tetrahedron),
-        _expected(gwl=1, igwl=1, igwl3=1, igwl4=1),
+        _expected(gwl=1, igwl=1, igwl3=1, igwl4=1, order2=1),
         description=_doc(two_body_degenerate_pair),
     )
 
@@ -191,6 +205,10 @@ def three_body_degenerate_pair() -> HardPair:
     multisets of angles between neighbours are equal and IGWL_(2), IGWL_(3) never separate them.
     The triples of angles differ (g1 has a triple of octagon steps {1, 1, 2}, g2 has none), so
     IGWL_(4) separates them at iteration 1. Both are planar, hence achiral.
+    The centre's vector sum R has the same length in both (|R|^2 = 4 + 2 sum of cos over the
+    angles), so order 1 needs 2 iterations: the neighbours then see R's projection on their
+    bond, whose multiset differs (GWL_(l<=1) at 2). Order 2 separates at 1: the contraction of
+    R (x) R with the sum of Y_2(u) is a sum over triples of neighbours, a 4-body scalar.
     """
 
     def octagon(subset):
@@ -199,7 +217,12 @@ def three_body_degenerate_pair() -> HardPair:
 
     g1, g2 = (octagon(s) for s in HOMOMETRIC_OCTAGON_SUBSETS)
     return HardPair(
-        "3-body", "Pozdnyakov", g1, g2, _expected(gwl=1, igwl=1, igwl4=1), description=_doc(three_body_degenerate_pair)
+        "3-body",
+        "Pozdnyakov",
+        g1,
+        g2,
+        _expected(gwl=1, igwl=1, igwl4=1, order1=2, order2=1),
+        description=_doc(three_body_degenerate_pair),
     )
 
 
@@ -215,7 +238,9 @@ def chiral_pair() -> HardPair:
     same, so under O(3) nothing separates them (they are congruent by a reflection). Under SO(3)
     the sign of the volume x_1 . (x_2 x x_3), a 4-body pseudoscalar, separates them at iteration 1:
     IGWL_(4) with the sign (SO3), IGWL and GWL (SO3); IGWL_(2) and IGWL_(3) never. This is the
-    chiral case of the 3-body degeneracy discussed by Pozdnyakov et al.
+    chiral case of the 3-body degeneracy discussed by Pozdnyakov et al. Without parity (SO(3)),
+    the cross product of two neighbour vectors dotted with the third is that volume, so
+    GWL_(l<=1) and GWL_(l<=2) separate them at 1 too.
     """
     directions = np.array([d for d, _ in CHIRAL_NEIGHBOURS], dtype=np.float64)
     lengths = np.array([r for _, r in CHIRAL_NEIGHBOURS])
@@ -230,7 +255,7 @@ def chiral_pair() -> HardPair:
         "Pozdnyakov",
         g1,
         g2,
-        _expected(so3={"GWL": 1, "IGWL": 1, "IGWL_(4)": 1}),
+        _expected(so3={"GWL": 1, "GWL_(l<=1)": 1, "GWL_(l<=2)": 1, "IGWL": 1, "IGWL_(4)": 1}),
         description=_doc(chiral_pair),
     )
 
@@ -244,6 +269,12 @@ def fcc_hcp_pair(neighbour_distance: float = FCC_HCP_NEIGHBOUR_DISTANCE) -> Hard
     shell. The distances are equal, so IGWL_(2) never separates them; the angles differ (the
     cuboctahedron of fcc vs the anticuboctahedron of hcp, which has angles fcc lacks, e.g.
     arccos(-5/6) = 146.4 degrees), so every test with angles separates them at iteration 1.
+    Tensors of order <= 2 never do (GWL_(l<=1), GWL_(l<=2)): every feature at a site is invariant
+    under its site group, O_h (fcc) or D_3h (hcp). Neither fixes a vector; O_h fixes no order-2
+    tensor, and the one D_3h fixes (uniaxial along c) has zero weight in the ideal hcp shell (the
+    sum of Y_2(u) over the 12 neighbours vanishes for c/a = sqrt(8/3)). All order <= 2 features
+    are then zero at every iteration; the shells differ first at order 3 (D_3h fixes an l = 3
+    tensor, O_h, being centrosymmetric, none).
     """
     d = neighbour_distance
     fcc = bulk("Cu", "fcc", a=d * np.sqrt(2))

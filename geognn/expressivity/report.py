@@ -3,15 +3,16 @@ IGWL_(k) and every backbone, with the theoretical expectation beside each result
 
 For each pair (``pairs.load_pairs``):
 
-- the tests GWL, IGWL, IGWL_(2..4) (``gwl.gwl_test``, group O(3)): the first iteration that
+- the tests GWL, GWL_(l<=1), GWL_(l<=2), IGWL, IGWL_(2..4) (``gwl.gwl_test``, group O(3)): the first iteration that
   separates the pair, or ✗; expected value from ``HardPair.expected``.
 - each column of ``COLUMNS`` (a backbone with its ``PROBE_SETTINGS``, or a variant such as EGNN
   with fixed coordinates; ``models.layers_scan``): the fewest layers that separate the pair at
   random initialisation, or ✗ within ``max_layers``, with the margin (gap / noise threshold) of
   every layer count tried. Its expectation is the test that bounds the geometry the backbone
-  *declares* (``Backbone.geometry``, ``BOUND_OF_GEOMETRY``): IGWL_(2) for "distances", IGWL_(3)
-  for "angles", GWL for equivariant features; evaluated in SO(3) for backbones that are not
-  reflection-invariant. "frame" backbones (inside frame averaging, whose frame is global) are
+  *declares* (``Backbone.geometry`` and ``Backbone.feature_order``, ``bounds_of``): IGWL_(2) for
+  "distances", IGWL_(3) for "angles" (and GWL_(l<=L) for an angular basis of degree L, the
+  later of the two), GWL_(l<=L) for equivariant features of order <= L, GWL for orientation
+  grids; evaluated in SO(3) for backbones that are not reflection-invariant. "frame" backbones (inside frame averaging, whose frame is global) are
   expected to separate at 1 layer whatever GWL separates at all. A backbone separating a pair
   with fewer layers than GWL needs (or one that GWL never separates) violates the theorem that
   geometric GNNs are bounded by GWL: the report flags it ("⚠") as a bug. A backbone whose
@@ -35,7 +36,7 @@ from pathlib import Path
 
 from ..backbones import BACKBONES
 from .first_layer import first_layer_separates
-from .gwl import gwl_test
+from .gwl import gwl_test, test_options
 from .models import build_backbone, layers_scan, separation, uses_global_frame
 from .pairs import TESTS, HardPair, load_pairs
 
@@ -73,7 +74,8 @@ COLUMNS = {
     for name in BACKBONES
     for column, settings in [(name, {})] + list(VARIANTS.get(name, {}).items())
 }
-#: The test that bounds each declared ``Backbone.geometry`` ("frame": see module docstring).
+#: The test that bounds each declared ``Backbone.geometry`` when the backbone declares no
+#: ``feature_order`` ("frame": see module docstring); ``bounds_of`` refines it.
 BOUND_OF_GEOMETRY = {
     "distances": "IGWL_(2)",
     "angles": "IGWL_(3)",
@@ -82,14 +84,30 @@ BOUND_OF_GEOMETRY = {
     "orientation grid": "GWL",
     "frame": "GWL",
 }
-TEST_LABELS = {"GWL": "GWL", "IGWL": "IGWL", "IGWL_(2)": "IGWL₂", "IGWL_(3)": "IGWL₃", "IGWL_(4)": "IGWL₄"}
-_TEST_OPTIONS = {
-    "GWL": (False, None),
-    "IGWL": (True, None),
-    "IGWL_(2)": (True, 2),
-    "IGWL_(3)": (True, 3),
-    "IGWL_(4)": (True, 4),
-}
+
+
+def bounds_of(geometry: str, feature_order: int | None) -> list[str]:
+    """The tests that bound a backbone of this declared geometry and ``Backbone.feature_order``;
+    it cannot separate a pair before the last of them does. Equivariant features of order <= L:
+    GWL_(l<=L); an invariant model with an angular basis of degree L: IGWL_(3) and GWL_(l<=L)."""
+    if feature_order is not None and geometry in ("vectors", "spherical tensors"):
+        return [f"GWL_(l<={feature_order})"]
+    if feature_order is not None and geometry == "angles":
+        return [BOUND_OF_GEOMETRY[geometry], f"GWL_(l<={feature_order})"]
+    return [BOUND_OF_GEOMETRY[geometry]]
+
+
+def test_label(test: str) -> str:
+    """Short label of a test name for the tables: "GWL_ℓ≤1", "IGWL₃", ..."""
+    subscripts = str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉")
+    if test.startswith("GWL_(l<="):
+        return "GWL_ℓ≤" + test[len("GWL_(l<=") : -1]
+    if test.startswith("IGWL_("):
+        return "IGWL" + test[len("IGWL_(") : -1].translate(subscripts)
+    return test
+
+
+TEST_LABELS = {t: test_label(t) for t in TESTS}
 
 
 @dataclass
@@ -169,6 +187,7 @@ class BackboneInfo:
     first_layer: str = ""
     order: int | None = None
     bound: str = "GWL"
+    bounds: list = field(default_factory=lambda: ["GWL"])
     group: str = "O3"
     rotation_symmetry: str = "exact"
     global_frame: bool = False
@@ -189,10 +208,12 @@ def describe_backbone(column: str) -> BackboneInfo:
         info.geometry = inner.geometry
         info.first_layer = getattr(inner, "first_layer_geometry", "")
         info.order = inner.tensor_order  # ValueError if the backbone declares no valid geometry
+        feature_order = inner.feature_order
     except Exception as exc:  # a backbone that cannot be probed is reported, not fatal
         info.error = f"{type(exc).__name__}: {exc}"
         return info
-    info.bound = BOUND_OF_GEOMETRY[info.geometry]
+    info.bounds = bounds_of(info.geometry, feature_order)
+    info.bound = info.bounds[0]
     info.group = "O3" if getattr(model, "reflection_invariant", True) else "SO3"
     info.rotation_symmetry = getattr(model, "rotation_symmetry", "exact")
     if info.global_frame:
@@ -226,10 +247,11 @@ def run_expressivity(
     )
     for pair in pairs:
         row = ReportRow(pair)
+        needed = list(TESTS) + sorted({b for info in infos for b in info.bounds} - set(TESTS))
         gwl = {
-            (group, test): gwl_test(pair.g1, pair.g2, *_TEST_OPTIONS[test], group=group).iterations
+            (group, test): gwl_test(pair.g1, pair.g2, group=group, **test_options(test)).iterations
             for group in ("O3", "SO3")
-            for test in TESTS
+            for test in needed
         }
         for test in TESTS:
             measured, expected = gwl[("O3", test)], pair.expected["O3"][test]
@@ -281,7 +303,8 @@ def _probe(info: BackboneInfo, pair: HardPair, gwl: dict, max_layers: int, seeds
     if info.global_frame:  # global frame: everything GWL tells apart, at once
         expected = None if bound is None else 1
     else:
-        expected = gwl[(info.group, info.bound)]
+        results = [gwl[(info.group, b)] for b in info.bounds]
+        expected = None if None in results else max(results)  # the last bound to separate
         if expected == 1 and info.first_layer and not first_layer_separates(pair.g1, pair.g2, info.first_layer):
             expected = 2  # one layer sees too little (first_layer.py); GWL's bound from the second on
     if measured is not None and (bound is None or measured < bound):
@@ -315,7 +338,6 @@ def load_user_pair(path1, path2, graph_cutoff: float | None = None) -> HardPair:
 
     from ..io import read_structures
     from .inputs import as_graph
-    from .pairs import _expected
 
     graphs = []
     for path in (Path(path1), Path(path2)):
@@ -332,9 +354,10 @@ def load_user_pair(path1, path2, graph_cutoff: float | None = None) -> HardPair:
             obj = read_structures(path)[0]
         graphs.append(as_graph(obj, path.name, graph_cutoff))
     measured = {
-        group: [gwl_test(*graphs, *_TEST_OPTIONS[t], group=group).iterations for t in TESTS] for group in ("O3", "SO3")
+        group: {t: gwl_test(*graphs, group=group, **test_options(t)).iterations for t in TESTS}
+        for group in ("O3", "SO3")
     }
-    expected = _expected(*measured["O3"], so3=dict(zip(TESTS, measured["SO3"])))
+    expected = {"O3": measured["O3"], "SO3": measured["SO3"]}
     return HardPair(
         f"{Path(path1).name} vs {Path(path2).name}",
         "user",
@@ -379,7 +402,8 @@ def format_markdown(rows: list[ReportRow], infos: list[BackboneInfo], max_layers
         "(geognn/expressivity/models.py)). ✗ = never. "
         "Rotationally symmetric pairs (L-fold): ✓ if a 1-layer model's equivariant readout tells the structure "
         "from its rotated copy, expected iff tensor order ≥ L. Theory for a backbone: the test bounding the "
-        "geometry it declares (Backbone.geometry), one layer later where that test separates at 1 but its "
+        "geometry it declares (Backbone.geometry; GWL_ℓ≤L for features of order ≤ L, Backbone.feature_order, "
+        "expressivity/tensor_gwl.py; the later of two bounds where two apply), one layer later where that test separates at 1 but its "
         "first layer cannot (Backbone.first_layer_geometry, expressivity/first_layer.py). † differs from theory; ° separates where its k-body test "
         "does not but IGWL does (nested aggregation reads more than the flat k-body multiset); ⚠ separates "
         "beyond GWL (a bug); ‡ beyond GWL by a frame-averaged model, whose frame is global (not message "
@@ -392,7 +416,8 @@ def format_markdown(rows: list[ReportRow], infos: list[BackboneInfo], max_layers
             legend.append(f"- {info.name}: could not be built: {info.error}")
             continue
         seen = f"; warnings while probing: {', '.join(sorted(info.warnings))}" if info.warnings else ""
-        bound = "global frame" if info.global_frame else f"bounded by {TEST_LABELS[info.bound]} ({info.group})"
+        tests = " and ".join(test_label(b) for b in info.bounds)
+        bound = "global frame" if info.global_frame else f"bounded by {tests} ({info.group})"
         first = f', first layer "{info.first_layer}"' if info.first_layer else ""
         legend.append(
             f'- {info.name}: {info.backbone}, geometry "{info.geometry}"{first}, {bound}, order {info.order}, '
