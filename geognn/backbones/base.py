@@ -46,9 +46,10 @@ class Backbone(nn.Module):
     #: - "distances": invariant features from interatomic distances only (2-body): IGWL_(2).
     #: - "angles": invariant features from distances and angles between the edges at an atom
     #:   (3-body scalars): IGWL_(3), the paper's class for DimeNet.
-    #: - "vectors": equivariant Cartesian vectors (tensor order 1) passed between atoms: GWL.
-    #: - "spherical tensors": equivariant spherical tensors up to order ``tensor_order`` passed
-    #:   between atoms (e3nn): GWL.
+    #: - "vectors": equivariant Cartesian vectors (tensor order 1) passed between atoms:
+    #:   GWL_(l<=1), GWL with tensors of order <= 1 (``feature_order``).
+    #: - "spherical tensors": equivariant spherical tensors up to order ``feature_order`` passed
+    #:   between atoms (e3nn): GWL_(l<=feature_order).
     #: - "orientation grid": features on a grid of directions (PΘNITA), read out as vectors: GWL.
     #: - "frame": coordinates in a frame the structure defines; invariant only inside frame
     #:   averaging, whose frame is global (not message passing), so no GWL bound applies.
