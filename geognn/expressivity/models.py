@@ -332,7 +332,7 @@ def _coordinate_jacobians(model: Backbone, graphs: list[Data], seed: int) -> tup
     eye = torch.eye(dim, dtype=emb.dtype).unsqueeze(1).expand(dim, len(graphs), dim)
     try:
         d_pos, d_cell = torch.autograd.grad(
-            emb, (pos, cell), grad_outputs=eye, is_grads_batched=True, allow_unused=True
+            emb, (pos, cell), grad_outputs=eye, is_grads_batched=True, allow_unused=True, retain_graph=True
         )
     except RuntimeError:  # an operation without a batching rule: one backward pass per row
         rows = [

@@ -37,7 +37,15 @@ from pathlib import Path
 from ..backbones import BACKBONES
 from .first_layer import first_layer_separates
 from .gwl import gwl_test, test_options
-from .models import build_backbone, layers_scan, separation, uses_global_frame
+from .models import (
+    CONTINUUM_NOISE_FACTOR,
+    CONVERGENCE,
+    GRID_LADDER,
+    build_backbone,
+    layers_scan,
+    separation,
+    uses_global_frame,
+)
 from .pairs import TESTS, HardPair, load_pairs
 
 #: Small, CPU-friendly settings per backbone (num_layers and cutoff are set by the probe).
@@ -397,7 +405,10 @@ def format_markdown(rows: list[ReportRow], infos: list[BackboneInfo], max_layers
         f"layers (1..{max_layers}) that separate it at random initialisation (any of {seeds} seeds, "
         "models in float64, cutoff 3x the longest edge, avg_num_neighbors the pair's mean degree; threshold 10x "
         "the noise of isometric copies rounded to the input's dtype, 100x for approximately equivariant "
-        "backbones, plus 1e-9 of the embedding's norm; for inputs less precise than float64 and exact backbones, "
+        "backbones, plus 1e-9 of the embedding's norm; backbones on an orientation grid: the continuous model, "
+        f"the same weights on {', '.join(map(str, GRID_LADDER[:-1]))} and {GRID_LADDER[-1]} orientations, a gap "
+        f"above {CONTINUUM_NOISE_FACTOR:g}x the copy noise and converged to within {CONVERGENCE:.0%} between grids; "
+        "for inputs less precise than float64 and exact backbones, "
         "gaps and noise are first projected off the coordinates' Jacobians and the floor is 1e-13 "
         "(geognn/expressivity/models.py)). ✗ = never. "
         "Rotationally symmetric pairs (L-fold): ✓ if a 1-layer model's equivariant readout tells the structure "
