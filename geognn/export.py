@@ -15,9 +15,11 @@ tensors and returns the energy and the forces of one structure::
 
 The caller builds the neighbour list (both directions of every pair within ``module.cutoff`` Å,
 as ``geognn.graph.build_graph`` does); ``module.cutoff`` (Å), ``module.max_neighbors`` (the
-model's cap on neighbours per atom, -1 for none; see ``build_graph``), ``module.max_z`` and
-``module.backbone`` are attributes of the loaded module. Call it with gradients enabled (not
-under ``torch.no_grad()``): TorchScript cannot switch them on for the forces.
+model's cap on neighbours per atom, -1 for none; see ``build_graph``), ``module.max_z``,
+``module.species`` (the atomic numbers the model has weights for; empty: every Z up to ``max_z``;
+other elements are an error) and ``module.backbone`` are attributes of the loaded module. Call it
+with gradients enabled (not under ``torch.no_grad()``): TorchScript cannot switch them on for the
+forces.
 
 For OpenMM-Torch, ``openmm_module(exported, atomic_numbers)`` wraps an exported file for a
 molecule in the interface of its ``TorchForce`` (positions in nm -> energy in kJ/mol and forces
@@ -105,10 +107,18 @@ class ExportedModel(nn.Module):
     cutoff: float
     max_neighbors: int
     max_z: int
+    species: List[int]
     backbone: str
 
     def __init__(
-        self, energy: nn.Module, cutoff: float, max_neighbors: int, max_z: int, backbone: str, dtype: torch.dtype
+        self,
+        energy: nn.Module,
+        cutoff: float,
+        max_neighbors: int,
+        max_z: int,
+        backbone: str,
+        dtype: torch.dtype,
+        species: Optional[List[int]] = None,
     ):
         super().__init__()
         self.energy = energy
@@ -116,6 +126,12 @@ class ExportedModel(nn.Module):
         self.max_neighbors = int(max_neighbors)  # -1: no cap
         self.max_z = int(max_z)
         self.backbone = backbone
+        self.species = [int(z) for z in species] if species is not None else []  # []: every Z up to max_z
+        known = torch.ones(self.max_z + 1, dtype=torch.bool)
+        if species is not None:
+            known = torch.zeros(self.max_z + 1, dtype=torch.bool)
+            known[self.species] = True
+        self.register_buffer("_known", known)  # [max_z + 1]: the model has weights for this Z
         self.register_buffer("_dtype_probe", torch.zeros(0, dtype=dtype))  # carries the model's dtype
 
     def forward(
@@ -137,6 +153,8 @@ class ExportedModel(nn.Module):
             raise ValueError("edge_index must be [2, E] and edge_shift [E, 3]")
         if n > 0 and (int(atomic_numbers.min()) < 1 or int(atomic_numbers.max()) > self.max_z):
             raise ValueError("atomic numbers must lie in [1, max_z] of this model")
+        if n > 0 and not bool(self._known[atomic_numbers].all()):
+            raise ValueError("atomic numbers must be among the species of this model: " + str(self.species))
         if edge_index.numel() > 0 and (int(edge_index.min()) < 0 or int(edge_index.max()) >= n):
             raise ValueError("edge_index refers to an atom that does not exist")
         dtype = self._dtype_probe.dtype
@@ -157,7 +175,7 @@ def _example_inputs(model, n_atoms: int, periodic: bool, seed: int) -> List[torc
     from .graph.build import build_graph
 
     rng = np.random.default_rng(seed)
-    elements = [z for z in (1, 6, 7, 8, 14) if z <= model.max_z] or [1]
+    elements = [z for z in (1, 6, 7, 8, 14) if not model.unknown_elements([z])] or list(model.species or [1])[:5]
     numbers = rng.choice(elements, size=n_atoms)
     # atoms on a jittered grid 1.6 Å apart: no overlap, several neighbours each within any usual cutoff
     side = int(np.ceil(n_atoms ** (1 / 3)))
@@ -228,6 +246,7 @@ def export_model(model, path: str | os.PathLike) -> Path:
                 frozen.max_z,
                 frozen.backbone_name,
                 dtype,
+                None if frozen.species is None else list(frozen.species),
             )
         )
     _check_against_eager(frozen, module)

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from geognn.model import Model
+from geognn.model import Model, load_checkpoint
 from geognn.train.config import TrainConfig
 from geognn.train.data import GraphDataset, open_structures
 from geognn.train.distributed import Dist
@@ -43,11 +43,12 @@ def run(cmd):
 def final_model(run_dir) -> Model:
     config = TrainConfig.from_file(run_dir / "config.json")
     state = torch.load(run_dir / "state.pt", weights_only=True)
+    species = load_checkpoint(run_dir / "model.pt")["config"]["backbone_kwargs"]["species"]  # filled from the data
     model = Model(
         "schnet",
         cutoff=config.cutoff,
         forces=False,
-        backbone_kwargs=config.backbone_kwargs,
+        backbone_kwargs={**config.backbone_kwargs, "species": species},
         targets=[{"name": "U0", "unit": "eV", "readout": "sum"}],
     )  # the run's target: heads are stored by name
     model.load_state_dict(state["model"])

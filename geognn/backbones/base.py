@@ -12,6 +12,12 @@ the structure. Backbones read geometry only through ``geognn.graph.edge_vectors(
 (positions, cell, shifts) and never rebuild the graph, so that autograd forces and stress and
 frame averaging work the same way for all of them. Heads (energy, forces, ...) live in
 ``geognn.model``, not here.
+
+Per-element weights (embeddings, element-dependent weights) have one row per element of the
+``species`` the backbone is built for (``species=[1, 6, 7, 8, 9]``: 5 rows), or, with
+``species=None``, one row per atomic number 0..``max_z`` (the layout before species, which old
+checkpoints hold). Every backbone takes both keywords, sets its tables up with
+``init_elements(species, max_z)`` and reads rows with ``element_rows(z)`` (``geognn.nn.species``).
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from ..nn.species import SpeciesIndex, unknown_elements_message
 
 #: The values of ``Backbone.geometry`` (see its comment for what each means and which test bounds it).
 GEOMETRIES = ("distances", "angles", "vectors", "spherical tensors", "orientation grid", "frame")
@@ -36,8 +44,10 @@ class Backbone(nn.Module):
     #: (up to a discretisation, e.g. PΘNITA's grid on the sphere; measured, not assumed) or "none"
     #: (no rotation symmetry of its own, e.g. FAENet, which relies on frame averaging)
     rotation_symmetry: str = "exact"
-    #: largest atomic number the backbone can embed (instances may lower it)
+    #: largest atomic number the backbone can embed (instances set it: ``max_z``, or the largest of ``species``)
     max_z: int = 118
+    #: atomic numbers the per-element tables have rows for (ascending), or None: every Z up to ``max_z``
+    species: tuple[int, ...] | None = None
     #: What geometry the backbone's features are built from. It places the backbone in the
     #: hierarchy of Joshi et al. ("On the Expressive Power of Geometric GNNs", ICML 2023), i.e.
     #: which test bounds what it can tell apart, and the expressivity report compares it with
@@ -108,10 +118,28 @@ class Backbone(nn.Module):
     def forward(self, batch) -> dict[str, torch.Tensor]:  # pragma: no cover
         raise NotImplementedError
 
+    def init_elements(self, species, max_z: int) -> int:
+        """Set up the map from atomic numbers to rows of the per-element tables (``element_index``,
+        a ``geognn.nn.species.SpeciesIndex``) and ``species`` / ``max_z``; returns the number of
+        rows every per-element table needs: ``len(species)``, or ``max_z + 1`` when species is None."""
+        self.element_index = SpeciesIndex(species, max_z, owner=f"this {type(self).__name__}")
+        self.species = self.element_index.species
+        self.max_z = self.element_index.max_z
+        return self.element_index.num_elements
+
+    def element_rows(self, z: torch.Tensor) -> torch.Tensor:
+        """[N] atomic numbers -> [N] rows of the per-element tables; ValueError naming the elements
+        this backbone has no weights for (and the species it was built for)."""
+        return self.element_index(z)
+
     def check_atomic_numbers(self, z: torch.Tensor) -> None:
-        """ValueError if an atomic number is beyond what the embedding holds (``max_z``)."""
-        if z.numel() and int(z.max()) > self.max_z:
-            raise ValueError(f"atomic number {int(z.max())} exceeds this {type(self).__name__}'s max_z={self.max_z}")
+        """ValueError if an atomic number has no row in the per-element tables (not among
+        ``species``, or beyond ``max_z``)."""
+        index = getattr(self, "element_index", None)  # None: a backbone (e.g. a test's) without init_elements
+        if index is not None:
+            index(z)
+        elif z.numel() and int(z.max()) > self.max_z:
+            raise ValueError(unknown_elements_message([int(z.max())], None, self.max_z, f"this {type(self).__name__}"))
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.hparams.items())

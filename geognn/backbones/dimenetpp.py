@@ -80,6 +80,7 @@ Deviations from the paper, and why:
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -88,6 +89,7 @@ from .. import conventions as K
 from ..graph.build import edge_vectors
 from ..graph.features import BesselRBF, polynomial_envelope
 from ..nn.scatter import scatter_sum
+from ..nn.species import normalise_species
 from .base import Backbone
 
 
@@ -336,11 +338,14 @@ class ResidualLayer(nn.Module):
 
 
 class EmbeddingBlock(nn.Module):
-    """Initial message ``m_ji = sigma(W [h_i || h_j || sigma(W_rbf e_RBF(d_ij))])`` -> [E, H]."""
+    """Initial message ``m_ji = sigma(W [h_i || h_j || sigma(W_rbf e_RBF(d_ij))])`` -> [E, H].
 
-    def __init__(self, max_z: int, num_radial: int, hidden_channels: int, act: nn.Module):
+    ``num_elements`` rows in the atom embedding; ``forward(rows [N], rbf [E, R], j [E], i [E])``
+    takes each atom's row (``Backbone.element_rows``), not its atomic number."""
+
+    def __init__(self, num_elements: int, num_radial: int, hidden_channels: int, act: nn.Module):
         super().__init__()
-        self.embedding = nn.Embedding(max_z + 1, hidden_channels)
+        self.embedding = nn.Embedding(num_elements, hidden_channels)
         self.lin_rbf = nn.Linear(num_radial, hidden_channels)
         self.lin = nn.Linear(3 * hidden_channels, hidden_channels)
         self.act = act
@@ -351,8 +356,8 @@ class EmbeddingBlock(nn.Module):
         _reset_linear(self.lin_rbf)
         _reset_linear(self.lin)
 
-    def forward(self, z, rbf, j, i):
-        h = self.embedding(z)  # [N, H]
+    def forward(self, rows, rbf, j, i):
+        h = self.embedding(rows)  # [N, H]
         rbf_h = self.act(self.lin_rbf(rbf))  # [E, H]
         return self.act(self.lin(torch.cat([h.index_select(0, i), h.index_select(0, j), rbf_h], dim=-1)))
 
@@ -473,7 +478,9 @@ class DimeNetPlusPlus(Backbone):
         num_before_skip: residual layers before the skip connection (default: 1).
         num_after_skip: residual layers after the skip connection (default: 2).
         num_output_layers: dense layers in each output block (default: 3).
-        max_z: largest atomic number the embedding accepts (default: 100).
+        max_z: largest atomic number the embedding accepts when ``species`` is None (default: 100).
+        species: atomic numbers (or symbols) the model is built for: the embedding gets one row
+            per element; None: one row per Z in 0..max_z (default: None).
 
     The activation is SiLU (swish), as in the paper. ``forward(batch)`` reads ``z`` [N],
     ``pos`` [N,3] Å, ``cell``, ``edge_index`` [2,E], ``edge_shift`` [E,3] and returns
@@ -501,7 +508,9 @@ class DimeNetPlusPlus(Backbone):
         num_after_skip: int = 2,
         num_output_layers: int = 3,
         max_z: int = 100,
+        species: Sequence[int] | None = None,
     ):
+        species = normalise_species(species)
         super().__init__(
             hidden_channels=hidden_channels,
             num_layers=num_layers,
@@ -517,6 +526,7 @@ class DimeNetPlusPlus(Backbone):
             num_after_skip=num_after_skip,
             num_output_layers=num_output_layers,
             max_z=max_z,
+            species=species,
         )
         if not cutoff > 0:
             raise ValueError(f"cutoff must be > 0 Å, got {cutoff}")
@@ -542,13 +552,13 @@ class DimeNetPlusPlus(Backbone):
             if int(value) != value or value < 0:
                 raise ValueError(f"{key} must be a non-negative integer, got {value}")
         self.cutoff = float(cutoff)
-        self.max_z = int(max_z)
+        num_elements = self.init_elements(species, max_z)
         self._out_channels = int(out_channels if out_channels is not None else hidden_channels)
         self.envelope_p = int(envelope_exponent) + 1
         act = nn.SiLU()
         self.rbf = BesselRBF(cutoff, num_radial, trainable=True)
         self.sbf = SphericalBasis(num_spherical, num_radial, cutoff, envelope_exponent)
-        self.embedding = EmbeddingBlock(max_z, num_radial, hidden_channels, act)
+        self.embedding = EmbeddingBlock(num_elements, num_radial, hidden_channels, act)
         self.interactions = nn.ModuleList(
             InteractionPPBlock(
                 hidden_channels,
@@ -588,11 +598,10 @@ class DimeNetPlusPlus(Backbone):
             block.reset_parameters()
 
     def forward(self, batch) -> dict[str, torch.Tensor]:
-        z = batch[K.Z]
-        self.check_atomic_numbers(z)
+        rows = self.element_rows(batch[K.Z])  # [N] rows of the element table
         edge_index = batch[K.EDGE_INDEX]
         j, i = edge_index  # messages flow j -> i
-        num_nodes = z.shape[0]
+        num_nodes = rows.shape[0]
         idx_kj, idx_ji = triplets(edge_index, batch[K.EDGE_SHIFT], num_nodes)  # [T], [T]
 
         vec = edge_vectors(batch)  # [E, 3]  r_ij, i -> j
@@ -600,7 +609,7 @@ class DimeNetPlusPlus(Backbone):
         rbf = self.rbf(distance) * polynomial_envelope(distance, self.cutoff, self.envelope_p).unsqueeze(-1)  # [E, R]
         sbf = self.sbf(distance, triplet_cosines(vec, idx_kj, idx_ji), idx_kj)  # [T, L*R]
 
-        m = self.embedding(z, rbf, j, i)  # [E, H]
+        m = self.embedding(rows, rbf, j, i)  # [E, H]
         out = self.outputs[0](m, rbf, i, num_nodes)  # [N, F]
         for interaction, output in zip(self.interactions, self.outputs[1:]):
             m = interaction(m, rbf, sbf, idx_kj, idx_ji)  # [E, H]

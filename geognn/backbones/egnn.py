@@ -87,6 +87,7 @@ included) and ``u`` is a polar vector: under ``x -> M x`` (M orthogonal), ``u ->
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -96,6 +97,7 @@ from ..graph.build import edge_vectors
 from ..graph.features import GaussianRBF, cosine_cutoff
 from ..nn.blocks import MLP
 from ..nn.scatter import scatter_sum
+from ..nn.species import normalise_species
 from .base import Backbone, require_positive
 
 
@@ -159,7 +161,9 @@ class EGNN(Backbone):
         num_rbf: size of the Gaussian distance basis used as edge attribute a_ij (default: 16).
         cutoff: Å; envelope and basis span [0, cutoff] (default: 5.0).
         avg_num_neighbors: the constant A dividing every sum over neighbours (default: 10.0).
-        max_z: largest atomic number the embedding accepts (default: 100).
+        max_z: largest atomic number the embedding accepts when ``species`` is None (default: 100).
+        species: atomic numbers (or symbols) the model is built for: the embedding gets one row
+            per element; None: one row per Z in 0..max_z (default: None).
         update_coords: move the coordinates every layer, as in the paper's Eq. 4 (default: True);
             False keeps them fixed (the paper's QM9 setting; h is then distance-only).
         coords_weight: w, the factor on every coordinate update, C = w / A (default: 1.0; the
@@ -184,7 +188,9 @@ class EGNN(Backbone):
         max_z: int = 100,
         update_coords: bool = True,
         coords_weight: float = 1.0,
+        species: Sequence[int] | None = None,
     ):
+        species = normalise_species(species)
         super().__init__(
             hidden_channels=hidden_channels,
             num_layers=num_layers,
@@ -194,6 +200,7 @@ class EGNN(Backbone):
             max_z=max_z,
             update_coords=update_coords,
             coords_weight=coords_weight,
+            species=species,
         )
         if cutoff <= 0:
             raise ValueError(f"cutoff must be > 0 Å, got {cutoff}")
@@ -205,11 +212,11 @@ class EGNN(Backbone):
         if not isinstance(update_coords, bool):
             raise ValueError(f"update_coords must be True or False, got {update_coords!r}")
         self.cutoff = float(cutoff)
-        self.max_z = int(max_z)
+        num_elements = self.init_elements(species, max_z)
         self.update_coords = update_coords
         if not update_coords:
             self.geometry = "distances"  # h never sees a moved coordinate: a distance-only model
-        self.embedding = nn.Embedding(max_z + 1, hidden_channels)
+        self.embedding = nn.Embedding(num_elements, hidden_channels)  # one row per element
         self.rbf = GaussianRBF(0.0, cutoff, num_rbf)  # ValueError for num_rbf < 2
         # s: geometric inputs of phi_e as large as the node inputs (module docstring)
         self.edge_attr_scale = math.sqrt(2.0 * hidden_channels / math.sqrt(math.pi))
@@ -225,14 +232,13 @@ class EGNN(Backbone):
             layer.reset_parameters()
 
     def forward(self, batch) -> dict[str, torch.Tensor]:
-        z = batch[K.Z]
-        self.check_atomic_numbers(z)
+        rows = self.element_rows(batch[K.Z])  # [N] rows of the element table
         j, i = batch[K.EDGE_INDEX]
         edge_vec = edge_vectors(batch)  # [E, 3] r_ij, centre -> neighbour
         distance = edge_vec.norm(dim=-1)  # [E] d_ij (> 0: atoms never overlap)
         basis = self.rbf(distance) * self.edge_attr_scale  # [E, G] s e(d_ij), fixed over layers
         envelope = cosine_cutoff(distance, self.cutoff)  # [E]
-        h = self.embedding(z)  # [N, H]
+        h = self.embedding(rows)  # [N, H]
         u = h.new_zeros((h.shape[0], 3))  # [N, 3] accumulated displacement
         vec = edge_vec  # [E, 3] r_ij^l
         for layer in self.layers:

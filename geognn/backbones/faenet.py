@@ -60,6 +60,7 @@ geognn's per-atom MLP. These keep the model self-contained, local and smooth.
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -69,6 +70,7 @@ from ..graph.build import edge_vectors
 from ..graph.features import GaussianRBF, cosine_cutoff
 from ..nn.blocks import MLP
 from ..nn.scatter import scatter_sum
+from ..nn.species import normalise_species
 from .base import Backbone, require_positive_integers
 
 #: atomic numbers that end each period (He, Ne, Ar, Kr, Xe, Rn, Og)
@@ -91,14 +93,17 @@ def period_and_group(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class FAENetEmbedding(nn.Module):
-    """Atom embedding h^0 [N, H] from z, period, group and tag; edge embedding e [E, F] from rbf and r_ij."""
+    """Atom embedding h^0 [N, H] from z, period, group and tag; edge embedding e [E, F] from rbf and r_ij.
+
+    ``num_elements`` rows in the element embedding; ``forward(z [N], rows [N], tags [N], rbf, vec)``
+    reads each atom's row of it (``Backbone.element_rows``) and its period and group from ``z``."""
 
     def __init__(
         self,
         hidden_channels: int,
         num_filters: int,
         num_gaussians: int,
-        max_z: int,
+        num_elements: int,
         pg_hidden_channels: int,
         tag_hidden_channels: int,
         cutoff: float,
@@ -113,7 +118,7 @@ class FAENetEmbedding(nn.Module):
                 f"hidden_channels={hidden_channels} must exceed 2 * pg_hidden_channels + "
                 f"tag_hidden_channels = {2 * pg_hidden_channels + tag_hidden_channels}"
             )
-        self.emb_z = nn.Embedding(max_z + 1, z_channels)
+        self.emb_z = nn.Embedding(num_elements, z_channels)  # one row per element
         self.emb_period = nn.Embedding(8, pg_hidden_channels) if pg_hidden_channels else None
         self.emb_group = nn.Embedding(19, pg_hidden_channels) if pg_hidden_channels else None
         self.emb_tag = nn.Embedding(3, tag_hidden_channels) if tag_hidden_channels else None
@@ -129,8 +134,8 @@ class FAENetEmbedding(nn.Module):
             nn.init.xavier_uniform_(lin.weight)
             nn.init.zeros_(lin.bias)
 
-    def forward(self, z, tags, rbf, vec):
-        parts = [self.emb_z(z)]
+    def forward(self, z, rows, tags, rbf, vec):
+        parts = [self.emb_z(rows)]
         if self.emb_period is not None:
             period, group = period_and_group(z)
             parts += [self.emb_period(period), self.emb_group(group)]
@@ -182,7 +187,10 @@ class FAENet(Backbone):
         tag_hidden_channels: width of the OC20 tag embedding, 0 = off (default: 0; 32 for OC20).
         force_head: also return a direct force prediction as ``node_vectors`` [N, 1, 3] eV/Å.
         cutoff: Å (default: 6.0, as in the paper for OC20).
-        max_z: largest atomic number the embedding accepts (default: 100).
+        max_z: largest atomic number the embedding accepts when ``species`` is None (default: 100).
+        species: atomic numbers (or symbols) the model is built for: the element embedding gets one
+            row per element; None: one row per Z in 0..max_z (default: None). Period and group
+            embeddings are not per element and keep their size.
 
     ``forward(batch)`` reads ``z`` [N], ``tags`` [N] (optional), geometry through
     ``edge_vectors`` and returns ``{"node_features": [N, H]}`` (+ ``node_vectors``).
@@ -204,7 +212,9 @@ class FAENet(Backbone):
         force_head: bool = False,
         cutoff: float = 6.0,
         max_z: int = 100,
+        species: Sequence[int] | None = None,
     ):
+        species = normalise_species(species)
         super().__init__(
             hidden_channels=hidden_channels,
             num_filters=num_filters,
@@ -215,6 +225,7 @@ class FAENet(Backbone):
             force_head=force_head,
             cutoff=cutoff,
             max_z=max_z,
+            species=species,
         )
         require_positive_integers(
             hidden_channels=hidden_channels,
@@ -229,9 +240,9 @@ class FAENet(Backbone):
         if not cutoff > 0:
             raise ValueError(f"cutoff must be > 0 Å, got {cutoff}")
         self.cutoff = float(cutoff)
-        self.max_z = int(max_z)
+        num_elements = self.init_elements(species, max_z)
         self.embedding = FAENetEmbedding(
-            hidden_channels, num_filters, num_gaussians, max_z, pg_hidden_channels, tag_hidden_channels, cutoff
+            hidden_channels, num_filters, num_gaussians, num_elements, pg_hidden_channels, tag_hidden_channels, cutoff
         )
         self.rbf = GaussianRBF(0.0, cutoff, num_gaussians)
         self.interactions = nn.ModuleList(FAENetInteraction(hidden_channels, num_filters) for _ in range(num_layers))
@@ -252,7 +263,7 @@ class FAENet(Backbone):
 
     def forward(self, batch) -> dict[str, torch.Tensor]:
         z = batch[K.Z]
-        self.check_atomic_numbers(z)
+        rows = self.element_rows(z)  # [N] rows of the element table
         tags = batch[K.TAGS] if K.TAGS in batch else torch.zeros_like(z)
         if tags.shape != z.shape:  # PyG concatenates tags of only those graphs that have them
             raise ValueError(
@@ -265,7 +276,7 @@ class FAENet(Backbone):
             )
         vec = edge_vectors(batch)  # [E, 3] Å, raw: FAENet is not rotation invariant by itself
         distance = vec.norm(dim=-1)
-        h, e = self.embedding(z, tags, self.rbf(distance), vec)
+        h, e = self.embedding(z, rows, tags, self.rbf(distance), vec)
         envelope = cosine_cutoff(distance, self.cutoff)  # [E]
         count = 1.0 + scatter_sum(envelope, batch[K.EDGE_INDEX][1], dim_size=z.shape[0])  # [N] smooth count
         for block in self.interactions:

@@ -95,7 +95,7 @@ class FrameAveraging(Backbone):
         self.backbone = backbone
         self.frames, self.dim, self.group, self.eval_frames = frames, dim, group, eval_frames
         self.builder = FrameBuilder(dim, group, cutoff, degenerate_tol)
-        self.max_z = backbone.max_z
+        self.max_z, self.species = backbone.max_z, backbone.species  # the wrapped backbone's elements
         self.reflection_invariant = group == "O3"
         exact = frames != "stochastic" or eval_frames == "all"
         # "exact" refers to all 3D rotations; 2D frames are invariant about the surface normal only

@@ -56,7 +56,11 @@ Args:
     radial_hidden: widths of the radial MLP's hidden layers (default: (64, 64)).
     avg_num_neighbors: constant dividing the summed messages (default: 10.0).
     envelope_p: exponent p of the polynomial envelope (default: 6).
-    max_z: largest atomic number the embedding and the element weights accept (default: 100).
+    max_z: largest atomic number the embedding and the element weights accept when ``species`` is
+        None (default: 100).
+    species: atomic numbers (or symbols) the model is built for: the embedding, the product-basis
+        weights w_z and the self-connection get one row per element; None: one row per Z in
+        0..max_z (default: None).
 
 ``forward(batch)`` returns ``node_features`` [N, T * C]: the 0e channels of every layer's output,
 concatenated over layers (MACE reads out the energy from every layer and sums), and
@@ -84,6 +88,7 @@ from ..nn.e3nn_blocks import (
     reset_e3nn_parameters,
     select_irrep,
 )
+from ..nn.species import normalise_species
 from .base import Backbone, require_positive, require_positive_integers
 
 #: Largest ``max_ell`` of the edge spherical harmonics accepted.
@@ -149,8 +154,10 @@ class MACE(ExactCouplingsMixin, Backbone):
         avg_num_neighbors: float = 10.0,
         envelope_p: int = 6,
         max_z: int = 100,
+        species: Sequence[int] | None = None,
     ):
         radial_hidden = [int(w) for w in radial_hidden]
+        species = normalise_species(species)
         super().__init__(
             hidden_channels=hidden_channels,
             num_layers=num_layers,
@@ -163,6 +170,7 @@ class MACE(ExactCouplingsMixin, Backbone):
             avg_num_neighbors=avg_num_neighbors,
             envelope_p=envelope_p,
             max_z=max_z,
+            species=species,
         )
         if int(max_ell) != max_ell or not 1 <= max_ell <= MAX_ELL:
             raise ValueError(f"max_ell must be an integer in 1..{MAX_ELL}, got {max_ell}")
@@ -176,9 +184,8 @@ class MACE(ExactCouplingsMixin, Backbone):
         require_positive(cutoff=cutoff, avg_num_neighbors=avg_num_neighbors)
         check_radial_settings(envelope_p, radial_hidden)
         self.cutoff = float(cutoff)
-        self.max_z = int(max_z)
         channels = int(hidden_channels)
-        self.num_elements = self.max_z + 1
+        self.num_elements = self.init_elements(species, max_z)  # rows of every per-element table
         self.inputs = SphericalInputs(channels, int(max_ell), num_basis, cutoff, envelope_p, self.num_elements)
         self.irreps_sh = self.inputs.irreps_sh  # 0e + 1o + 2e + 3o
         self.irreps_hidden = natural_irreps(channels, int(hidden_max_ell))  # C x (0e + 1o)
@@ -219,13 +226,12 @@ class MACE(ExactCouplingsMixin, Backbone):
             layer.reset_parameters()
 
     def forward(self, batch) -> dict[str, torch.Tensor]:
-        z = batch[K.Z]
-        self.check_atomic_numbers(z)
+        rows = self.element_rows(batch[K.Z])  # [N] rows of the element tables
         edge_index = batch[K.EDGE_INDEX]
-        h, edge_sh, basis, envelope = self.inputs(batch)  # [N, C x 0e], edge features
+        h, edge_sh, basis, envelope = self.inputs(batch, rows)  # [N, C x 0e], edge features
         scalars = []
         for layer in self.layers:
-            h = layer(h, z, edge_index, edge_sh, basis, envelope)  # [N, irreps_hidden]
+            h = layer(h, rows, edge_index, edge_sh, basis, envelope)  # [N, irreps_hidden]
             scalars.append(select_irrep(h, self.irreps_hidden, "0e").squeeze(-1))  # [N, C]
         return {
             K.NODE_FEATURES: torch.cat(scalars, dim=-1),  # [N, T * C]

@@ -50,7 +50,11 @@ Args:
     avg_num_neighbors: constant dividing the summed messages (default: 10.0).
     parity: keep both parities of every irrep (default: True; see above).
     envelope_p: exponent p of the polynomial envelope (default: 6).
-    max_z: largest atomic number the embedding and the one-hot accept (default: 100).
+    max_z: largest atomic number the embedding and the one-hot accept when ``species`` is None
+        (default: 100).
+    species: atomic numbers (or symbols) the model is built for: the embedding and the
+        element-dependent self-connection get one row per element; None: one row per Z in
+        0..max_z (default: None).
 
 ``forward(batch)`` reads ``z`` [N], ``pos`` [N,3] Å, ``cell``, ``edge_index``, ``edge_shift`` and
 returns ``node_features`` [N, C] (the 0e channels of the last layer), ``node_vectors`` [N, C, 3]
@@ -79,6 +83,7 @@ from ..nn.e3nn_blocks import (
     natural_irreps,
     select_irrep,
 )
+from ..nn.species import normalise_species
 from .base import Backbone, require_positive, require_positive_integers
 
 #: Largest ``max_ell`` accepted (cost grows fast with l; 3 is NequIP's largest published setting).
@@ -140,8 +145,10 @@ class NequIP(ExactCouplingsMixin, Backbone):
         parity: bool = True,
         envelope_p: int = 6,
         max_z: int = 100,
+        species: Sequence[int] | None = None,
     ):
         radial_hidden = [int(w) for w in radial_hidden]
+        species = normalise_species(species)
         super().__init__(
             hidden_channels=hidden_channels,
             num_layers=num_layers,
@@ -153,6 +160,7 @@ class NequIP(ExactCouplingsMixin, Backbone):
             parity=parity,
             envelope_p=envelope_p,
             max_z=max_z,
+            species=species,
         )
         if not 0 <= int(max_ell) <= MAX_ELL or int(max_ell) != max_ell:
             raise ValueError(f"max_ell must be an integer in 0..{MAX_ELL}, got {max_ell}")
@@ -162,10 +170,9 @@ class NequIP(ExactCouplingsMixin, Backbone):
         require_positive(cutoff=cutoff, avg_num_neighbors=avg_num_neighbors)
         check_radial_settings(envelope_p, radial_hidden)
         self.cutoff = float(cutoff)
-        self.max_z = int(max_z)
         self.parity = bool(parity)
         channels = int(hidden_channels)
-        self.num_elements = self.max_z + 1
+        self.num_elements = self.init_elements(species, max_z)  # rows of every per-element table
         self.inputs = SphericalInputs(channels, int(max_ell), num_basis, cutoff, envelope_p, self.num_elements)
         self.irreps_sh = self.inputs.irreps_sh  # 0e + 1o + 2e + ...
         hidden = (all_parity_irreps if self.parity else natural_irreps)(channels, int(max_ell))
@@ -193,11 +200,11 @@ class NequIP(ExactCouplingsMixin, Backbone):
             layer.reset_parameters()
 
     def forward(self, batch) -> dict[str, torch.Tensor]:
-        self.check_atomic_numbers(batch[K.Z])
+        rows = self.element_rows(batch[K.Z])  # [N] rows of the element tables
         edge_index = batch[K.EDGE_INDEX]
-        h, edge_sh, basis, envelope = self.inputs(batch)  # [N, C x 0e], edge features
+        h, edge_sh, basis, envelope = self.inputs(batch, rows)  # [N, C x 0e], edge features
         for layer in self.layers:
-            h = layer(h, batch[K.Z], edge_index, edge_sh, basis, envelope)  # [N, irreps_hidden]
+            h = layer(h, rows, edge_index, edge_sh, basis, envelope)  # [N, irreps_hidden]
         out = {K.NODE_FEATURES: select_irrep(h, self.irreps_hidden, "0e").squeeze(-1)}  # [N, C]
         if self.hparams["max_ell"] >= 1:
             out[K.NODE_VECTORS] = cartesian_from_1o(select_irrep(h, self.irreps_hidden, "1o"))  # [N, C, 3]

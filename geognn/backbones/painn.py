@@ -43,6 +43,8 @@ Notes:
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torch import nn
 
@@ -51,6 +53,7 @@ from ..graph.build import edge_vectors
 from ..graph.features import BesselRBF, cosine_cutoff
 from ..nn.blocks import MLP
 from ..nn.scatter import scatter_sum
+from ..nn.species import normalise_species
 from .base import Backbone
 
 #: Added under the square root of ||V v|| (see module docstring).
@@ -120,7 +123,9 @@ class PaiNN(Backbone):
         num_layers: number T of message + update layers (default: 3).
         num_rbf: size of the radial basis ``sin(n pi d / r_c) / d`` (default: 20).
         cutoff: Å; radius of the cosine cutoff and of the basis (default: 5.0).
-        max_z: largest atomic number the embedding accepts (default: 100).
+        max_z: largest atomic number the embedding accepts when ``species`` is None (default: 100).
+        species: atomic numbers (or symbols) the model is built for: the embedding gets one row
+            per element; None: one row per Z in 0..max_z (default: None).
 
     ``forward(batch)`` reads ``z`` [N], ``pos`` [N,3] Å, ``cell``, ``edge_index``, ``edge_shift``
     and returns ``{"node_features": s [N, F], "node_vectors": v [N, F, 3] (equivariant)}``.
@@ -131,10 +136,22 @@ class PaiNN(Backbone):
     first_layer_geometry = "vector sums"  # Backbone.first_layer_geometry: one layer sees sums of r_hat_ij
 
     def __init__(
-        self, hidden_channels: int = 128, num_layers: int = 3, num_rbf: int = 20, cutoff: float = 5.0, max_z: int = 100
+        self,
+        hidden_channels: int = 128,
+        num_layers: int = 3,
+        num_rbf: int = 20,
+        cutoff: float = 5.0,
+        max_z: int = 100,
+        species: Sequence[int] | None = None,
     ):
+        species = normalise_species(species)
         super().__init__(
-            hidden_channels=hidden_channels, num_layers=num_layers, num_rbf=num_rbf, cutoff=cutoff, max_z=max_z
+            hidden_channels=hidden_channels,
+            num_layers=num_layers,
+            num_rbf=num_rbf,
+            cutoff=cutoff,
+            max_z=max_z,
+            species=species,
         )
         if cutoff <= 0:
             raise ValueError(f"cutoff must be > 0 Å, got {cutoff}")
@@ -145,8 +162,8 @@ class PaiNN(Backbone):
         if max_z < 1:
             raise ValueError(f"max_z must be >= 1, got {max_z}")
         self.cutoff = float(cutoff)
-        self.max_z = int(max_z)
-        self.embedding = nn.Embedding(max_z + 1, hidden_channels)
+        num_elements = self.init_elements(species, max_z)
+        self.embedding = nn.Embedding(num_elements, hidden_channels)  # one row per element
         self.rbf = BesselRBF(cutoff, num_rbf, trainable=False)
         self.messages = nn.ModuleList(PaiNNMessage(hidden_channels, num_rbf) for _ in range(num_layers))
         self.updates = nn.ModuleList(PaiNNUpdate(hidden_channels) for _ in range(num_layers))
@@ -158,15 +175,14 @@ class PaiNN(Backbone):
             block.reset_parameters()
 
     def forward(self, batch) -> dict[str, torch.Tensor]:
-        z = batch[K.Z]
-        self.check_atomic_numbers(z)
+        rows = self.element_rows(batch[K.Z])  # [N] rows of the element table
         edge_index = batch[K.EDGE_INDEX]
         edge_vec = edge_vectors(batch)  # [E, 3] centre -> neighbour
         distance = edge_vec.norm(dim=-1)  # [E] (> 0: atoms never overlap)
         unit = edge_vec / distance.unsqueeze(-1)  # [E, 3]
         rbf = self.rbf(distance)  # [E, R]
         envelope = cosine_cutoff(distance, self.cutoff)  # [E]
-        s = self.embedding(z)  # [N, F]
+        s = self.embedding(rows)  # [N, F]
         v = s.new_zeros((s.shape[0], 3, s.shape[1]))  # [N, 3, F]
         for message, update in zip(self.messages, self.updates):
             s, v = message(s, v, edge_index, rbf, envelope, unit)

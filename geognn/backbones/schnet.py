@@ -19,6 +19,8 @@ an atom crosses the cutoff. Output: the invariant per-atom features ``h^T`` [N, 
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torch import nn
 
@@ -27,6 +29,7 @@ from ..graph.build import edge_vectors
 from ..graph.features import GaussianRBF, cosine_cutoff
 from ..nn.blocks import MLP, ShiftedSoftplus
 from ..nn.scatter import scatter_sum
+from ..nn.species import normalise_species
 from .base import Backbone
 
 
@@ -70,7 +73,9 @@ class SchNet(Backbone):
         num_layers: number of interaction blocks T (default: 6).
         num_gaussians: size of the Gaussian distance basis (default: 50).
         cutoff: Å; the envelope and the basis span [0, cutoff] (default: 5.0).
-        max_z: largest atomic number the embedding accepts (default: 100).
+        max_z: largest atomic number the embedding accepts when ``species`` is None (default: 100).
+        species: atomic numbers (or symbols) the model is built for: the embedding gets one row
+            per element; None: one row per Z in 0..max_z (default: None).
 
     ``forward(batch)`` reads ``z`` [N], ``pos`` [N,3] Å, ``cell``, ``edge_index``, ``edge_shift``
     and returns ``{"node_features": [N, H]}``.
@@ -87,7 +92,9 @@ class SchNet(Backbone):
         num_gaussians: int = 50,
         cutoff: float = 5.0,
         max_z: int = 100,
+        species: Sequence[int] | None = None,
     ):
+        species = normalise_species(species)
         super().__init__(
             hidden_channels=hidden_channels,
             num_filters=num_filters,
@@ -95,12 +102,13 @@ class SchNet(Backbone):
             num_gaussians=num_gaussians,
             cutoff=cutoff,
             max_z=max_z,
+            species=species,
         )
         if cutoff <= 0:
             raise ValueError(f"cutoff must be > 0 Å, got {cutoff}")
         self.cutoff = float(cutoff)
-        self.max_z = int(max_z)
-        self.embedding = nn.Embedding(max_z + 1, hidden_channels)
+        num_elements = self.init_elements(species, max_z)
+        self.embedding = nn.Embedding(num_elements, hidden_channels)  # one row per element
         self.rbf = GaussianRBF(0.0, cutoff, num_gaussians)
         self.interactions = nn.ModuleList(
             CFConvInteraction(hidden_channels, num_filters, num_gaussians) for _ in range(num_layers)
@@ -113,12 +121,11 @@ class SchNet(Backbone):
             block.reset_parameters()
 
     def forward(self, batch) -> dict[str, torch.Tensor]:
-        z = batch[K.Z]
-        self.check_atomic_numbers(z)
+        rows = self.element_rows(batch[K.Z])  # [N] rows of the element table
         distance = edge_vectors(batch).norm(dim=-1)  # [E]
         rbf = self.rbf(distance)  # [E, G]
         envelope = cosine_cutoff(distance, self.cutoff)  # [E]
-        h = self.embedding(z)  # [N, H]
+        h = self.embedding(rows)  # [N, H]
         for block in self.interactions:
             h = block(h, batch[K.EDGE_INDEX], rbf, envelope)
         return {K.NODE_FEATURES: h}

@@ -26,7 +26,6 @@ from e3nn import nn as enn
 from e3nn import o3
 from torch import nn
 
-from .. import conventions as K
 from ..graph.build import edge_vectors
 from ..graph.features import BesselRBF, polynomial_envelope
 from .scatter import scatter_sum
@@ -186,7 +185,9 @@ class SphericalInputs(nn.Module):
     """What every e3nn backbone starts from: the element embedding h^0 (C x 0e), and the edge
     features Y(r_ij) and the radial basis with its envelope.
 
-    ``forward(batch) -> (h0 [N, C], edge_sh [E, irreps_sh], basis [E, B], envelope [E])``; geometry comes only from ``edge_vectors(batch)`` (r_ij, centre -> neighbour).
+    ``forward(batch, rows) -> (h0 [N, C], edge_sh [E, irreps_sh], basis [E, B], envelope [E])``,
+    with ``rows`` [N] each atom's row of the ``num_elements``-row element tables
+    (``Backbone.element_rows``); geometry comes only from ``edge_vectors(batch)`` (r_ij, centre -> neighbour).
     """
 
     def __init__(self, channels: int, max_ell: int, num_basis: int, cutoff: float, envelope_p: int, num_elements: int):
@@ -201,13 +202,12 @@ class SphericalInputs(nn.Module):
         nn.init.normal_(self.embedding.weight)
         self.radial_embedding.reset_parameters()
 
-    def forward(self, batch):
-        z = batch[K.Z]
+    def forward(self, batch, rows: torch.Tensor):
         vec = edge_vectors(batch)  # [E, 3] Å, centre i -> neighbour j
         distance = vec.norm(dim=-1)  # [E]; edges never have zero length
         basis, envelope = self.radial_embedding(distance)  # [E, B], [E]
         edge_sh = self.spherical_harmonics(vec)  # [E, irreps_sh]
-        return self.embedding(z), edge_sh, basis, envelope
+        return self.embedding(rows), edge_sh, basis, envelope  # [N, C], ...
 
 
 class RadialMLP(nn.Module):
@@ -331,7 +331,8 @@ class ElementSelfConnection(nn.Module):
     atom's matrix instead of multiplying by a one-hot: atoms are grouped by element and each group
     gets one matmul, so the cost does not grow with ``num_elements`` (the tensor product spent most
     of its time multiplying zeros).
-    ``forward(h [N, irreps_in], z [N] atomic numbers) -> [N, irreps_out]``.
+    ``forward(h [N, irreps_in], z [N] element rows in 0..num_elements-1) -> [N, irreps_out]``
+    (the rows of ``Backbone.element_rows``; the atomic numbers when the table has a row per Z).
     """
 
     def __init__(self, irreps_in: o3.Irreps, num_elements: int, irreps_out: o3.Irreps):
@@ -425,8 +426,9 @@ class SymmetricContraction(nn.Module):
     construction. Products of copies of the same A_k are automatically symmetric, so no explicit
     symmetrisation is needed.
 
-    ``forward(A [N, irreps_in], z [N]) -> [N, irreps_out]``. ``irreps_in`` and ``irreps_out`` must
-    have a single multiplicity C.
+    ``forward(A [N, irreps_in], z [N] element rows in 0..num_elements-1) -> [N, irreps_out]``
+    (the rows of ``Backbone.element_rows``). ``irreps_in`` and ``irreps_out`` must have a single
+    multiplicity C.
     """
 
     def __init__(self, irreps_in: o3.Irreps, irreps_out: o3.Irreps, correlation: int, num_elements: int):
