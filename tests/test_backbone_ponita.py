@@ -241,9 +241,11 @@ def test_separable_convolution_matches_the_sums_written_out():
     h = torch.randn(n, num_ori, channels, dtype=torch.float64)
     spatial = torch.randn(4, num_ori, basis, dtype=torch.float64)
     sphere = torch.randn(num_ori, num_ori, basis, dtype=torch.float64)
-    (k_spatial,) = sample_kernels(spatial, [conv.spatial_kernel])
     (k_sphere,) = sample_kernels(sphere, [conv.sphere_kernel])
-    got = conv(h, edge_index, k_spatial, k_sphere)
+    got = conv(h, edge_index, spatial, k_sphere)
+    # the same sum over blocks of edges (the speed-only path of the network): blocks of 1, 3 edges
+    blocks = conv(h, list(edge_index.split([1, 3], dim=1)), list(spatial.split([1, 3])), k_sphere)
+    np.testing.assert_allclose(blocks.detach(), got.detach(), atol=1e-14)
     ws, wf, b = conv.spatial_kernel.weight.detach(), conv.sphere_kernel.weight.detach(), conv.bias.detach()
     expected = torch.zeros(n, num_ori, channels, dtype=torch.float64)
     for i in range(n):

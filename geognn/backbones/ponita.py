@@ -24,7 +24,8 @@ Separable group convolution (one layer), depthwise over the C channels:
 
 with kernels built from basis embeddings shared by all layers and a per-layer linear map to the
 channels, ``k_spatial = W^l_s phi_s(a) u(|x_ij|)`` and ``k_sphere = W^l_f phi_f(o . o')``, where
-``phi = GELU(Linear(GELU(Linear(poly_D(t)))))``, ``poly_D(t)`` a basis of the polynomials of
+``phi = GELU(Linear(GELU(Linear(poly_D(t)))))`` (widths: features -> ``basis_hidden``, default C
+-> B, as in the paper's code), ``poly_D(t)`` a basis of the polynomials of
 degree 1..D in the attributes ``t`` (mapped to [-1, 1], see below), and ``u`` the polynomial
 envelope (1 at 0, zero value and first two derivatives at the cutoff: energies are smooth as atoms
 cross it). ConvNeXt block with layer scale ``gamma``:
@@ -95,11 +96,36 @@ Choices of this implementation (not in the paper):
   0.65 vs 0.19 after 200 steps with seed 0, 0.74 vs 0.42 after 150 with seed 1), so it is not used.
 - Sums over neighbours are plain sums (no division by the neighbour count, which would jump as an
   atom crosses the cutoff); LayerNorm follows every convolution.
-- Speed only (same function up to float rounding): all layers' spatial kernels are sampled with one
-  matrix product of the shared basis with the stacked ``W_s`` (``sample_kernels``), and the lifted
-  features stay [N, 1, C] (broadcast over orientations) until the first convolution. Measured gain
-  is small (~3% per training step on 1 CPU thread, QM9 batch of 32): the cost is the flops of the
-  [E, O, B] x [B, C] kernel products and the [N, O, C] ConvNeXt MLPs, not the call overhead.
+- Basis MLP width: features -> hidden -> B with hidden = ``basis_hidden`` (default: C), the
+  paper's code's shape. geognn used features -> B -> B before; ``basis_hidden=basis_dim`` selects
+  it (a state dict of that shape says so when loaded into the new one). Where B = C (the CPU
+  default) the two are the same module; at the paper's B = 256, C = 128 the new shape has half the
+  flops and parameters in the basis MLPs' second layer.
+- Speed only (same function up to float rounding), measured against the authors' code in
+  ``benchmarks/bench_ponita_reference.py`` (energies + forces, QM9 batch of 32, 1 thread, one
+  run on a loaded 2-core VM: reference time / geognn time 1.33 at the paper's QM9 size and 1.55
+  at the defaults, from 0.98 and 1.03 before; forward alone 0.84 and 1.11; same flops). The gain
+  is in allocation under glibc's default allocator: with ``geognn.runtime.tune_allocator()``
+  applied to both (as geognn's CLI and calculator do) the two were at parity (1.01 and 1.05):
+  - The per-edge work runs in blocks of edges (``edge_block_size``: ``EDGE_BLOCK_FLOATS`` = 1 MiB
+    of float32 per [E_b, O, B] tensor). Formed for all edges at once, each [E, O, C] or
+    [E, O, B] tensor was tens to hundreds of MB, which glibc maps and unmaps on every call:
+    ~0.2-0.4 M minor page faults per energy + forces call on a QM9 batch of 32, and every
+    pass over such a tensor went to main memory. In blocks, the kernel ``W_s phi`` of a block is
+    used while in cache, and freed blocks are reused by the allocator (page faults: below ~10 k
+    per call with the next item).
+  - ``EdgeMessages`` sums ``k_ij(o) * h_j(o)`` into the centres block by block with a hand-written
+    backward (made of differentiable operations: second derivatives for force training work), so
+    that the backward accumulates one gradient of ``h`` instead of one full-size gradient per
+    block, and no [E, O, C] tensor but the kernels is kept for it.
+  - The ConvNeXt MLP (row-wise) runs in blocks of rows of the same size, so no [N, O, wC]
+    tensor is formed either (12 MB per layer and pass on that batch, mapped and faulted in anew).
+  - The attributes and their polynomial features ([E, O, M], small) are formed once for all
+    edges; the sphere basis once per call for all layers (``sample_kernels``); the lifted
+    features stay [N, 1, C] (broadcast over orientations) until the first convolution.
+  - Under ``torch.jit.trace`` (``geognn export``), scripting or ``torch.compile`` the edge work and
+    the ConvNeXt MLP run as one block of plain operations, so the recorded graph does not depend on
+    the number of edges or atoms.
 """
 
 from __future__ import annotations
@@ -113,6 +139,7 @@ from .. import conventions as K
 from ..graph.build import edge_vectors
 from ..graph.features import polynomial_envelope
 from ..nn.scatter import scatter_sum
+from ..nn.species import normalise_species
 from ..symmetry.sphere import GRID_METHODS, orientation_grid, random_rotation
 from .base import Backbone, require_positive, require_positive_integers
 
@@ -120,6 +147,9 @@ from .base import Backbone, require_positive, require_positive_integers
 PERP_EPS = 1e-6
 #: The two homogeneous spaces: position-orientation (PΘNITA) and position only (PNITA).
 SPACES = ("R3S2", "R3")
+#: Floats per block of edges in the per-edge work (2**18 = 1 MiB of float32 per [E_b, O, B] or
+#: [E_b, O, C] tensor); speed only, see the module docstring.
+EDGE_BLOCK_FLOATS = 2**18
 
 
 class PolynomialFeatures(nn.Module):
@@ -160,15 +190,15 @@ class PolynomialFeatures(nn.Module):
 class AttributeEmbedding(nn.Module):
     """Basis ``phi(t) = GELU(Linear(GELU(Linear(poly_D(t)))))``: [..., A] -> [..., basis_dim].
 
-    ``t`` are attributes mapped to [-1, 1]. Xavier initialisation (see the module docstring for why
-    not He).
+    ``t`` are attributes mapped to [-1, 1]; the hidden layer is ``hidden_dim`` wide (the paper's
+    features -> hidden -> basis). Xavier initialisation (see the module docstring for why not He).
     """
 
-    def __init__(self, num_attributes: int, degree: int, basis_dim: int):
+    def __init__(self, num_attributes: int, degree: int, basis_dim: int, hidden_dim: int):
         super().__init__()
         self.poly = PolynomialFeatures(num_attributes, degree)
-        self.lin1 = nn.Linear(self.poly.out_features, basis_dim)
-        self.lin2 = nn.Linear(basis_dim, basis_dim)
+        self.lin1 = nn.Linear(self.poly.out_features, hidden_dim)
+        self.lin2 = nn.Linear(hidden_dim, basis_dim)
         self.act = nn.GELU()
 
     def reset_parameters(self) -> None:
@@ -176,8 +206,33 @@ class AttributeEmbedding(nn.Module):
             nn.init.xavier_uniform_(lin.weight)
             nn.init.zeros_(lin.bias)
 
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
+        width = state_dict.get(prefix + "lin1.weight")
+        if width is not None and width.shape[0] != self.lin1.out_features:
+            errors.append(
+                f"{prefix}lin1 is {width.shape[1]} -> {width.shape[0]} in the state dict but "
+                f"{self.lin1.in_features} -> {self.lin1.out_features} here: a PONITA/PNITA saved before "
+                f"the basis MLP became features -> hidden_channels -> basis_dim needs the keyword "
+                f"basis_hidden={width.shape[0]} (its backbone_kwargs)"
+            )
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing, unexpected, errors)
+
+    def mlp(self, features: torch.Tensor) -> torch.Tensor:
+        """The two layers on precomputed ``poly(t)`` [..., M] -> [..., basis_dim]."""
+        return self.act(self.lin2(self.act(self.lin1(features))))
+
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return self.act(self.lin2(self.act(self.lin1(self.poly(t)))))
+        return self.mlp(self.poly(t))
+
+
+def edge_block_size(floats_per_edge: int, block_floats: int | None = None) -> int:
+    """Edges per block of the per-edge work: ``block_floats // floats_per_edge``, at least 1.
+
+    ``block_floats`` defaults to ``EDGE_BLOCK_FLOATS`` (read at call time). ``floats_per_edge`` is
+    the widest per-edge row, ``O x max(B, basis hidden width, C)``.
+    """
+    block = EDGE_BLOCK_FLOATS if block_floats is None else block_floats
+    return max(1, int(block) // max(1, int(floats_per_edge)))
 
 
 def sample_kernels(basis: torch.Tensor, maps: list[nn.Linear]) -> list[torch.Tensor]:
@@ -191,15 +246,60 @@ def sample_kernels(basis: torch.Tensor, maps: list[nn.Linear]) -> list[torch.Ten
     return list(nn.functional.linear(basis, weight).split([m.out_features for m in maps], dim=-1))
 
 
+def _plain_ops() -> bool:
+    """True while tracing, scripting or compiling: then the edge work runs as one block of plain ops."""
+    return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
+
+
+class EdgeMessages(torch.autograd.Function):
+    """``out_i(o) = sum_{e: i_e = i} k_e(o) * h_{j_e}(o)`` over blocks of edges -> [N, O, C].
+
+    ``apply(h [N, O or 1, C], num_ori, edge_blocks (tuple of [2, E_b]: row 0 j, row 1 i),
+    *kernels ([E_b, O, C] each))``. The same sum as ``scatter_sum(h[j] * k, i)``, written so that
+    no [E, O, C] tensor but the kernels is formed (gathered features and products exist one block
+    at a time) and the backward accumulates into one gradient of ``h`` instead of one per block.
+    The backward is made of differentiable operations, so second derivatives (training on forces)
+    work; tests/test_backbone_ponita.py checks both against finite differences.
+    """
+
+    @staticmethod
+    def forward(ctx, h, num_ori, edge_blocks, *kernels):
+        out = h.new_zeros(h.shape[0], num_ori, h.shape[2])
+        for (j, i), k in zip(edge_blocks, kernels):
+            out.index_add_(0, i, h.index_select(0, j) * k)
+        ctx.edge_blocks = edge_blocks
+        ctx.save_for_backward(h, *kernels)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        h, *kernels = ctx.saved_tensors
+        need_h, need_k = ctx.needs_input_grad[0], ctx.needs_input_grad[3:]
+        grad_h = torch.zeros_like(h) if need_h else None
+        grad_k = []
+        for (j, i), k, need in zip(ctx.edge_blocks, kernels, need_k):
+            g = grad.index_select(0, i)  # [E_b, O, C]
+            grad_k.append(g * h.index_select(0, j) if need else None)
+            if need_h:
+                gh = g * k
+                if h.shape[1] == 1 and gh.shape[1] != 1:  # h was broadcast over the orientations
+                    gh = gh.sum(1, keepdim=True)
+                grad_h = grad_h.index_add(0, j, gh)  # out of place: vmap (batched grads) can run it
+        return (grad_h, None, None, *grad_k)
+
+
 class SeparableConv(nn.Module):
     """Depthwise separable group convolution: over edges per orientation, then over the sphere.
 
     Owns the kernel maps ``spatial_kernel`` (W_s: B -> C) and ``sphere_kernel`` (W_f, or None for
-    PNITA) and the bias; the network samples them (``sample_kernels``) and passes the kernels:
-    ``forward(h [N, O or 1, C], edge_index [2, E], k_spatial [E, O, C], k_sphere [O, O, C] or
-    None) -> [N, O, C]``. ``k_spatial`` already holds the envelope; ``k_sphere[p, q]`` is the
-    kernel at ``o_p . o_q`` (output p, input q); None skips the sphere convolution (PNITA). An input
-    with one orientation (the lift) is broadcast over the grid.
+    PNITA) and the bias: ``forward(h [N, O or 1, C], edge_index [2, E], spatial_basis [E, O, B],
+    k_sphere [O, O, C] or None) -> [N, O, C]``. ``spatial_basis`` is the sampled basis (envelope
+    included); the kernel ``k_spatial = W_s spatial_basis`` [E, O, C] is formed here, one block of
+    edges at a time: ``edge_index`` and ``spatial_basis`` may also be equal-length lists of blocks
+    ([2, E_b] and [E_b, O, B]), whose messages are summed (see ``edge_block_size``).
+    ``k_sphere[p, q]`` is the kernel at ``o_p . o_q`` (output p, input q), sampled by the network
+    (``sample_kernels``); None skips the sphere convolution (PNITA). An input with one
+    orientation (the lift) is broadcast over the grid.
     """
 
     def __init__(self, channels: int, basis_dim: int, sphere: bool):
@@ -214,12 +314,25 @@ class SeparableConv(nn.Module):
             nn.init.xavier_uniform_(self.sphere_kernel.weight)
         nn.init.zeros_(self.bias)
 
-    def forward(self, h, edge_index, k_spatial, k_sphere=None):
-        j, i = edge_index  # messages flow from neighbour j to centre i
-        h = scatter_sum(h.index_select(0, j) * k_spatial, i, dim_size=h.shape[0])  # [N, O, C]
+    def forward(self, h, edge_index, spatial_basis, k_sphere=None):
+        num_ori = 1 if k_sphere is None else k_sphere.shape[0]
+        if isinstance(spatial_basis, torch.Tensor):  # one block of edges
+            edge_index, spatial_basis = [edge_index], [spatial_basis]
+        weight = self.spatial_kernel.weight  # W_s [C, B]
+        if _plain_ops():  # one block: traced/compiled graphs must not depend on the number of edges
+            (j, i), basis = torch.cat(edge_index, dim=1), torch.cat(spatial_basis)
+            k_spatial = nn.functional.linear(basis, weight)  # [E, O, C]
+            out = scatter_sum(h.index_select(0, j) * k_spatial, i, dim_size=h.shape[0])  # [N, O, C]
+        elif not torch.is_grad_enabled():  # inference: each block's kernel is used while in cache
+            out = h.new_zeros(h.shape[0], num_ori, h.shape[2])  # [N, O, C]
+            for (j, i), basis in zip(edge_index, spatial_basis):  # messages flow from j to centre i
+                out.index_add_(0, i, h.index_select(0, j) * nn.functional.linear(basis, weight))
+        else:  # messages flow from neighbour j to centre i, one block of edges at a time
+            kernels = [nn.functional.linear(basis, weight) for basis in spatial_basis]  # [E_b, O, C] each
+            out = EdgeMessages.apply(h, num_ori, tuple(edge_index), *kernels)  # [N, O, C]
         if k_sphere is not None:
-            h = torch.einsum("nqc,pqc->npc", h, k_sphere) / k_sphere.shape[1]
-        return h + self.bias
+            out = torch.einsum("nqc,pqc->npc", out, k_sphere) / num_ori
+        return out + self.bias
 
 
 class ConvNeXtBlock(nn.Module):
@@ -247,10 +360,15 @@ class ConvNeXtBlock(nn.Module):
         if self.gamma is not None:
             nn.init.constant_(self.gamma, self.layer_scale_init)
 
-    def forward(self, h, edge_index, k_spatial, k_sphere):
-        """h [N, O or 1, C], kernels as ``SeparableConv`` -> [N, O, C]."""
-        x = self.norm(self.conv(h, edge_index, k_spatial, k_sphere))  # [N, O, C]
-        update = self.narrow(self.act(self.widen(x)))
+    def forward(self, h, edge_index, spatial_basis, k_sphere):
+        """h [N, O or 1, C], edges, basis and sphere kernel as ``SeparableConv`` -> [N, O, C]."""
+        x = self.norm(self.conv(h, edge_index, spatial_basis, k_sphere))  # [N, O, C]
+        size = edge_block_size(self.widen.out_features)  # rows of [rows, wC] per block
+        if _plain_ops() or x.shape[0] * x.shape[1] <= size:
+            update = self.narrow(self.act(self.widen(x)))
+        else:  # the same row-wise MLP in blocks of rows: no [N, O, wC] tensor (see module docstring)
+            rows = x.reshape(-1, x.shape[-1]).split(size)
+            update = torch.cat([self.narrow(self.act(self.widen(r))) for r in rows]).view_as(x)
         if self.gamma is not None:
             update = self.gamma * update
         return h + update
@@ -299,10 +417,12 @@ class _PositionOrientationNetwork(Backbone):
         widening_factor: int,
         layer_scale: float | None,
         grid: str,
+        basis_hidden: int | None,
         random_grid_rotation: bool,
         max_z: int,
         record: dict,
         eval_num_ori: int | None = None,
+        species: list[int] | None = None,
     ):
         super().__init__(**record)  # the public class's own keywords, for checkpoints and repr
         if space not in SPACES:
@@ -316,11 +436,13 @@ class _PositionOrientationNetwork(Backbone):
             max_z=max_z,
         )
         require_positive(cutoff=cutoff)
+        if basis_hidden is not None:
+            require_positive_integers(basis_hidden=basis_hidden)
         if layer_scale is not None:
             require_positive(layer_scale=layer_scale)
         self.space = space
         self.cutoff = float(cutoff)
-        self.max_z = int(max_z)
+        num_elements = self.init_elements(species, max_z)
         self.random_grid_rotation = bool(random_grid_rotation)
         sphere = space == "R3S2"
         if sphere:
@@ -337,9 +459,11 @@ class _PositionOrientationNetwork(Backbone):
         else:
             self.grid = None
             self.eval_grid = None
-        self.embedding = nn.Embedding(max_z + 1, hidden_channels)
-        self.spatial_basis = AttributeEmbedding(2 if sphere else 1, degree, basis_dim)
-        self.sphere_basis = AttributeEmbedding(1, degree, basis_dim) if sphere else None
+        self.embedding = nn.Embedding(num_elements, hidden_channels)  # one row per element
+        basis_hidden = hidden_channels if basis_hidden is None else basis_hidden
+        self.spatial_basis = AttributeEmbedding(2 if sphere else 1, degree, basis_dim, basis_hidden)
+        self.sphere_basis = AttributeEmbedding(1, degree, basis_dim, basis_hidden) if sphere else None
+        self.block_width = max(basis_dim, basis_hidden, hidden_channels)  # widest per-edge, per-orientation row
         self.blocks = nn.ModuleList(
             ConvNeXtBlock(hidden_channels, basis_dim, widening_factor, layer_scale, sphere) for _ in range(num_layers)
         )
@@ -368,25 +492,37 @@ class _PositionOrientationNetwork(Backbone):
             grid = grid @ random_rotation(dtype=dtype, device=grid.device).T
         return grid
 
+    def edge_basis(self, edge_vec: torch.Tensor, grid: torch.Tensor | None, size: int | None) -> list[torch.Tensor]:
+        """Sampled spatial basis with the envelope, ``phi_s(a_ij(o)) u(|x_ij|)``: [E, 3] -> blocks of
+        ``size`` edges (None: one block), [E_b, O, B] each. The attributes and their polynomial
+        features ([E, O, M], small) are formed for all edges at once, the MLP's wide layers one
+        block at a time."""
+        envelope = polynomial_envelope(edge_vec.norm(dim=-1), self.cutoff).view(-1, 1, 1)  # [E, 1, 1]
+        attributes = unit_attributes(invariant_attributes(edge_vec, grid), self.cutoff)  # [E, O, 2] or [E, 1, 1]
+        features = self.spatial_basis.poly(attributes)  # [E, O, M]
+        if size is None:
+            return [self.spatial_basis.mlp(features) * envelope]
+        return [
+            self.spatial_basis.mlp(f) * u for f, u in zip(features.split(size), envelope.split(size))
+        ]  # [E_b, O, B] each
+
     def forward(self, batch) -> dict[str, torch.Tensor]:
-        z = batch[K.Z]
-        self.check_atomic_numbers(z)
-        edge_index = batch[K.EDGE_INDEX]
+        rows = self.element_rows(batch[K.Z])  # [N] rows of the element table
         edge_vec = edge_vectors(batch)  # [E, 3] Å, x_j - x_i
         grid = self.orientations(edge_vec.dtype)  # [O, 3] or None
-        envelope = polynomial_envelope(edge_vec.norm(dim=-1), self.cutoff)  # [E]
-        attributes = unit_attributes(invariant_attributes(edge_vec, grid), self.cutoff)  # [E, O, 2] or [E, 1, 1]
-        spatial_basis = self.spatial_basis(attributes) * envelope.view(-1, 1, 1)  # [E, O, B]
-        k_spatial = sample_kernels(spatial_basis, [b.conv.spatial_kernel for b in self.blocks])  # L x [E, O, C]
+        num_ori = 1 if grid is None else grid.shape[0]
+        # blocks of [2, E_b] edges; one block, unsplit, while tracing (a trace must not fix E)
+        size = None if _plain_ops() else edge_block_size(num_ori * self.block_width)
+        edge_index = [batch[K.EDGE_INDEX]] if size is None else batch[K.EDGE_INDEX].split(size, dim=1)
+        spatial_basis = self.edge_basis(edge_vec, grid, size)  # blocks of [E_b, O, B]
         if grid is None:
             k_sphere = [None] * len(self.blocks)
         else:
             sphere_basis = self.sphere_basis((grid @ grid.T).unsqueeze(-1))  # [O, O, B]
             k_sphere = sample_kernels(sphere_basis, [b.conv.sphere_kernel for b in self.blocks])  # L x [O, O, C]
-        num_ori = 1 if grid is None else grid.shape[0]
-        h = self.embedding(z).unsqueeze(1)  # [N, 1, C], lifted: the same for every orientation
-        for block, ks, kf in zip(self.blocks, k_spatial, k_sphere):
-            h = block(h, edge_index, ks, kf)  # [N, O, C]
+        h = self.embedding(rows).unsqueeze(1)  # [N, 1, C], lifted: the same for every orientation
+        for block, kf in zip(self.blocks, k_sphere):
+            h = block(h, edge_index, spatial_basis, kf)  # [N, O, C]
         g = self.readout(h)  # [N, O, F]
         out = {K.NODE_FEATURES: g.mean(dim=1)}  # [N, F]
         if grid is not None:
@@ -405,6 +541,9 @@ class PONITA(_PositionOrientationNetwork):
         cutoff: Å; envelope radius and scale of the attributes (default: 5.0).
         basis_dim: B, width of the attribute embeddings (default: 128; narrower than the paper's QM9
             runs to keep CPU cost down, see the README for the paper setting).
+        basis_hidden: width of the basis MLPs' hidden layer, or None for ``hidden_channels``, the
+            paper's features -> hidden -> basis (default: None). ``basis_hidden=basis_dim`` is
+            geognn's earlier features -> basis -> basis.
         degree: D, highest degree of the polynomial features (default: 3, the paper's).
         widening_factor: w of the ConvNeXt MLP (default: 4, the paper's).
         layer_scale: initial per-channel scale of each block's update, or None for no layer scale
@@ -414,7 +553,9 @@ class PONITA(_PositionOrientationNetwork):
         eval_num_ori: orientations of the grid used in eval mode (prediction, validation), or None
             for ``num_ori`` (default: None). No weight depends on the grid, so a model trained on a
             coarse randomly rotated grid can be evaluated on a fine one (see the module docstring).
-        max_z: largest atomic number the embedding accepts (default: 100).
+        max_z: largest atomic number the embedding accepts when ``species`` is None (default: 100).
+        species: atomic numbers (or symbols) the model is built for: the embedding gets one row
+            per element; None: one row per Z in 0..max_z (default: None).
 
     ``forward(batch)`` returns ``{"node_features": [N, C] (invariant up to the grid's
     discretisation), "node_vectors": [N, C, 3] (equivariant up to it)}``.
@@ -431,6 +572,7 @@ class PONITA(_PositionOrientationNetwork):
         num_ori: int = 20,
         cutoff: float = 5.0,
         basis_dim: int = 128,
+        basis_hidden: int | None = None,
         degree: int = 3,
         widening_factor: int = 4,
         layer_scale: float | None = None,
@@ -438,6 +580,7 @@ class PONITA(_PositionOrientationNetwork):
         random_grid_rotation: bool = False,
         eval_num_ori: int | None = None,
         max_z: int = 100,
+        species: list[int] | None = None,
     ):
         hparams = dict(
             hidden_channels=hidden_channels,
@@ -445,6 +588,7 @@ class PONITA(_PositionOrientationNetwork):
             num_ori=num_ori,
             cutoff=cutoff,
             basis_dim=basis_dim,
+            basis_hidden=basis_hidden,
             degree=degree,
             widening_factor=widening_factor,
             layer_scale=layer_scale,
@@ -452,6 +596,7 @@ class PONITA(_PositionOrientationNetwork):
             random_grid_rotation=random_grid_rotation,
             eval_num_ori=eval_num_ori,
             max_z=max_z,
+            species=normalise_species(species),
         )
         super().__init__(space="R3S2", **hparams, record=hparams)
 
@@ -474,19 +619,23 @@ class PNITA(_PositionOrientationNetwork):
         num_layers: int = 5,
         cutoff: float = 5.0,
         basis_dim: int = 128,
+        basis_hidden: int | None = None,
         degree: int = 3,
         widening_factor: int = 4,
         layer_scale: float | None = None,
         max_z: int = 100,
+        species: list[int] | None = None,
     ):
         hparams = dict(
             hidden_channels=hidden_channels,
             num_layers=num_layers,
             cutoff=cutoff,
             basis_dim=basis_dim,
+            basis_hidden=basis_hidden,
             degree=degree,
             widening_factor=widening_factor,
             layer_scale=layer_scale,
             max_z=max_z,
+            species=normalise_species(species),
         )
         super().__init__(space="R3", **hparams, num_ori=1, grid="fibonacci", random_grid_rotation=False, record=hparams)

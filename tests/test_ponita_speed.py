@@ -1,0 +1,204 @@
+"""PΘNITA's speed-only code paths compute the same function as the plain one, and its basis MLP shape.
+
+- ``EdgeMessages`` (the blocked sum ``sum_{j->i} k_ij(o) * h_j(o)`` with a hand-written backward)
+  against ``scatter_sum(h[j] * k, i)``, and its first and second derivatives against finite
+  differences (``gradcheck`` / ``gradgradcheck``: training on forces differentiates twice).
+- A whole model evaluated with one edge per block and with all edges in one block (and under
+  ``torch.jit.trace``, which takes the plain path): the same energies, forces and force-loss
+  parameter gradients to float64 round-off.
+- ``basis_hidden``: the paper's features -> hidden -> basis MLP (default, hidden = C) and geognn's
+  earlier features -> basis -> basis (``basis_hidden=basis_dim``); parameter counts against
+  hand-computed numbers; the rotation error of both shapes falls with num_ori (the continuous
+  model is invariant whatever the MLP's width); an old-shape state dict names the fix.
+
+benchmarks/bench_ponita_reference.py measures the speed against the authors' code.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from conftest import load_qm9_molecules
+
+import geognn
+from geognn import testing as T
+from geognn.backbones import PNITA, PONITA
+from geognn.backbones import ponita as P
+from geognn.nn.scatter import scatter_sum
+
+pytestmark = pytest.mark.filterwarnings("ignore::geognn.graph.build.IsolatedAtomWarning")
+
+CUTOFF = 4.0
+SMALL = dict(hidden_channels=8, num_layers=2, basis_dim=12, degree=2, widening_factor=2)
+
+
+def messages_inputs(num_ori_h: int, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    n, num_ori, channels, num_edges = 4, 3, 2, 7
+    h = torch.randn(n, num_ori_h, channels, dtype=torch.float64, generator=gen, requires_grad=True)
+    edge_index = torch.tensor([[1, 2, 0, 3, 3, 1, 0], [0, 0, 1, 1, 2, 3, 3]])
+    k = torch.randn(num_edges, num_ori, channels, dtype=torch.float64, generator=gen, requires_grad=True)
+    return h, edge_index, k, num_ori
+
+
+@pytest.mark.parametrize("num_ori_h", [3, 1], ids=["features on the grid", "lifted (broadcast)"])
+def test_edge_messages_equal_the_plain_scatter(num_ori_h):
+    h, edge_index, k, num_ori = messages_inputs(num_ori_h)
+    j, i = edge_index
+    expected = scatter_sum(h.index_select(0, j) * k, i, dim_size=h.shape[0])
+    blocks = (edge_index[:, :3], edge_index[:, 3:5], edge_index[:, 5:])
+    got = P.EdgeMessages.apply(h, num_ori, blocks, k[:3], k[3:5], k[5:])
+    assert got.shape == (4, num_ori, 2)
+    np.testing.assert_allclose(got.detach(), expected.detach(), atol=1e-14)
+    # atom 2 receives from atom 3 only (edge 4): one entry by hand
+    np.testing.assert_allclose(got[2].detach(), (h[3] * k[4]).detach(), atol=1e-14)
+
+
+@pytest.mark.parametrize("num_ori_h", [3, 1], ids=["features on the grid", "lifted (broadcast)"])
+def test_edge_messages_first_and_second_derivatives(num_ori_h):
+    h, edge_index, k, num_ori = messages_inputs(num_ori_h, seed=1)
+    blocks = (edge_index[:, :4], edge_index[:, 4:])
+
+    def fn(h, k):
+        return P.EdgeMessages.apply(h, num_ori, blocks, k[:4], k[4:])
+
+    assert torch.autograd.gradcheck(fn, (h, k))
+    assert torch.autograd.gradgradcheck(fn, (h, k))
+
+
+def qm9_batch(n=3, dtype=torch.float64):
+    return geognn.collate([geognn.build_graph(a, CUTOFF, dtype=dtype) for a in load_qm9_molecules(n)])
+
+
+def model64(name="ponita", **kwargs):
+    torch.manual_seed(0)
+    return geognn.build_model(name, cutoff=CUTOFF, **SMALL, **kwargs).double()
+
+
+@pytest.mark.parametrize("name, kwargs", [("ponita", dict(num_ori=6)), ("pnita", {})])
+def test_blocks_of_edges_do_not_change_energies_forces_or_training_gradients(name, kwargs, monkeypatch):
+    model = model64(name, **kwargs)
+    batch = qm9_batch()
+
+    def run(block_floats):
+        monkeypatch.setattr(P, "EDGE_BLOCK_FLOATS", block_floats)
+        model.zero_grad()
+        out = model(batch, forces=True)
+        # a force loss as in training: differentiates the forces w.r.t. the parameters
+        loss = out["energy"].square().sum() + out["forces"].square().sum()
+        loss.backward()
+        grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        return out["energy"].detach(), out["forces"].detach(), grads
+
+    one_edge = run(1)  # one edge per block: many blocks
+    one_block = run(10**9)  # every edge in one block
+    num_edges = int(batch.edge_index.shape[1])
+    assert P.edge_block_size(1 * 10**9) == 1 and num_edges > 20  # the first run really was blocked
+    for a, b in zip(one_edge, one_block):
+        np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-12)
+
+
+def test_traced_model_takes_the_plain_path_and_agrees(monkeypatch):
+    """torch.jit.trace (geognn export) records one block of plain operations (a trace must not
+    depend on the number of edges; tests/test_export.py runs exported ponita on other sizes): it
+    agrees with the eager, blocked model."""
+    model = model64(num_ori=6).eval()
+    monkeypatch.setattr(P, "EDGE_BLOCK_FLOATS", 64)  # eager: several blocks
+    large = qm9_batch(3)
+
+    class Energy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = model.backbone
+
+        def forward(self, pos):
+            view = large.clone()
+            view.pos = pos
+            return self.backbone(view)["node_features"].sum()
+
+    energy = Energy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        traced = torch.jit.trace(energy, (large.pos,), check_trace=False)
+    assert "EdgeMessages" not in str(traced.graph) and "index_add" not in str(traced.graph)
+    np.testing.assert_allclose(traced(large.pos).item(), energy(large.pos).item(), rtol=1e-12)
+
+
+# --------------------------------------------------------------------------- basis MLP shape
+def hand_parameters(*, hidden, num_layers, basis, degree, widening, num_elements, sphere=True):
+    """PΘNITA/PNITA backbone parameters written out by hand (features -> hidden -> basis MLPs)."""
+    spatial_features = {1: degree, 2: (degree + 1) * (degree + 2) // 2 - 1}[2 if sphere else 1]
+    mlp = lambda m: (m * hidden + hidden) + (hidden * basis + basis)  # noqa: E731  lin1 + lin2
+    total = mlp(spatial_features) + (mlp(degree) if sphere else 0)
+    per_layer = basis * hidden + (basis * hidden if sphere else 0) + hidden  # W_s, W_f, bias
+    per_layer += 2 * hidden  # LayerNorm
+    per_layer += (hidden * widening * hidden + widening * hidden) + (widening * hidden * hidden + hidden)
+    total += num_layers * per_layer
+    total += num_elements * hidden  # embedding
+    total += hidden * hidden + hidden  # readout Linear
+    return total
+
+
+def test_parameter_counts_of_both_basis_shapes_against_hand_counts():
+    # the paper's QM9 size (main_qm9.py defaults with 16 orientations): 9 Legendre products of the
+    # two attributes, 3 of o.o'; basis MLPs 9 -> 128 -> 256 and 3 -> 128 -> 256
+    paper = dict(hidden_channels=128, num_layers=5, num_ori=16, basis_dim=256, degree=3, widening_factor=4)
+    model = PONITA(**paper)
+    n_elements = model.embedding.num_embeddings
+    expected = hand_parameters(hidden=128, num_layers=5, basis=256, degree=3, widening=4, num_elements=n_elements)
+    assert sum(p.numel() for p in model.parameters()) == expected
+    # the basis MLPs alone: (9*128+128 + 128*256+256) + (3*128+128 + 128*256+256) = 67,840
+    basis_params = sum(p.numel() for m in (model.spatial_basis, model.sphere_basis) for p in m.parameters())
+    assert basis_params == 67_840
+    # geognn's earlier shape, 9 -> 256 -> 256 and 3 -> 256 -> 256: (2560 + 65792) + (1024 + 65792)
+    old = PONITA(**paper, basis_hidden=256)
+    assert sum(p.numel() for m in (old.spatial_basis, old.sphere_basis) for p in m.parameters()) == 135_168
+    assert old.spatial_basis.lin1.weight.shape == (256, 9) and model.spatial_basis.lin1.weight.shape == (128, 9)
+    # PNITA: distance features (degree 3) -> 128 -> 128
+    pnita = PNITA(hidden_channels=128, num_layers=5, basis_dim=128, degree=3, widening_factor=4)
+    assert sum(p.numel() for p in pnita.parameters()) == hand_parameters(
+        hidden=128, num_layers=5, basis=128, degree=3, widening=4,
+        num_elements=pnita.embedding.num_embeddings, sphere=False,
+    )  # fmt: skip
+    # where hidden_channels == basis_dim (geognn's CPU default) both shapes are the same module
+    assert PONITA(basis_hidden=128).spatial_basis.lin1.weight.shape == PONITA().spatial_basis.lin1.weight.shape
+
+
+def test_basis_hidden_is_checked_and_an_old_state_dict_names_the_fix():
+    with pytest.raises(ValueError, match="basis_hidden"):
+        PONITA(basis_hidden=0)
+    old = PONITA(hidden_channels=16, basis_dim=24, num_layers=1, basis_hidden=24)
+    new = PONITA(hidden_channels=16, basis_dim=24, num_layers=1)
+    with pytest.raises(RuntimeError, match="basis_hidden=24"):
+        new.load_state_dict(old.state_dict())
+    PONITA(hidden_channels=16, basis_dim=24, num_layers=1, basis_hidden=24).load_state_dict(old.state_dict())
+
+
+@pytest.mark.parametrize("basis_hidden", [None, 24], ids=["paper shape", "earlier shape"])
+def test_rotation_error_falls_with_num_ori_for_both_basis_shapes(basis_hidden):
+    """Both MLP shapes make kernels of the invariants only: the continuous model is invariant, so
+    the grid's error must fall as the grid is refined (same weights on every grid)."""
+    molecules = load_qm9_molecules(40)[-2:]
+    kwargs = dict(hidden_channels=16, num_layers=2, basis_dim=24, degree=3, widening_factor=2)
+    torch.manual_seed(0)
+    base = geognn.build_model("ponita", cutoff=CUTOFF, num_ori=4, basis_hidden=basis_hidden, **kwargs).double().eval()
+    base.set_scale_shift(0.5, 0.0)
+    rng = np.random.default_rng(2)
+    rotations = [T.random_rotation(rng) for _ in range(2)]
+    errors = {}
+    for n in (4, 64):
+        model = geognn.build_model("ponita", cutoff=CUTOFF, num_ori=n, basis_hidden=basis_hidden, **kwargs)
+        model = model.double().eval()
+        model.load_state_dict(base.state_dict())
+        forces = []
+        for atoms in molecules:
+            for rot in rotations:
+                ref, got = T.predict(model, [atoms, T.transformed(atoms, rot)], stress=False, reference=False)
+                forces.append(np.linalg.norm(got["forces"] - ref["forces"] @ rot.T, axis=-1).max())
+        errors[n] = float(np.median(forces))
+    # measured (medians, eV/Å): paper shape 0.98 -> 0.084, earlier shape 1.06 -> 0.053 (12-20x)
+    assert errors[4] > 1e-2, errors  # the measurement is not empty
+    assert errors[64] < errors[4] / 4, errors
