@@ -91,11 +91,9 @@ def predict_structures(model, paths, batch_size: int = 16, device: str = "cpu", 
                 failures.append(str(exc))
                 continue
             for atoms in structures:
-                if int(atoms.numbers.max()) > model.max_z:
-                    failures.append(
-                        f"{source_of(atoms)}: element Z={int(atoms.numbers.max())} is beyond "
-                        f"what this model can embed (max_z={model.max_z})"
-                    )
+                unknown = model.unknown_elements(atoms.numbers)  # not among its species, or beyond max_z
+                if unknown:
+                    failures.append(f"{source_of(atoms)}: {model.unknown_elements_message(unknown)}")
                     continue
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
@@ -224,7 +222,9 @@ def default_checkpoint(paths, allow_partial_occupancy: bool = False) -> Path:
 
 def cmd_predict(args) -> int:
     from .model import Ensemble, FrameSpread, load_models
+    from .runtime import tune_allocator
 
+    tune_allocator()  # keep freed tensor memory in the process (GEOGNN_TUNE_ALLOCATOR=0: off)
     if args.checkpoint:  # --checkpoint a.pt b.pt FILE...: argparse gives FILE to --checkpoint too
         n = 1
         while n < len(args.checkpoint) and args.checkpoint[n].lower().endswith(CHECKPOINT_SUFFIXES):
@@ -335,8 +335,10 @@ def _check_output_file(path) -> None:
 # --------------------------------------------------------------------------- train
 def cmd_train(args) -> int:
     from .io import StructureError
+    from .runtime import tune_allocator
     from .train.config import TrainConfig, parse_assignment
 
+    tune_allocator()  # keep freed tensor memory in the process (GEOGNN_TUNE_ALLOCATOR=0: off)
     # precedence: defaults < --config file (or the resumed run's config.json) < options < --set
     try:
         if args.resume:
@@ -471,6 +473,7 @@ TRAIN_OPTIONS = (
     "on_error",
     "device",
     "ensemble",
+    "compile",
 )
 
 
@@ -689,6 +692,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto, cpu, cuda")
     p.add_argument("--out", help="run folder (default: runs/default)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    p.add_argument(
+        "--compile",
+        action="store_const",
+        const=True,
+        help="torch.compile the backbone (first steps slower while it compiles; steps with a force or "
+        "stress loss run it eagerly)",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(

@@ -47,6 +47,8 @@ from .backbones.frame_averaging import (
 from .graph.build import graph_index, num_graphs
 from .nn.blocks import MLP
 from .nn.scatter import scatter_sum
+from .nn.species import normalise_species, unknown_elements, unknown_elements_message
+from .runtime import CompiledBackbone
 from .symmetry.sphere import random_rotation
 from .targets import ENERGY_TARGET, Target, energy_target
 
@@ -146,7 +148,11 @@ class Model(nn.Module):
         max_neighbors: cap used when this model builds graphs (calculator, predict); None = no cap.
         forces: compute ``forces`` by default in ``forward`` (only if the model has an energy target).
         stress: compute ``stress`` by default in ``forward`` (only if the model has an energy target).
-        backbone_kwargs: keyword arguments of the backbone (see its docstring).
+        backbone_kwargs: keyword arguments of the backbone (see its docstring). Its ``species``
+            (atomic numbers or symbols; stored sorted, as numbers, in ``config``) sizes the
+            backbone's per-element weights to those elements; absent or None: one row per Z up to
+            ``max_z`` (the layout of checkpoints from before species). The per-target reference
+            values keep one entry per Z (119 numbers, buffers, not parameters).
         metadata: free-form, JSON-like facts saved with the checkpoint (what it was trained on, ...).
         frame_averaging: None (the plain backbone), "all", "stochastic", "det" or a dict of
             ``geognn.FrameAveraging`` options (frames, dim, group, eval_frames, degenerate_tol):
@@ -175,6 +181,8 @@ class Model(nn.Module):
     ):
         super().__init__()
         backbone_kwargs = dict(backbone_kwargs or {})
+        if backbone_kwargs.get("species") is not None:  # sorted atomic numbers: what the checkpoint stores
+            backbone_kwargs["species"] = normalise_species(backbone_kwargs["species"])
         if "cutoff" in backbone_kwargs:
             raise ValueError("give cutoff to the Model, not in backbone_kwargs: it sets both")
         self.targets = tuple(Target.coerce(t) for t in (targets if targets is not None else [ENERGY_TARGET]))
@@ -267,6 +275,32 @@ class Model(nn.Module):
         head.scale.fill_(float(scale))
         head.shift.fill_(float(shift))
 
+    def compile(self, dynamic: bool | None = True, **options) -> "Model":
+        """Compile the backbone with ``torch.compile`` (in place; returns the model).
+
+        Unlike ``nn.Module.compile`` this compiles the backbone only: heads, forces and stress
+        (autograd of the energy) run around it as before, and ``state_dict`` keys and checkpoints
+        are unchanged. ``dynamic=True`` (default): one compiled graph serves batches of any size.
+        ``options`` go to ``torch.compile`` (``backend``, ``mode``, ``fullgraph``, ``options``).
+
+        Compilation happens on the first call (tens of seconds on a CPU) and again for new input
+        shapes when ``dynamic`` is not True. Where ``torch.compile`` cannot compile the backbone
+        (an unsupported operation, no C++ compiler for Inductor), that call and all later ones run
+        eagerly with one ``RuntimeWarning`` naming the reason; an error the eager model gives too
+        (an unknown element, say) is raised as the eager model raises it. Training steps with
+        forces or stress in the loss run the backbone eagerly, with one warning: they differentiate
+        the backbone twice, which ``torch.compile`` does not support
+        (``geognn.runtime.DOUBLE_BACKWARD_REASON``). Speed-ups measured per backbone (CPU, some
+        below 1): ``benchmarks/results/bench_compile.json``.
+        """
+        self._compiled = CompiledBackbone(self.backbone_name, dict(options, dynamic=dynamic))
+        return self
+
+    @property
+    def compiled(self) -> CompiledBackbone | None:
+        """The compiled backbone call (``compile``), or None for an eager model."""
+        return getattr(self, "_compiled", None)
+
     # ----------------------------------------------------------------------------- forward
     def forward(self, batch, forces: bool | None = None, stress: bool | None = None) -> dict[str, torch.Tensor]:
         want_forces = self.compute_forces if forces is None else forces
@@ -277,7 +311,16 @@ class Model(nn.Module):
                 f"model's targets are {[t.to_dict() for t in self.targets]}"
             )
         with torch.set_grad_enabled(torch.is_grad_enabled() or want_forces or want_stress):
-            return self._forward(batch, want_forces, want_stress)
+            if self.compiled is None or not self.compiled.active:
+                return self._forward(batch, want_forces, want_stress)
+            try:
+                return self._forward(batch, want_forces, want_stress)
+            except Exception as exc:  # noqa: BLE001 - a compile failure, or an error eager gives too
+                failure = exc
+            with self.compiled.suspended():  # eager: the input's own error (if any) is raised here
+                out = self._forward(batch, want_forces, want_stress)
+            self.compiled.disable(failure)  # eager works, so compiling failed: warn once, stay eager
+            return out
 
     def _forward(self, batch, want_forces: bool, want_stress: bool) -> dict[str, torch.Tensor]:
         n_graphs = num_graphs(batch)
@@ -295,7 +338,11 @@ class Model(nn.Module):
         view = copy.copy(batch)  # shallow: the caller's batch keeps its tensors
         view[K.POS], view[K.CELL] = pos, cell
 
-        features = self.backbone(view)
+        if self.compiled is not None:  # compiled, except where a second derivative is needed
+            twice = self.training and (want_forces or want_stress)
+            features = self.compiled(self.backbone, view, double_backward=twice)
+        else:
+            features = self.backbone(view)
         frames = None
         if FRAME_NODE_FEATURES in features:  # frame averaging: average values (not features) over frames
             frames = (features.pop(FRAME_NODE_FEATURES), features.pop(FRAME_WEIGHTS), features.pop(FRAME_NODE_INDEX))
@@ -333,6 +380,20 @@ class Model(nn.Module):
     def max_z(self) -> int:
         """Largest atomic number the backbone can embed."""
         return int(self.backbone.max_z)
+
+    @property
+    def species(self) -> tuple[int, ...] | None:
+        """Atomic numbers the backbone has per-element weights for (ascending), or None: every Z up to ``max_z``."""
+        return self.backbone.species
+
+    def unknown_elements(self, numbers) -> list[int]:
+        """The distinct atomic numbers in ``numbers`` (sorted) this model has no weights for;
+        ``unknown_elements_message`` words them for the user."""
+        return unknown_elements(numbers, self.species, self.max_z)
+
+    def unknown_elements_message(self, unknown) -> str:
+        """One line naming the elements ``unknown`` and the species (or max_z) of this model."""
+        return unknown_elements_message(unknown, self.species, self.max_z, "this model")
 
     def save(self, path: str | os.PathLike, extra: dict | None = None) -> None:
         """Write a checkpoint atomically (temp file + rename): format version, config, weights."""
@@ -390,6 +451,22 @@ class Ensemble(nn.Module):
     compute_stress = property(lambda self: self.members[0].compute_stress)
     max_z = property(lambda self: min(m.max_z for m in self.members))
 
+    @property
+    def species(self) -> tuple[int, ...] | None:
+        """Elements every member has weights for (ascending); None when no member restricts them."""
+        if all(m.species is None for m in self.members):
+            return None
+        common = set.intersection(*(set(m.species or range(1, m.max_z + 1)) for m in self.members))
+        return tuple(sorted(common))
+
+    def unknown_elements(self, numbers) -> list[int]:
+        """The distinct atomic numbers in ``numbers`` (sorted) that some member has no weights for."""
+        return sorted({z for m in self.members for z in m.unknown_elements(numbers)})
+
+    def unknown_elements_message(self, unknown) -> str:
+        """One line naming the elements ``unknown`` and the species (or max_z) of this ensemble."""
+        return unknown_elements_message(unknown, self.species, self.max_z, "this ensemble")
+
     def forward(self, batch, forces: bool | None = None, stress: bool | None = None) -> dict[str, torch.Tensor]:
         outs = [m(batch, forces=forces, stress=stress) for m in self.members]
         out = {}
@@ -444,19 +521,25 @@ def build_model(
     metadata: dict | None = None,
     frame_averaging: str | dict | None = None,
     targets: Sequence[Target | dict | str] | None = None,
+    compile: bool | dict = False,
     **backbone_kwargs,
 ) -> Model:
     """A ``Model`` with the named backbone; extra keywords go to the backbone's constructor.
 
     ``frame_averaging`` (None, "all", "stochastic", "det" or a dict of options) wraps the backbone
     in ``geognn.FrameAveraging``. ``targets``: ``geognn.targets.Target`` s (default: the single
-    target ``energy``, eV, readout sum).
+    target ``energy``, eV, readout sum). ``species=[1, 6, 7, 8, 9]`` (a backbone keyword, stored
+    in the checkpoint) gives the backbone's per-element weights one row per listed element instead
+    of one per Z up to ``max_z``; other elements are then a ValueError naming them.
+    ``compile=True`` (or a dict of ``torch.compile`` options) compiles the backbone: see
+    ``Model.compile`` (not part of the config: a checkpoint loads eager; call ``compile()`` again).
 
     >>> model = build_model("schnet", cutoff=5.0, hidden_channels=64, num_layers=3)
+    >>> qm9 = build_model("mace", species=[1, 6, 7, 8, 9])  # per-element tables for QM9's elements
     >>> faenet = build_model("faenet", frame_averaging="stochastic")  # the FAENet paper's model
     >>> crystal = build_model("schnet", targets=[Target("e_form", "eV/atom", "mean")])
     """
-    return Model(
+    model = Model(
         backbone=backbone,
         cutoff=cutoff,
         max_neighbors=max_neighbors,
@@ -467,6 +550,9 @@ def build_model(
         frame_averaging=frame_averaging,
         targets=targets,
     )
+    if compile:
+        model.compile(**(compile if isinstance(compile, dict) else {}))
+    return model
 
 
 #: Version-1 state-dict names of the single energy head -> their names under ``heads.energy``.
@@ -690,6 +776,13 @@ class FrameSpread(nn.Module):
     compute_forces = property(lambda self: self.model.compute_forces)
     compute_stress = property(lambda self: self.model.compute_stress)
     max_z = property(lambda self: self.model.max_z)
+    species = property(lambda self: self.model.species)
+
+    def unknown_elements(self, numbers) -> list[int]:
+        return self.model.unknown_elements(numbers)
+
+    def unknown_elements_message(self, unknown) -> str:
+        return self.model.unknown_elements_message(unknown)
 
     def forward(self, batch, forces: bool | None = None, stress: bool | None = None) -> dict[str, torch.Tensor]:
         out = self.model(batch, forces=forces, stress=stress)

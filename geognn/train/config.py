@@ -68,7 +68,10 @@ class TrainConfig:
     backbone: str = "schnet"
     cutoff: float = 5.0  # Å
     max_neighbors: int | None = None
-    # None: DEMO_BACKBONE_KWARGS for SchNet, the backbone's own defaults otherwise
+    # None: DEMO_BACKBONE_KWARGS for SchNet, the backbone's own defaults otherwise. Without a
+    # "species" key the per-element weights get one row per element of the run's data (all splits;
+    # every Z up to max_z for lazily read data, see geognn.train.loop.data_species); a list of
+    # atomic numbers or symbols fixes them, null gives every Z up to max_z
     backbone_kwargs: dict | None = None
     frame_averaging: str | None = None  # passed to build_model when set
     # --- loss (errors are divided by the per-atom energy spread of the training set, see losses.py)
@@ -98,6 +101,8 @@ class TrainConfig:
     ema_decay: float = 0.0  # > 0: exponential moving average of weights, used to validate and save
     early_stopping: int = 0  # stop after this many epochs without validation improvement (0: off)
     amp: bool = False  # bfloat16 autocast where supported (CUDA); ignored on CPU
+    # torch.compile the backbone (Model.compile); training steps with a force or stress loss run it eagerly
+    compile: bool = False
     # --- run
     epochs: int = 1000  # upper bound; time_limit usually ends the default run first
     time_limit: float = 150.0  # seconds of training (0: no limit)

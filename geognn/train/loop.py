@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from .. import conventions as K
 from ..graph.build import graph_index
 from ..io import StructureError
-from ..model import Ensemble, Model, build_model, load_model, upgrade_state_dict
+from ..model import Ensemble, Model, build_model, load_checkpoint, load_model, upgrade_state_dict
 from . import distributed
 from .checkpoint import load_state, rng_states, save_state, set_rng_states
 from .config import TrainConfig
@@ -189,6 +189,28 @@ class UnseenElementWarning(UserWarning):
     """Validation or test structures hold elements that no training structure has."""
 
 
+def _elements(graphs: GraphDataset, i: int) -> set[int]:
+    """Atomic numbers of cached graph ``i`` (none for a skipped structure)."""
+    g = graphs.graphs[i]
+    return set() if isinstance(g, Skipped) else {int(z) for z in g[K.Z].unique()}
+
+
+def data_species(graphs: GraphDataset, split: dict) -> list[int] | None:
+    """The elements ``geognn train`` builds a model for (its ``species``): every element of the
+    training, validation and test structures, sorted; None (one row per Z up to ``max_z``, the
+    layout before species) for lazily read data, e.g. OC20 LMDBs, where finding them would read
+    the whole set.
+
+    Validation and test elements are included so that the run can evaluate those structures;
+    elements that only they hold get rows that training never updates, which
+    ``UnseenElementWarning`` already reports (``unseen_elements``). A model is then an error, not
+    a guess, only for elements absent from all of the run's data."""
+    if graphs.graphs is None:
+        return None
+    found = set().union(*(_elements(graphs, i) for part in ("train", "val", "test") for i in split.get(part, [])))
+    return sorted(found) or None
+
+
 def unseen_elements(graphs: GraphDataset, split: dict) -> dict[str, dict[int, int]]:
     """{"val": {Z: structures}, "test": {...}}: for each element absent from every training
     structure, how many validation/test structures contain it. Needs the cached graphs (an empty
@@ -196,16 +218,12 @@ def unseen_elements(graphs: GraphDataset, split: dict) -> dict[str, dict[int, in
     if graphs.graphs is None:
         return {}
 
-    def elements(i) -> set[int]:
-        g = graphs.graphs[i]
-        return set() if isinstance(g, Skipped) else {int(z) for z in g[K.Z].unique()}
-
-    seen = set().union(*(elements(i) for i in split["train"])) if split["train"] else set()
+    seen = set().union(*(_elements(graphs, i) for i in split["train"])) if split["train"] else set()
     out = {}
     for part in ("val", "test"):
         counts: dict[int, int] = {}
         for i in split.get(part, []):
-            for z in elements(i) - seen:
+            for z in _elements(graphs, i) - seen:
                 counts[z] = counts.get(z, 0) + 1
         if counts:
             out[part] = dict(sorted(counts.items()))
@@ -585,6 +603,9 @@ class _Run:
             "units": self.unit,
             "seed": c.seed,
         }
+        backbone_kwargs = c.resolved_backbone_kwargs()
+        if "species" not in backbone_kwargs:  # the config may name them (null: every Z up to max_z)
+            backbone_kwargs["species"] = self._species()
         model = build_model(
             c.backbone,
             cutoff=c.cutoff,
@@ -593,11 +614,20 @@ class _Run:
             max_neighbors=c.max_neighbors,
             metadata=metadata,
             targets=self.targets,
+            compile=c.compile,
             **extra,
-            **c.resolved_backbone_kwargs(),
+            **backbone_kwargs,
         )
         fit_output(model, zs, ys, c)
         return model.to(self.d.device)
+
+    def _species(self) -> list[int] | None:
+        """``species`` when the config names none: those of the run's ``model.pt`` when resuming
+        (None for a run started before species existed: the layout it was started with), else the
+        data's (``data_species``)."""
+        if self.resume and self.model_path.exists():
+            return (load_checkpoint(self.model_path)["config"].get("backbone_kwargs") or {}).get("species")
+        return data_species(self.graphs, self.split)
 
     def _periodic(self, idx) -> bool:
         for i in idx[:100]:
