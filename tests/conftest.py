@@ -182,3 +182,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def short_grid_ladder(monkeypatch):
+    """The expressivity probe refines grid backbones (PΘNITA) on 384, 1,536 and 3,072
+    orientations (``models.GRID_LADDER``), minutes a probe on a CPU; tests use 96 and 384, which
+    resolve the tiny graphs they probe (tests/test_expressivity_grid.py sets its own)."""
+    from geognn.expressivity import models
+
+    monkeypatch.setattr(models, "GRID_LADDER", (96, 384))
