@@ -191,11 +191,17 @@ def reference_model(ref, setting: dict, self_loops: bool):
     torch.manual_seed(0)
     with contextlib.redirect_stderr(io.StringIO()):  # the grid's repulsion prints a progress bar
         model = _ponita(Ponita, setting)
+    model.lift = model.transform.transforms[0]  # kept for its grid (_reference_lift)
     if not self_loops:
-        lift = model.transform.transforms[0]
+        lift = model.lift
         invariants = SEnInvariantAttributes(separable=True)
         model.transform = lambda graph: invariants(lift.to_po_fiber_bundle(graph))
     return model.float().eval()
+
+
+def _reference_lift(model):
+    """The reference's ``PositionOrientationGraph`` transform (it holds the grid ``ori_grid_s2``)."""
+    return model.lift
 
 
 def _ponita(Ponita, setting: dict):
@@ -270,6 +276,14 @@ def geognn_model(setting: dict, **extra):
     return model.float().eval()
 
 
+#: geognn's grids timed beside the reference (``--geognn-grids``): the default first.
+GRIDS = ("fibonacci", "antipodal")
+
+
+def geognn_label(grid: str) -> str:
+    return f"geognn {grid}"
+
+
 def geognn_calls(model, batch):
     def forward():
         with torch.no_grad():
@@ -327,19 +341,20 @@ def with_faults(fn, record: list):
     return call
 
 
-def run_setting(name: str, ref, batch, warmup: int, repeats: int, self_loops: bool) -> dict:
+def run_setting(name: str, ref, batch, warmup: int, repeats: int, self_loops: bool, grids=GRIDS) -> dict:
+    """Reference and geognn (one model per grid of ``grids``, same seed) timed in the same rounds."""
+    from geognn.symmetry.sphere import covering_radius
+
     setting = SETTINGS[name]
     device = torch.device("cpu")
     ref_model = reference_model(ref, setting, self_loops)
     ref_fwd, ref_ff = reference_calls(ref_model, batch, self_loops)
-    geo_model = geognn_model(setting)
-    geo_fwd, geo_ff = geognn_calls(geo_model, batch)
-    calls = {
-        ("reference", "forward"): ref_fwd,
-        ("geognn", "forward"): geo_fwd,
-        ("reference", "forward+forces"): ref_ff,
-        ("geognn", "forward+forces"): geo_ff,
-    }
+    calls = {("reference", "forward"): ref_fwd, ("reference", "forward+forces"): ref_ff}
+    geo_models = {}
+    for grid in grids:
+        who = geognn_label(grid)
+        geo_models[who] = geognn_model(setting, grid=grid)
+        calls[(who, "forward")], calls[(who, "forward+forces")] = geognn_calls(geo_models[who], batch)
     sanity = {}
     for who, fn in ((k[0], v) for k, v in calls.items() if k[1] == "forward+forces"):
         energy, forces = fn()
@@ -358,13 +373,24 @@ def run_setting(name: str, ref, batch, warmup: int, repeats: int, self_loops: bo
             "peak_memory_MiB": peak_memory_bytes(fn, device) / 2**20,
         }
     ratios = {
-        mode: rows[f"reference {mode}"]["median_s"] / rows[f"geognn {mode}"]["median_s"]
-        for mode in ("forward", "forward+forces")
+        who: {
+            mode: rows[f"reference {mode}"]["median_s"] / rows[f"{who} {mode}"]["median_s"]
+            for mode in ("forward", "forward+forces")
+        }
+        for who in geo_models
     }
+    reference_grid = _reference_lift(ref_model).ori_grid_s2  # [O, 3], their seeded repulsion grid
     return {
         "setting": setting,
-        "geognn_backbone_kwargs": geo_model.backbone_kwargs,
-        "parameters": {"reference": reference_parameters(ref_model), "geognn": geognn_parameters(geo_model)},
+        "geognn_backbone_kwargs": {who: m.backbone_kwargs for who, m in geo_models.items()},
+        "parameters": {  # the grid changes no parameter
+            "reference": reference_parameters(ref_model),
+            "geognn": geognn_parameters(next(iter(geo_models.values()))),
+        },
+        "covering_radius_rad": {
+            "reference": None if reference_grid is None else covering_radius(reference_grid.double()),
+            **{who: covering_radius(m.backbone.grid.double()) for who, m in geo_models.items()},
+        },
         "sanity": sanity,
         "rows": rows,
         "ratio_reference_over_geognn": ratios,
@@ -380,18 +406,24 @@ def markdown(payload: dict) -> str:
         f"{', '.join(f'{x:.2f}' for x in payload['load_average_end'])} at the end; allocator "
         f"{'tuned (geognn.runtime.tune_allocator)' if payload['allocator_tuned'] else 'glibc defaults'} for both",
         "",
-        "| setting | call | reference ms | geognn ms | reference / geognn | ref. faults/call | geognn faults/call "
-        "| ref. peak MiB | geognn peak MiB |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| setting | call | geognn grid | reference ms | geognn ms | reference / geognn | ref. faults/call "
+        "| geognn faults/call | ref. peak MiB | geognn peak MiB |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, res in payload["settings"].items():
         for mode in ("forward", "forward+forces"):
-            r, g = res["rows"][f"reference {mode}"], res["rows"][f"geognn {mode}"]
-            lines.append(
-                f"| {name} | {mode} | {1e3 * r['median_s']:.0f} | {1e3 * g['median_s']:.0f} | "
-                f"**{res['ratio_reference_over_geognn'][mode]:.2f}** | {r['minor_faults_per_call']:,.0f} | "
-                f"{g['minor_faults_per_call']:,.0f} | {r['peak_memory_MiB']:.0f} | {g['peak_memory_MiB']:.0f} |"
-            )
+            r = res["rows"][f"reference {mode}"]
+            for who, ratios in res["ratio_reference_over_geognn"].items():
+                g = res["rows"][f"{who} {mode}"]
+                lines.append(
+                    f"| {name} | {mode} | {who.removeprefix('geognn ')} | {1e3 * r['median_s']:.0f} | "
+                    f"{1e3 * g['median_s']:.0f} | **{ratios[mode]:.2f}** | {r['minor_faults_per_call']:,.0f} | "
+                    f"{g['minor_faults_per_call']:,.0f} | {r['peak_memory_MiB']:.0f} | {g['peak_memory_MiB']:.0f} |"
+                )
+    lines += ["", "| setting | grid | covering radius (rad) |", "|---|---|---:|"]
+    for name, res in payload["settings"].items():
+        for who, radius in res["covering_radius_rad"].items():
+            lines.append(f"| {name} | {who} | {radius:.3f} |")
     lines += ["", "| setting | part | reference params | geognn params |", "|---|---|---:|---:|"]
     for name, res in payload["settings"].items():
         ref, geo = res["parameters"]["reference"], res["parameters"]["geognn"]
@@ -412,6 +444,11 @@ def main(argv=None) -> dict:
         "--tune-allocator",
         action="store_true",
         help="apply geognn.runtime.tune_allocator() to the process (both models)",
+    )
+    parser.add_argument(
+        "--geognn-grids",
+        default=",".join(GRIDS),
+        help="comma-separated grids of geognn's models, each timed beside the reference (default: %(default)s)",
     )
     parser.add_argument("--quick", action="store_true", help="smoke test: 4 molecules, 1 warm-up, 2 rounds")
     parser.add_argument("--out", default=None, help="results JSON (default: benchmarks/results/...)")
@@ -453,7 +490,15 @@ def main(argv=None) -> dict:
         "settings": {},
     }
     for name in names:
-        payload["settings"][name] = run_setting(name, ref, batch, args.warmup, args.repeats, args.reference_self_loops)
+        payload["settings"][name] = run_setting(
+            name,
+            ref,
+            batch,
+            args.warmup,
+            args.repeats,
+            args.reference_self_loops,
+            [g.strip() for g in args.geognn_grids.split(",") if g.strip()],
+        )
     payload["load_average_end"] = list(os.getloadavg())
     name = "bench_ponita_reference" + ("_tuned" if tuned else "") + ("_quick" if args.quick else "")
     out = Path(args.out) if args.out else RESULTS / f"{name}.json"

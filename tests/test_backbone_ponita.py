@@ -33,6 +33,8 @@ from geognn.backbones.ponita import (
     unit_attributes,
 )
 from geognn.symmetry.sphere import (
+    antipodal_grid,
+    antipodes,
     covering_radius,
     fibonacci_grid,
     orientation_grid,
@@ -142,8 +144,41 @@ def test_random_rotation_is_proper_and_uniform():
 def test_grid_arguments_are_checked():
     with pytest.raises(ValueError, match="num_points >= 1"):
         fibonacci_grid(0)
-    with pytest.raises(ValueError, match="unknown grid method 'cube'; choose one of: fibonacci, repulsion"):
+    with pytest.raises(ValueError, match="unknown grid method 'cube'; choose one of: fibonacci, antipodal, repulsion"):
         orientation_grid(8, "cube")
+    with pytest.raises(ValueError, match="num_points must be even, got 7"):
+        orientation_grid(7, "antipodal")
+
+
+def test_antipodal_grid_pairs_opposites_and_is_as_uniform_as_the_others():
+    """Every row k + n/2 is -row k; the pairs-relaxed grid covers the sphere at least about as
+    well as the Fibonacci lattice (covering radius, measured for n = 6..64: within 7 % at n = 16,
+    where relaxation stops in a local minimum, 8-17 % smaller elsewhere)."""
+    for n in (2, 6, 16, 20, 64, 384):
+        grid = antipodal_grid(n)
+        np.testing.assert_allclose(grid.norm(dim=-1), 1.0, atol=1e-14)
+        np.testing.assert_allclose(grid[n // 2 :], -grid[: n // 2], atol=0)
+        assert torch.equal(antipodes(grid), (torch.arange(n) + n // 2) % n)
+        assert covering_radius(grid) < 1.07 * covering_radius(fibonacci_grid(n))
+    # the octahedron is both antipodal and the Thomson minimiser for 6 points
+    assert float(thomson_energy(antipodal_grid(6))) == pytest.approx(9.985281374, abs=1e-6)
+    assert antipodes(fibonacci_grid(20)) is None and antipodes(repulsion_grid(5)) is None
+    rotated = antipodal_grid(20) @ random_rotation(generator=torch.Generator().manual_seed(2)).T
+    assert torch.equal(antipodes(rotated), antipodes(antipodal_grid(20)))  # a rotation keeps the pairs
+
+
+def test_antipodal_grid_needs_even_counts_and_finds_its_pairs():
+    model = PONITA(num_ori=8, eval_num_ori=12, grid="antipodal", hidden_channels=4, num_layers=1, basis_dim=4)
+    np.testing.assert_allclose(model.grid, antipodal_grid(8, dtype=model.grid.dtype))
+    assert torch.equal(model.grid_antipode, (torch.arange(8) + 4) % 8)
+    assert torch.equal(model.eval_antipode, (torch.arange(12) + 6) % 12)
+    assert PONITA(num_ori=8, hidden_channels=4, num_layers=1, basis_dim=4).grid_antipode is None  # Fibonacci
+    with pytest.raises(
+        ValueError, match="grid='antipodal' pairs every orientation with its opposite, so num_ori must be even"
+    ):
+        PONITA(num_ori=7, grid="antipodal")
+    with pytest.raises(ValueError, match="so eval_num_ori must be even, got 9"):
+        PONITA(num_ori=8, eval_num_ori=9, grid="antipodal")
 
 
 # --------------------------------------------------------------------------- attributes and convolution
@@ -351,7 +386,7 @@ def test_random_grid_rotation_only_in_training(molecules):
     "kwargs, message",
     [
         (dict(num_ori=0), "num_ori must be a positive integer, got 0"),
-        (dict(grid="cube"), "unknown grid 'cube'; choose one of: fibonacci, repulsion"),
+        (dict(grid="cube"), "unknown grid 'cube'; choose one of: fibonacci, antipodal, repulsion"),
         (dict(layer_scale=0.0), "layer_scale must be > 0, got 0.0"),
         (dict(hidden_channels=0), "hidden_channels must be a positive integer, got 0"),
         (dict(degree=1.5), "degree must be a positive integer, got 1.5"),

@@ -230,3 +230,40 @@ def edge_vectors(batch: Data) -> torch.Tensor:
         edge_cell = cell[graph_index(batch)[i]]  # [E, 3, 3]
         vec = vec + torch.einsum("ek,ekd->ed", shift, edge_cell)
     return vec
+
+
+def reverse_edges(edge_index: torch.Tensor, edge_shift: torch.Tensor | None = None) -> torch.Tensor:
+    """Index [E] of each edge's reverse, or -1 where the graph lacks it.
+
+    The reverse of edge e = (j -> i, image shift s) is the edge (i -> j, shift -s): its vector is
+    ``-edge_vectors[e]`` exactly (same positions, same cell). ``edge_index`` [2, E] (row 0 j,
+    row 1 i), ``edge_shift`` [E, 3] integer-valued (or None / empty: all zero, molecules). Radius
+    graphs contain every reverse; a ``max_neighbors`` cap or a user's graph may not, and a graph
+    with duplicate edges gets -1 everywhere (no pairing is made up). A self-loop (i -> i, s = 0)
+    is its own reverse. Sorting, O(E log E).
+    """
+    num_edges = edge_index.shape[1]
+    missing = torch.full((num_edges,), -1, dtype=torch.long, device=edge_index.device)
+    if num_edges == 0:
+        return missing
+    j, i = edge_index.long()
+    has_shift = edge_shift is not None and edge_shift.numel() > 0
+    shift = edge_shift.round().long() if has_shift else torch.zeros(num_edges, 3, dtype=torch.long, device=j.device)
+    reach = int(shift.abs().max()) if has_shift else 0
+    width = 2 * reach + 1  # one code per shift component in -reach .. reach
+    num_nodes = int(edge_index.max()) + 1
+    if float(num_nodes) ** 2 * float(width) ** 3 >= 2.0**62:  # the key would overflow int64
+        return missing
+
+    def key(a, b, s):
+        code = ((s[:, 0] + reach) * width + (s[:, 1] + reach)) * width + (s[:, 2] + reach)
+        return (a * num_nodes + b) * width**3 + code
+
+    keys = key(j, i, shift)
+    sorted_keys, order = keys.sort()
+    if num_edges > 1 and bool((sorted_keys[1:] == sorted_keys[:-1]).any()):
+        return missing  # duplicate edges: a reverse would not be unique
+    wanted = key(i, j, -shift)
+    at = torch.searchsorted(sorted_keys, wanted).clamp(max=num_edges - 1)
+    found = sorted_keys[at] == wanted
+    return torch.where(found, order[at], missing)
