@@ -18,7 +18,8 @@ What it measures
        _common.py): one step = energies + forces by autograd of one batch (32 QM9 molecules,
        cutoff 5 Å; the 8 OC20 IS2RE systems, periodic, cutoff 6 Å), float32, eval mode, models
        interleaved in the same timing rounds. Models: ponita with num_ori in --num-ori (other
-       hyperparameters the defaults), pnita, and geognn's painn and mace with their defaults
+       hyperparameters the defaults; with --antipodal also on grid="antipodal" for even num_ori,
+       same weights), pnita, and geognn's painn and mace with their defaults
        (parameter counts printed: ponita ~0.9 M, painn 0.59 M, mace 0.69 M). The ratio column
        is structures/s of the model divided by structures/s of painn (and of mace) in the same run.
 
@@ -144,7 +145,7 @@ def error_table(num_oris, n_rotations: int) -> dict:
     }
 
 
-def speed_table(num_oris, device, warmup: int, repeats: int, n_oc20: int) -> dict:
+def speed_table(num_oris, device, warmup: int, repeats: int, n_oc20: int, antipodal: bool = False) -> dict:
     import geognn
 
     out = {}
@@ -155,6 +156,11 @@ def speed_table(num_oris, device, warmup: int, repeats: int, n_oc20: int) -> dic
         for n in num_oris:
             torch.manual_seed(0)
             models[f"ponita@{n}"] = geognn.build_model("ponita", cutoff=cutoff, num_ori=n)
+            if antipodal and n % 2 == 0:  # the same weights on the antipodal grid (paired edges)
+                models[f"ponita@{n} antipodal"] = geognn.build_model(
+                    "ponita", cutoff=cutoff, num_ori=n, grid="antipodal"
+                )
+                models[f"ponita@{n} antipodal"].load_state_dict(models[f"ponita@{n}"].state_dict())
         unavailable = {}
         for name in ("pnita", "painn", "mace"):
             torch.manual_seed(0)
@@ -247,6 +253,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeats", type=int, default=0, help="timed steps per model (default: 10 CPU, 30 GPU)")
     parser.add_argument("--oc20-systems", type=int, default=8, help="OC20 systems in the batch (default: 8)")
     parser.add_argument("--quick", action="store_true", help="smoke test: num_ori 4,16; 2 rotations; 3 steps")
+    parser.add_argument(
+        "--antipodal", action="store_true", help="also time ponita on the antipodal grid (even num_ori)"
+    )
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--skip-errors", action="store_true")
     args = parser.parse_args(argv)
@@ -258,7 +267,7 @@ def main(argv=None) -> dict:
     errors = None if args.skip_errors else error_table(num_oris, 2 if args.quick else args.rotations)
     warmup, repeats = (1, 3) if args.quick else (2, args.repeats or (10 if device.type == "cpu" else 30))
     n_oc20 = 2 if args.quick else args.oc20_systems
-    speed = None if args.skip_speed else speed_table(num_oris, device, warmup, repeats, n_oc20)
+    speed = None if args.skip_speed else speed_table(num_oris, device, warmup, repeats, n_oc20, args.antipodal)
     payload = {
         "benchmark": "bench_ponita",
         "quick": args.quick,
