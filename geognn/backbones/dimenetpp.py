@@ -169,10 +169,15 @@ def _double_factorial_odd(l: int) -> float:
     return float(math.prod(range(1, 2 * l + 2, 2)))
 
 
-def _series_terms(l: int, x_max: float, rtol: float = 1e-18) -> int:
-    """How many terms of j_l's power series reach ``rtol`` (relative to the first) for x <= x_max."""
+def _series_terms(l: int, x_max: float) -> int:
+    """How many terms of j_l's power series reach 1e-18 (relative to the first) for x <= x_max.
+
+    The tolerance is a literal, not a default argument: ``torch.compile(dynamic=True)`` turns a
+    float default into a symbolic input, which Dynamo cannot then use inside the autograd.Function
+    (``_SphericalBessel``) that calls this ("lift_tracked_freevar_to_input" AssertionError).
+    """
     k, ratio = 0, 1.0
-    while ratio > rtol or k < 2:
+    while ratio > 1e-18 or k < 2:
         k += 1
         ratio *= 0.5 * x_max * x_max / (k * (2 * l + 2 * k + 1))
     return k
