@@ -84,9 +84,10 @@ from ..nn.e3nn_blocks import (
     SymmetricContraction,
     cartesian_from_1o,
     check_radial_settings,
+    irrep_selector,
     natural_irreps,
     reset_e3nn_parameters,
-    select_irrep,
+    take_irrep,
 )
 from ..nn.species import normalise_species
 from .base import Backbone, require_positive, require_positive_integers
@@ -207,6 +208,9 @@ class MACE(ExactCouplingsMixin, Backbone):
             )
             irreps = self.irreps_hidden
         self.layers = nn.ModuleList(layers)
+        # columns of the outputs' irreps, computed once: forward never touches e3nn Irreps objects
+        # (torch.compile cannot guard on them; see geognn.nn.e3nn_blocks.irrep_selector)
+        self._out_irreps = {ir: irrep_selector(self.irreps_hidden, ir) for ir in ("0e", "1o")}
         self.reset_parameters()
         self._keep_couplings_exact()
 
@@ -232,8 +236,8 @@ class MACE(ExactCouplingsMixin, Backbone):
         scalars = []
         for layer in self.layers:
             h = layer(h, rows, edge_index, edge_sh, basis, envelope)  # [N, irreps_hidden]
-            scalars.append(select_irrep(h, self.irreps_hidden, "0e").squeeze(-1))  # [N, C]
+            scalars.append(take_irrep(h, self._out_irreps["0e"]).squeeze(-1))  # [N, C]
         return {
             K.NODE_FEATURES: torch.cat(scalars, dim=-1),  # [N, T * C]
-            K.NODE_VECTORS: cartesian_from_1o(select_irrep(h, self.irreps_hidden, "1o")),
+            K.NODE_VECTORS: cartesian_from_1o(take_irrep(h, self._out_irreps["1o"])),
         }  # [N, C, 3]

@@ -79,9 +79,10 @@ from ..nn.e3nn_blocks import (
     all_parity_irreps,
     cartesian_from_1o,
     check_radial_settings,
+    irrep_selector,
     make_gate,
     natural_irreps,
-    select_irrep,
+    take_irrep,
 )
 from ..nn.species import normalise_species
 from .base import Backbone, require_positive, require_positive_integers
@@ -186,6 +187,9 @@ class NequIP(ExactCouplingsMixin, Backbone):
             irreps = layers[-1].irreps_out
         self.layers = nn.ModuleList(layers)
         self.irreps_hidden = irreps
+        # columns of the outputs' irreps, computed once: forward never touches e3nn Irreps objects
+        # (torch.compile cannot guard on them; see geognn.nn.e3nn_blocks.irrep_selector)
+        self._out_irreps = {ir: irrep_selector(irreps, ir) for ir in ("0e", "1o", "0o")}
         self.reset_parameters()
         self._keep_couplings_exact()
 
@@ -205,9 +209,9 @@ class NequIP(ExactCouplingsMixin, Backbone):
         h, edge_sh, basis, envelope = self.inputs(batch, rows)  # [N, C x 0e], edge features
         for layer in self.layers:
             h = layer(h, rows, edge_index, edge_sh, basis, envelope)  # [N, irreps_hidden]
-        out = {K.NODE_FEATURES: select_irrep(h, self.irreps_hidden, "0e").squeeze(-1)}  # [N, C]
+        out = {K.NODE_FEATURES: take_irrep(h, self._out_irreps["0e"]).squeeze(-1)}  # [N, C]
         if self.hparams["max_ell"] >= 1:
-            out[K.NODE_VECTORS] = cartesian_from_1o(select_irrep(h, self.irreps_hidden, "1o"))  # [N, C, 3]
+            out[K.NODE_VECTORS] = cartesian_from_1o(take_irrep(h, self._out_irreps["1o"]))  # [N, C, 3]
         if self.parity:
-            out["node_pseudoscalars"] = select_irrep(h, self.irreps_hidden, "0o").squeeze(-1)  # [N, C]
+            out["node_pseudoscalars"] = take_irrep(h, self._out_irreps["0o"]).squeeze(-1)  # [N, C]
         return out

@@ -53,12 +53,27 @@ def irrep_columns(irreps: o3.Irreps, ir: o3.Irrep | str) -> list[int]:
     return cols
 
 
+def irrep_selector(irreps: o3.Irreps, ir: o3.Irrep | str) -> tuple[tuple[int, ...], int]:
+    """``(columns, 2l+1)`` of irrep ``ir`` in ``irreps``, plain ints for :func:`take_irrep`.
+
+    Modules compute this once in ``__init__``: forward code that ``torch.compile`` traces must not
+    touch e3nn's ``Irrep`` objects (Dynamo guards on them as tuples, and ``Irrep.__len__`` raises).
+    """
+    ir = o3.Irrep(ir)
+    return tuple(irrep_columns(irreps, ir)), ir.dim
+
+
+def take_irrep(x: torch.Tensor, selector: tuple[tuple[int, ...], int]) -> torch.Tensor:
+    """The columns ``selector = irrep_selector(irreps, ir)`` of ``x`` [N, irreps.dim] as
+    [N, mul, 2l+1] (mul = 0 if ``ir`` is absent)."""
+    cols, ir_dim = selector
+    index = torch.tensor(cols, dtype=torch.long, device=x.device)
+    return x.index_select(-1, index).reshape(x.shape[0], -1, ir_dim)  # [N, mul, 2l+1]
+
+
 def select_irrep(x: torch.Tensor, irreps: o3.Irreps, ir: o3.Irrep | str) -> torch.Tensor:
     """The blocks of ``x`` [N, irreps.dim] of irrep ``ir`` as [N, mul, 2l+1] (mul = 0 if absent)."""
-    ir = o3.Irrep(ir)
-    cols = irrep_columns(irreps, ir)
-    index = torch.tensor(cols, dtype=torch.long, device=x.device)
-    return x.index_select(-1, index).reshape(x.shape[0], -1, ir.dim)  # [N, mul, 2l+1]
+    return take_irrep(x, irrep_selector(irreps, ir))
 
 
 def _cartesian_permutation() -> list[int]:
@@ -330,7 +345,10 @@ class ElementSelfConnection(nn.Module):
     0e`` attribute (with the attributes scaled to unit norm), but evaluated by selecting each
     atom's matrix instead of multiplying by a one-hot: atoms are grouped by element and each group
     gets one matmul, so the cost does not grow with ``num_elements`` (the tensor product spent most
-    of its time multiplying zeros).
+    of its time multiplying zeros). The number of groups depends on the data, so ``torch.compile``
+    runs this module eagerly (``torch.compiler.disable``; the rest of a compiled backbone stays
+    compiled): gathering a matrix per atom instead traces, but its backward costs 1.7x (378 atoms)
+    to 10x (4,096 atoms) the grouped module's on a CPU core.
     ``forward(h [N, irreps_in], z [N] element rows in 0..num_elements-1) -> [N, irreps_out]``
     (the rows of ``Backbone.element_rows``; the atomic numbers when the table has a row per Z).
     """
@@ -357,6 +375,7 @@ class ElementSelfConnection(nn.Module):
         for w in self.weights:
             nn.init.normal_(w)
 
+    @torch.compiler.disable
     def forward(self, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         n = h.shape[0]
         in_slices = self.irreps_in.slices()
@@ -444,6 +463,9 @@ class SymmetricContraction(nn.Module):
         lmax = max(ir.l for _, ir in self.irreps_in)
         # nu = 1: per-element, per-channel, per-irrep weights on A's target irreps
         self.first_cols = [irrep_columns(self.irreps_in, ir) for _, ir in self.irreps_out]
+        # (multiplicity, 2l+1) of each target block as plain ints: forward never touches the Irreps
+        # (torch.compile cannot guard on e3nn's Irrep objects; see irrep_selector)
+        self._out_layout = tuple((mul, ir.dim) for mul, ir in self.irreps_out)
         self.first_weights = nn.Embedding(num_elements, channels * len(self.irreps_out))
         self.products = nn.ModuleList()
         self.product_weights = nn.ModuleList()
@@ -476,24 +498,24 @@ class SymmetricContraction(nn.Module):
     def _gather(self, x: torch.Tensor, cols: list[list[int]]) -> torch.Tensor:
         """Columns of each target irrep, in target order -> [N, irreps_out] (zeros where absent)."""
         blocks = []
-        for (mul, ir), c in zip(self.irreps_out, cols):
+        for (mul, ir_dim), c in zip(self._out_layout, cols):
             if c:
                 blocks.append(x.index_select(-1, torch.tensor(c, dtype=torch.long, device=x.device)))
             else:
-                blocks.append(x.new_zeros(x.shape[0], mul * ir.dim))
+                blocks.append(x.new_zeros(x.shape[0], mul * ir_dim))
         return torch.cat(blocks, dim=-1)
 
     def forward(self, a: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         n = a.shape[0]
         # nu = 1: B^(1)_{kLM} = w_{z k L} A_{kLM}
-        w1 = self.first_weights(z).view(n, len(self.irreps_out), self.channels)  # [N, n_irreps, C]
+        w1 = self.first_weights(z).view(n, len(self._out_layout), self.channels)  # [N, n_irreps, C]
         blocks = []
-        for k, ((mul, ir), c) in enumerate(zip(self.irreps_out, self.first_cols)):
+        for k, ((mul, ir_dim), c) in enumerate(zip(self._out_layout, self.first_cols)):
             if c:
                 block = a.index_select(-1, torch.tensor(c, dtype=torch.long, device=a.device))
-                blocks.append((block.view(n, mul, ir.dim) * w1[:, k].unsqueeze(-1)).reshape(n, -1))
+                blocks.append((block.view(n, mul, ir_dim) * w1[:, k].unsqueeze(-1)).reshape(n, -1))
             else:
-                blocks.append(a.new_zeros(n, mul * ir.dim))
+                blocks.append(a.new_zeros(n, mul * ir_dim))
         out = torch.cat(blocks, dim=-1)  # [N, irreps_out]
         p = a
         for tp, emb, cols in zip(self.products, self.product_weights, self.target_cols):

@@ -106,6 +106,12 @@ class ChannelwiseTensorProduct(nn.Module):
         super().__init__()
         self.irreps_in1, self.irreps_in2 = o3.Irreps(irreps_in1), o3.Irreps(irreps_in2)
         self.irreps_out = o3.Irreps(irreps_out)
+        # (multiplicity, 2l+1) of every block as plain ints: forward reads these, never the Irreps,
+        # because torch.compile cannot guard on e3nn's Irrep objects (their __len__ raises)
+        self._layout1 = tuple((mul, ir.dim) for mul, ir in self.irreps_in1)
+        self._layout2 = tuple((mul, ir.dim) for mul, ir in self.irreps_in2)
+        self._layout_out = tuple((mul, ir.dim) for mul, ir in self.irreps_out)
+        self._dims = (self.irreps_in1.dim, self.irreps_in2.dim, self.irreps_out.dim)
         self.instructions = [tuple(ins) for ins in instructions]
         if any(len(ins) != 5 for ins in self.instructions):
             raise ValueError("instructions must be tuples (i_in1, i_in2, i_out, mode, has_weight)")
@@ -206,10 +212,10 @@ class ChannelwiseTensorProduct(nn.Module):
         each block of y that ``paths`` use, in block order."""
         rows, total = {}, 0
         used = {i2 for i2, *_ in paths}
-        for i2, (mul, ir) in enumerate(self.irreps_in2):
+        for i2, (mul, ir_dim) in enumerate(self._layout2):
             if self.mode == "uvu" or i2 in used:
                 rows[i2] = total
-                total += (mul if self.mode == "uvu" else 1) * ir.dim
+                total += (mul if self.mode == "uvu" else 1) * ir_dim
         rows[-1] = total
         return rows
 
@@ -225,7 +231,7 @@ class ChannelwiseTensorProduct(nn.Module):
             g = ref.new_zeros(rows[-1], 2 * l1 + 1, width)  # [J, i, (p, v, k)]
             col = 0
             for i2, l3, mul2, alpha in paths:
-                l2 = self.irreps_in2[i2].ir.l
+                l2 = (self._layout2[i2][1] - 1) // 2
                 c = alpha * self._w3j(l1, l2, l3).transpose(0, 1)  # [j, i, k]
                 d2, d3 = 2 * l2 + 1, 2 * l3 + 1
                 for v in range(mul2):  # uvu: channel v of y feeds only the columns of v
@@ -241,7 +247,14 @@ class ChannelwiseTensorProduct(nn.Module):
         return mats
 
     def _couplings(self) -> list[torch.Tensor]:
-        """``_build_couplings()``, rebuilt only when a Wigner 3j buffer was replaced or changed."""
+        """``_build_couplings()``, rebuilt only when a Wigner 3j buffer was replaced or changed.
+
+        Under ``torch.compile`` the matrices are built inside the traced graph on every call (a
+        few small copies), without the cache: its check reads tensor versions and mutates the
+        module, which Dynamo would have to guard on.
+        """
+        if torch.compiler.is_compiling():
+            return self._build_couplings()
         state = [(b, b._version) for b in (self._w3j(*key) for key in self._w3j_keys)]
         cached = self._cache
         if (
@@ -283,24 +296,25 @@ class ChannelwiseTensorProduct(nn.Module):
             raise ValueError("index needs 2-d inputs, one index per row, and dim_size")
         n = lead.numel()
         rows = n if index is None else int(dim_size)
-        x, y = x.reshape(n, self.irreps_in1.dim), y.reshape(n, self.irreps_in2.dim)
-        outputs: list[list[torch.Tensor]] = [[] for _ in self.irreps_out]
+        dim1, dim2, dim_out = self._dims
+        x, y = x.reshape(n, dim1), y.reshape(n, dim2)
+        outputs: list[list[torch.Tensor]] = [[] for _ in self._layout_out]
         if self._blocks:
             for p, piece in self._pieces(x, y, weight, n):  # [n, k, U]
                 if index is not None:
                     piece = scatter_sum(piece, index, rows)  # [rows, k, U]
                 outputs[p.i_out].append(piece)
         blocks = []
-        for (mul, ir), terms in zip(self.irreps_out, outputs):
+        for (mul, ir_dim), terms in zip(self._layout_out, outputs):
             if not terms:
-                blocks.append(x.new_zeros(rows, mul * ir.dim))
+                blocks.append(x.new_zeros(rows, mul * ir_dim))
                 continue
             total = terms[0]
             for t in terms[1:]:
                 total = total + t
-            blocks.append(total.transpose(1, 2).reshape(rows, mul * ir.dim))  # [rows, U * k]
+            blocks.append(total.transpose(1, 2).reshape(rows, mul * ir_dim))  # [rows, U * k]
         out = torch.cat(blocks, dim=-1) if blocks else x.new_zeros(rows, 0)
-        return out if index is not None else out.reshape(*lead, self.irreps_out.dim)
+        return out if index is not None else out.reshape(*lead, dim_out)
 
     def _pieces(self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None, n: int):
         """Yield ``(path, alpha_p sum_v w^p C^p (x y)) [n, 2 l3 + 1, U]``, one per instruction.
@@ -309,7 +323,7 @@ class ChannelwiseTensorProduct(nn.Module):
         over k with contiguous rows of U.
         """
         couplings = self._couplings()
-        x_blocks = x.split([mul * ir.dim for mul, ir in self.irreps_in1], dim=-1)
+        x_blocks = x.split([mul * ir_dim for mul, ir_dim in self._layout1], dim=-1)
         weights = iter(())
         if self.weight_numel:
             w = weight.reshape(n, self.weight_numel)
@@ -320,15 +334,15 @@ class ChannelwiseTensorProduct(nn.Module):
             m = (y @ couplings[0]).split(self._m_sizes, dim=-1)
         else:  # y per channel, rows and channels last: [2 l2 + 1, n, U] per block
             y_blocks = [
-                b.reshape(n, mul, ir.dim).permute(2, 0, 1)
-                for b, (mul, ir) in zip(y.split([mul * ir.dim for mul, ir in self.irreps_in2], dim=-1), self.irreps_in2)
+                b.reshape(n, mul, ir_dim).permute(2, 0, 1)
+                for b, (mul, ir_dim) in zip(y.split([mul * d for mul, d in self._layout2], dim=-1), self._layout2)
             ]
             y_channels = {}
         for i1, s in self._blocks:
-            mul1, ir1 = self.irreps_in1[i1]
-            x_block = x_blocks[i1].reshape(n, mul1, ir1.dim)  # [n, U, 2 l1 + 1]
+            mul1, dim1 = self._layout1[i1]
+            x_block = x_blocks[i1].reshape(n, mul1, dim1)  # [n, U, 2 l1 + 1]
             paths = self._paths[i1]
-            if self.mode == "uvu" and ir1.dim == 1 and all(p.mul2 == 1 for p in paths):
+            if self.mode == "uvu" and dim1 == 1 and all(p.mul2 == 1 for p in paths):
                 # l1 = 0: the weights multiply x ([n, U]) before the outer product with M
                 x0 = x_block.reshape(n, 1, mul1)
                 for p, mp in zip(paths, m[s].split([2 * p.l3 + 1 for p in paths], dim=-1)):
@@ -337,7 +351,7 @@ class ChannelwiseTensorProduct(nn.Module):
                 continue
             if self.mode == "uvu":
                 xt = x_block.transpose(1, 2)  # [n, i, U]
-                mt = m[s].reshape(n, ir1.dim, -1).transpose(1, 2)  # [n, (p, v, k), i]
+                mt = m[s].reshape(n, dim1, -1).transpose(1, 2)  # [n, (p, v, k), i]
                 # R[e, (p, v, k), u] = sum_i M[e, i, (p, v, k)] x[e, u, i]
                 r = torch.bmm(mt, xt)
                 split_dim = 1
