@@ -22,13 +22,19 @@ Run
     .venv/bin/python benchmarks/bench_compile.py --threads 1                # all backbones, QM9
     .venv/bin/python benchmarks/bench_compile.py --backbones schnet,painn --small --repeats 3
 
+    .venv/bin/python benchmarks/bench_compile.py --threads 1 --backbones mace --merge  # replace one row
+
     Results: benchmarks/results/bench_compile.json (a _small suffix with --small); markdown on stdout.
+    The file is rewritten, unless ``--merge``: then the rows of the backbones measured now replace
+    theirs in the existing file (same settings, warm-up and repeats required) and the others are
+    kept; each merged row carries its own run's machine state under ``"run"`` (date, load, git).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import sys
 import time
@@ -125,6 +131,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the other backbones' rows of the existing output file; replace only those measured now",
+    )
     args = ap.parse_args(argv)
     names = list(geognn.BACKBONES) if not args.backbones else [n.strip() for n in args.backbones.split(",")]
     bad = [n for n in names if n not in geognn.BACKBONES]
@@ -143,8 +154,19 @@ def main(argv=None) -> dict:
     t_start = time.perf_counter()
     results = {}
     out = args.out or RESULTS / ("bench_compile" + ("_small" if args.small else "") + ".json")
+    previous = json.loads(out.read_text()) if args.merge and out.exists() else None
+    if previous is not None:
+        theirs = (previous.get("settings"), previous.get("warmup"), previous.get("repeats"))
+        ours = ("SMALL_SETTINGS" if args.small else "defaults", args.warmup, args.repeats)
+        if theirs != ours:
+            raise SystemExit(
+                f"{out}: cannot merge: its (settings, warmup, repeats) are {theirs}, this run's {ours}; "
+                "rerun with the same ones or without --merge"
+            )
 
     def payload() -> dict:
+        if previous is not None:
+            return merged(previous)
         return {
             "benchmark": "bench_compile",
             "machine": dict(info, load_average_now=list(os.getloadavg())),
@@ -155,6 +177,20 @@ def main(argv=None) -> dict:
             "results": results,
             "wall_s": time.perf_counter() - t_start,
         }
+
+    def merged(old: dict) -> dict:
+        """``old`` with this run's rows in place of its rows for the same backbones."""
+        run = dict(info, load_average_now=list(os.getloadavg()), wall_s=time.perf_counter() - t_start)
+        data = copy.deepcopy(old)
+        for d, r in results.items():
+            entry = data["results"].setdefault(d, {k: v for k, v in r.items() if k != "rows"})
+            if (entry["n_structures"], entry["n_atoms"]) != (r["n_structures"], r["n_atoms"]):
+                raise SystemExit(f"{out}: cannot merge: its {d} batch differs from this run's")
+            entry.setdefault("rows", {}).update({name: dict(row, run=run) for name, row in r["rows"].items()})
+        data.setdefault("merged_runs", [])
+        data["merged_runs"] = [m for m in data["merged_runs"] if m.get("date") != info["date"]]
+        data["merged_runs"].append(dict(run, backbones=names, datasets=list(results)))
+        return data
 
     for d in datasets:
         cutoff = DATASETS[d]
@@ -189,7 +225,7 @@ def main(argv=None) -> dict:
     for d, r in results.items():
         print(markdown(d, r["rows"]))
         print()
-    print(f"wall time {final['wall_s']:.0f} s; wrote {write_results(final, out)}")
+    print(f"wall time {time.perf_counter() - t_start:.0f} s; wrote {write_results(final, out)}")
     return final
 
 

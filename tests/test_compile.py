@@ -25,20 +25,20 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 CUTOFF = 4.0  # Å: a few dozen edges per atom in these cells, tiny graphs
 #: compiled minus eager, float32 (Inductor fuses and reorders float32 sums): measured by
 #: benchmarks/bench_compile.py on the QM9 batch at the backbones' defaults, at most 3.8e-6 eV and
-#: 4.1e-5 eV/Å (painn); schnet, egnn and painn at SMALL_SETTINGS on the cells below pass these
-#: bounds. They are far below any physical difference (0.1 meV, 0.5 meV/Å, 1.6 MPa) and far
-#: above float32 rounding of these sums
+#: 4.1e-5 eV/Å (painn; dimenetpp, nequip and mace: at most 3.8e-6 eV and 1.3e-6 eV/Å); schnet,
+#: egnn, painn, dimenetpp, nequip and mace at SMALL_SETTINGS on the cells below pass these bounds.
+#: They are far below any physical difference (0.1 meV, 0.5 meV/Å, 1.6 MPa) and far above float32
+#: rounding of these sums
 TOL_E, TOL_F, TOL_S = 1e-4, 5e-4, 1e-5
 
 
 #: Backbones torch 2.13 cannot compile (Dynamo fails inside their forward), with the reason the
-#: fallback warning names; measured by the slow tests and benchmarks/bench_compile.py.
-FALLS_BACK = {
-    "dimenetpp": "lift_tracked_freevar_to_input",  # Dynamo's own AssertionError in the triplet basis
-    # Dynamo raises InternalTorchDynamoError (from a NotImplementedError) in both e3nn-based backbones
-    "nequip": "InternalTorchDynamoError: NotImplementedError",
-    "mace": "InternalTorchDynamoError: NotImplementedError",
-}
+#: fallback warning names; measured by the slow tests and benchmarks/bench_compile.py. None now:
+#: dimenetpp, nequip and mace used to fall back (a float default argument read inside an
+#: autograd.Function; Dynamo guards on e3nn Irrep objects, whose __len__ raises) and compile since
+#: their forward code avoids both (see geognn/backbones/dimenetpp.py ``_series_terms`` and
+#: geognn/nn/e3nn_blocks.py ``irrep_selector``).
+FALLS_BACK: dict[str, str] = {}
 
 
 def crystals():
