@@ -322,3 +322,30 @@ def test_sphere_convolution_equals_the_sum_and_differentiates_twice():
     np.testing.assert_allclose(P.SphereConv.apply(x, k).detach(), expected.detach(), atol=1e-14)
     assert torch.autograd.gradcheck(P.SphereConv.apply, (x, k))
     assert torch.autograd.gradgradcheck(P.SphereConv.apply, (x, k))
+
+
+def test_paired_model_does_not_depend_on_which_edge_of_a_pair_is_kept():
+    """Exact opposites make the kept edge's kernel at -o bitwise the reverse's at o, so reordering
+    the edges (which changes the kept member of every pair) changes energies and forces only by
+    float64 round-off of the sums. A grid that is antipodal only to a relaxation's precision (the
+    Thomson octahedron) is not paired: pairing it made translated copies differ by 1e-6 eV/Å."""
+    from geognn.symmetry.sphere import antipodes, repulsion_grid
+
+    assert antipodes(repulsion_grid(6)) is None
+    model = model64(num_ori=6, grid="antipodal").eval()
+    batch = qm9_batch()
+    flipped = batch.clone()
+    order = torch.arange(batch.edge_index.shape[1] - 1, -1, -1)
+    flipped.edge_index, flipped.edge_shift = batch.edge_index[:, order], batch.edge_shift[order]
+    a, b = model(batch, forces=True), model(flipped, forces=True)
+    np.testing.assert_allclose(a["energy"].detach(), b["energy"].detach(), rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(a["forces"], b["forces"], rtol=1e-12, atol=1e-13)
+
+
+def test_randomly_rotated_antipodal_grid_keeps_exact_opposites():
+    model = model64(num_ori=8, grid="antipodal", random_grid_rotation=True).train()
+    from geognn.symmetry.sphere import antipodes
+
+    for _ in range(3):
+        grid = model.backbone.orientations(torch.float32)
+        assert torch.equal(antipodes(grid), model.backbone.grid_antipode)

@@ -615,6 +615,10 @@ class _PositionOrientationNetwork(Backbone):
         grid = grid / grid.norm(dim=-1, keepdim=True)  # unit to this dtype's precision
         if self.training and self.random_grid_rotation:
             grid = grid @ random_rotation(dtype=dtype, device=grid.device).T
+            antipode = self.antipode()
+            if antipode is not None:  # keep opposites bitwise opposite (a product may round rows apart)
+                first = torch.arange(grid.shape[0], device=grid.device) < antipode  # one of each pair
+                grid = grid.index_copy(0, antipode[first], -grid[first])
         return grid
 
     def _eval_grid_in_use(self) -> bool:

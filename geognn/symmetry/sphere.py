@@ -74,14 +74,20 @@ def antipodal_grid(num_points: int, steps: int | None = None, dtype: torch.dtype
     return _relax(torch.cat([upper, -upper]), steps, antipodal=True).to(dtype)
 
 
-def antipodes(points: torch.Tensor, atol: float = 1e-6) -> torch.Tensor | None:
-    """Index [n] of each point's opposite on the grid (``points[antipodes[p]] == -points[p]``
-    within ``atol``), or None where some point's opposite is not on the grid. [n, 3] unit vectors."""
-    if points.shape[0] < 2:
+def antipodes(points: torch.Tensor) -> torch.Tensor | None:
+    """Index [n] of each point's opposite on the grid, ``points[antipodes[p]] == -points[p]``
+    exactly (bitwise: negation is exact in floating point, so the attributes of an edge at ``-o``
+    and of its reverse at ``o`` are then bitwise equal), or None where some point's exact opposite
+    is not on the grid (a grid that is antipodal only to the precision of a relaxation, like the
+    Thomson octahedron, gives None). [n, 3]."""
+    n = points.shape[0]
+    if n < 2:
         return None
-    dot = points.double() @ points.double().T  # [n, n]; -1 exactly at the opposite
-    value, index = dot.min(dim=1)
-    if bool((value > -1.0 + atol).any()) or not torch.equal(index[index], torch.arange(points.shape[0])):
+    opposite = (points.unsqueeze(0) == -points.unsqueeze(1)).all(-1)  # [n, n]: [p, q] = (o_q == -o_p)
+    if not bool(opposite.any(1).all()):
+        return None
+    index = opposite.to(torch.uint8).argmax(1)
+    if not torch.equal(index[index], torch.arange(n, device=points.device)):
         return None
     return index
 
