@@ -349,3 +349,26 @@ def test_randomly_rotated_antipodal_grid_keeps_exact_opposites():
     for _ in range(3):
         grid = model.backbone.orientations(torch.float32)
         assert torch.equal(antipodes(grid), model.backbone.grid_antipode)
+
+
+def test_graph_with_missing_reverses_mixes_paired_and_unpaired_edges(monkeypatch):
+    """A graph without some reverses (a user's directed graph; build_graph keeps both directions,
+    even with a cap): those edges are computed alone, the rest in pairs, and the model is still
+    the unpaired computation; an atom with no edges at all works."""
+    from ase import Atoms
+
+    monkeypatch.setattr(P, "EDGE_BLOCK_FLOATS", 200)
+    graph = geognn.build_graph(load_qm9_molecules(2)[1], CUTOFF, dtype=torch.float64)
+    keep = torch.ones(graph.edge_index.shape[1], dtype=torch.bool)
+    keep[[0, 5, 9]] = False  # three edges dropped: their reverses lose their partners
+    graph.edge_index, graph.edge_shift = graph.edge_index[:, keep], graph.edge_shift[keep]
+    reverse = geognn.graph.build.reverse_edges(graph.edge_index, graph.edge_shift)
+    assert 0 < int((reverse < 0).sum()) < graph.edge_index.shape[1]  # both kinds present
+    lone = geognn.build_graph(Atoms("H2", positions=[[0, 0, 0], [0, 0, 9.0]]), CUTOFF, dtype=torch.float64)
+    batch = geognn.collate([graph, lone])
+    model = model64(num_ori=6, grid="antipodal")
+    paired = model(batch, forces=True)
+    model.backbone.grid_antipode = None
+    unpaired = model(batch, forces=True)
+    np.testing.assert_allclose(paired["energy"].detach(), unpaired["energy"].detach(), rtol=1e-12)
+    np.testing.assert_allclose(paired["forces"].detach(), unpaired["forces"].detach(), rtol=1e-11, atol=1e-12)
