@@ -104,9 +104,9 @@ Choices of this implementation (not in the paper):
 - Speed only (same function up to float rounding), measured against the authors' code in
   ``benchmarks/bench_ponita_reference.py`` (energies + forces, QM9 batch of 32, 1 thread, one
   interleaved run on the 2-core VM; the README names the commit and machine): reference time /
-  geognn time 1.43 at the paper's QM9 size and 1.52 at the defaults with glibc's default
-  allocator, 1.95 and 1.85 with ``grid="antipodal"``; with ``geognn.runtime.tune_allocator()``
-  applied to both, 1.02 and 1.02 (antipodal: 1.45 and 1.27). So on the Fibonacci lattice geognn
+  geognn time 1.43 at the paper's QM9 size and 1.45 at the defaults with glibc's default
+  allocator, 1.95 and 1.77 with ``grid="antipodal"``; with ``geognn.runtime.tune_allocator()``
+  applied to both, 1.03 and 1.03 (antipodal: 1.43 and 1.34). So on the Fibonacci lattice geognn
   does the reference's arithmetic without its page faults; the antipodal grid does less of it:
   - On a grid that holds every orientation's opposite (``grid="antipodal"``,
     ``geognn.symmetry.sphere.antipodal_grid``) the reverse of an edge, vector ``-x_ij``, has
