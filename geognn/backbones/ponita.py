@@ -115,7 +115,7 @@ Choices of this implementation (not in the paper):
     ``EdgeMessages`` sums both directions from one kernel block: the basis MLP and the
     [E, O, B] x [B, C] kernel products, most of the cost, are halved. Same function as computing
     every edge (tests/test_ponita_speed.py: energies, forces, stress and training gradients to
-    1e-11); edges without a reverse (a ``max_neighbors`` cap) are computed alone. The price is
+    1e-11); edges without a reverse (a user's own graph) are computed alone. The price is
     the grid: an even function on the sphere is sampled at only O / 2 distinct points. Measured
     rotation errors of random 3-layer models (4 seeds x 9 molecules and rattled cells, medians,
     meV/atom and meV/Å): 16 orientations 8.0 / 168 (Fibonacci 4.5 / 139, repulsion 5.9 / 159),
