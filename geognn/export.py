@@ -54,16 +54,10 @@ from torch import nn
 from . import conventions as K
 
 #: Backbones whose traced energy is exact for any number of atoms, edges and elements (tested).
-EXPORTABLE = ("schnet", "painn", "egnn", "ponita", "pnita")
+EXPORTABLE = ("schnet", "painn", "egnn", "nequip", "mace", "ponita", "pnita")
 
 #: Backbones that cannot be exported, and why (found with torch 2.13 on CPU).
 NOT_EXPORTABLE = {
-    "mace": "its element-dependent self-connection loops over the elements present in the input "
-    "(torch.unique(z).tolist() in ElementSelfConnection) and its tensor product takes the edge count "
-    "as a Python integer (lead.numel() in ChannelwiseTensorProduct), so a trace holds only for the "
-    "example's elements and edge count; torch.export stops at the same loop",
-    "nequip": "the same element loop and Python-integer edge count as mace (ElementSelfConnection, "
-    "ChannelwiseTensorProduct)",
     "dimenetpp": "its triplet builder sizes tensors with a Python integer (int(per_edge.sum())), so a "
     "trace holds only for the example's number of triplets",
     "faenet": "it reads OC20 tags (surface/adsorbate atoms), which the exported inputs do not carry: "

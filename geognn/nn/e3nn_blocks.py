@@ -377,6 +377,12 @@ class ElementSelfConnection(nn.Module):
 
     @torch.compiler.disable
     def forward(self, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_tracing():  # geognn export: no loop over the elements present (see below)
+            return self._gathered(h, z)
+        return self._grouped(h, z)
+
+    def _grouped(self, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """One matmul per element present (the class docstring)."""
         n = h.shape[0]
         in_slices = self.irreps_in.slices()
         blocks = [h[:, sl].reshape(n, mul, ir.dim) for (mul, ir), sl in zip(self.irreps_in, in_slices)]
@@ -387,6 +393,17 @@ class ElementSelfConnection(nn.Module):
                 x = blocks[k].index_select(0, atoms)  # [n_e, C_k, 2l+1]
                 y = torch.einsum("nci,cd->ndi", x, w[element]) * norm  # [n_e, C_o, 2l+1]
                 out[o] = out[o].index_add(0, atoms, y)
+        return torch.cat([b.reshape(n, -1) for b in out], dim=-1)  # [N, irreps_out]
+
+    def _gathered(self, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """The same map with each atom's matrix gathered (``w[z]`` [N, C_k, C_o]): no Python loop
+        over the elements present, so a trace holds for any elements (``geognn export``); slower
+        than the grouped forward, so only used while tracing."""
+        n = h.shape[0]
+        blocks = [h[:, sl].reshape(n, mul, ir.dim) for (mul, ir), sl in zip(self.irreps_in, self.irreps_in.slices())]
+        out = [h.new_zeros((n, mul, ir.dim)) for mul, ir in self.irreps_out]  # [N, C_o, 2l+1]
+        for (k, o), w, norm in zip(self.paths, self.weights, self.path_norm):
+            out[o] = out[o] + torch.einsum("nci,ncd->ndi", blocks[k], w.index_select(0, z)) * norm
         return torch.cat([b.reshape(n, -1) for b in out], dim=-1)  # [N, irreps_out]
 
     def extra_repr(self) -> str:

@@ -294,8 +294,10 @@ class ChannelwiseTensorProduct(nn.Module):
             )
         if index is not None and (dim_size is None or x.dim() != 2 or index.shape != lead):
             raise ValueError("index needs 2-d inputs, one index per row, and dim_size")
-        n = lead.numel()
-        rows = n if index is None else int(dim_size)
+        # sizes taken from tensors, not computed in Python: under torch.jit.trace (geognn export) they
+        # stay symbolic, so the traced graph holds for any number of edges and atoms
+        n = x.shape[0] if x.dim() == 2 else lead.numel()
+        rows = n if index is None else dim_size
         dim1, dim2, dim_out = self._dims
         x, y = x.reshape(n, dim1), y.reshape(n, dim2)
         outputs: list[list[torch.Tensor]] = [[] for _ in self._layout_out]
