@@ -7,13 +7,14 @@ What it measures
        MD17 ethanol file (energies and forces, kcal/mol, force weight 100), the recipe of
        notebooks/05_md_and_relaxation_ase.ipynb, for --epochs epochs on one thread.
     2. Start from the file's last frame (not trained on), Maxwell-Boltzmann velocities at 300 K
-       (numpy seed 0), and run --steps steps of ASE Velocity Verlet (--timestep fs) through
+       (numpy seeds 0 .. --seeds - 1: one run per seed and precision), and run --steps steps of ASE Velocity Verlet (--timestep fs) through
        ``GeoGNNCalculator(checkpoint, dtype=...)`` once in float32 and once in float64 from the
        same state.
     Reported for each precision: total-energy change at the end and its largest excursion
     (meV/atom), a least-squares slope (meV/atom/ps), the potential-energy fluctuation, the final
-    temperature and wall time; and how far the two trajectories end apart (largest atomic
-    displacement between them, Å). The test force MAE of the model says how rough a surface it is.
+    temperature and wall time, per seed and as medians over seeds; and how far the two
+    trajectories of a seed end apart (largest atomic displacement between them, Å). The test force
+    MAE of the model says how rough a surface it is.
 
 Run
     .venv/bin/python benchmarks/md_drift_trained.py               # ~3 min on one core
@@ -58,7 +59,7 @@ def train_model(out: Path, frames: int, epochs: int):
     return train(config, progress=False)
 
 
-def run_nve(checkpoint: Path, dtype: str, steps: int, timestep_fs: float):
+def run_nve(checkpoint: Path, dtype: str, steps: int, timestep_fs: float, seed: int):
     from ase import units
     from ase.io import read
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
@@ -68,7 +69,7 @@ def run_nve(checkpoint: Path, dtype: str, steps: int, timestep_fs: float):
 
     atoms = read(MD17, index=-1)
     atoms.calc = GeoGNNCalculator(str(checkpoint), dtype=dtype)
-    MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
+    MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(seed))
     Stationary(atoms)
     etot, epot = [atoms.get_total_energy()], [atoms.get_potential_energy()]
     dyn = VelocityVerlet(atoms, timestep=timestep_fs * units.fs)
@@ -100,10 +101,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--epochs", type=int, default=4, help="training epochs (default: 4)")
     parser.add_argument("--steps", type=int, default=1000, help="NVE steps (default: 1000)")
     parser.add_argument("--timestep", type=float, default=0.5, help="fs (default: 0.5)")
-    parser.add_argument("--quick", action="store_true", help="80 frames, 1 epoch, 20 steps")
+    parser.add_argument("--seeds", type=int, default=5, help="initial velocities, one run each (default: 5)")
+    parser.add_argument("--quick", action="store_true", help="80 frames, 1 epoch, 20 steps, 2 seeds")
     args = parser.parse_args(argv)
     if args.quick:
-        args.frames, args.epochs, args.steps = 80, 1, 20
+        args.frames, args.epochs, args.steps, args.seeds = 80, 1, 20, 2
     import torch
 
     torch.set_num_threads(1)
@@ -119,15 +121,26 @@ def main(argv=None) -> dict:
             "training": {"frames": args.frames, "epochs": args.epochs, "test_metrics": result.test_metrics},
             "md": {"steps": args.steps, "timestep_fs": args.timestep, "start": "last frame of the file, 300 K"},
         }
-        positions = {}
-        for dtype in ("float32", "float64"):
-            payload[dtype], positions[dtype] = run_nve(checkpoint, dtype, args.steps, args.timestep)
-            print(f"{dtype}: {payload[dtype]}", flush=True)
-    apart = np.linalg.norm(positions["float32"] - positions["float64"], axis=1).max()
-    payload["trajectories_apart_A"] = float(apart)
+        apart = []
+        for seed in range(args.seeds):
+            positions = {}
+            for dtype in ("float32", "float64"):
+                row, positions[dtype] = run_nve(checkpoint, dtype, args.steps, args.timestep, seed)
+                payload.setdefault(dtype, {"runs": []})["runs"].append(row)
+                print(f"seed {seed} {dtype}: {row}", flush=True)
+            apart.append(float(np.linalg.norm(positions["float32"] - positions["float64"], axis=1).max()))
+    for dtype in ("float32", "float64"):
+        runs = payload[dtype]["runs"]
+        payload[dtype]["median"] = {key: float(np.median([r[key] for r in runs])) for key in runs[0]}
+        payload[dtype]["median_abs_final_drift_meV_per_atom"] = float(
+            np.median([abs(r["final_drift_meV_per_atom"]) for r in runs])
+        )
+    payload["trajectories_apart_A"] = apart
     name = "md_drift_trained" + ("_quick" if args.quick else "") + ".json"
     written = write_results(payload, RESULTS / name)
-    print(f"test metrics {result.test_metrics}; trajectories end {apart:.2e} Å apart\nresults: {written}")
+    for dtype in ("float32", "float64"):
+        print(dtype, "medians over seeds:", payload[dtype]["median"])
+    print(f"test metrics {result.test_metrics}; trajectories end {apart} Å apart\nresults: {written}")
     return payload
 
 
