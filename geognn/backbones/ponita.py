@@ -722,7 +722,7 @@ class PONITA(_PositionOrientationNetwork):
             (default: None).
         grid: "fibonacci" (default), "antipodal" (even ``num_ori`` and ``eval_num_ori``) or
             "repulsion" (``geognn.symmetry.sphere``). On the antipodal grid an edge and its
-            reverse share one kernel computation: about 1.4x faster at the same ``num_ori``, with a
+            reverse share one kernel computation: about 1.2-1.4x faster at the same ``num_ori``, with a
             larger rotation error (see the module docstring).
         random_grid_rotation: rotate the grid randomly in every training forward pass (default: False).
         eval_num_ori: orientations of the grid used in eval mode (prediction, validation), or None
