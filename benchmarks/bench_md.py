@@ -57,13 +57,12 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, ReferenceWorker, machine_info, serve_steps, write_results  # noqa: E402  (stdlib-only at import)
+from _common import RESULTS, ReferenceWorker, machine_info, nve_energy_drift, serve_steps, write_results  # noqa: E402  (stdlib-only at import)
 
 CUTOFF = 5.0  # Å, every model
 TIMESTEP_FS = 1.0
@@ -241,8 +240,6 @@ def run_size(n_atoms, models, args, workdir, mace_cfg, unavailable) -> dict:
 def drift(n_steps: int, threads: int | None, name: str = "mace") -> dict:
     """Total-energy drift of 64-atom Si NVE through GeoGNNCalculator, float32 vs float64 (meV/atom)."""
     import torch
-    from ase import units
-    from ase.md.verlet import VelocityVerlet
 
     from geognn import GeoGNNCalculator
 
@@ -257,31 +254,13 @@ def drift(n_steps: int, threads: int | None, name: str = "mace") -> dict:
         for dtype in ("float32", "float64"):
             atoms = load_state(start)
             atoms.calc = GeoGNNCalculator(model, dtype=dtype)
-            dyn = VelocityVerlet(atoms, timestep=TIMESTEP_FS * units.fs)
-            etot, epot = [atoms.get_total_energy()], [atoms.get_potential_energy()]
-
-            def record(atoms=atoms):
-                etot.append(atoms.get_total_energy())
-                epot.append(atoms.get_potential_energy())
-
-            dyn.attach(record, interval=1)
-            t0 = time.perf_counter()
-            dyn.run(n_steps)
-            seconds = time.perf_counter() - t0
-            de = 1e3 * (np.array(etot[1:]) - etot[0]) / len(atoms)  # meV/atom; record also runs at step 0
-            t_ps = np.arange(len(de)) * TIMESTEP_FS / 1e3
-            out[dtype] = {
-                "final_drift_meV_per_atom": float(de[-1]),
-                "max_abs_deviation_meV_per_atom": float(np.abs(de).max()),
-                "slope_meV_per_atom_per_ps": float(np.polyfit(t_ps, de, 1)[0]),
-                "potential_energy_std_meV_per_atom": float(1e3 * np.std(epot) / len(atoms)),
-                "final_temperature_K": float(atoms.get_temperature()),
-                "final_min_distance_A": float(min_distance(atoms)),
-                "seconds": seconds,
-            }
+            out[dtype] = nve_energy_drift(atoms, n_steps, TIMESTEP_FS)
+            out[dtype]["final_min_distance_A"] = float(min_distance(atoms))
+            row = out[dtype]
             print(
-                f"  drift {dtype}: final {de[-1]:+.4f} meV/atom, max |dE| {np.abs(de).max():.4f} meV/atom "
-                f"over {n_steps} steps (E_pot std {out[dtype]['potential_energy_std_meV_per_atom']:.2f} meV/atom)",
+                f"  drift {dtype}: final {row['final_drift_meV_per_atom']:+.4f} meV/atom, max |dE| "
+                f"{row['max_abs_deviation_meV_per_atom']:.4f} meV/atom over {n_steps} steps "
+                f"(E_pot std {row['potential_energy_std_meV_per_atom']:.2f} meV/atom)",
                 flush=True,
             )
     return out

@@ -27,11 +27,10 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
-from _common import DATA, RESULTS, machine_info, write_results
+from _common import DATA, RESULTS, machine_info, nve_energy_drift, write_results
 
 MD17 = DATA / "md" / "schnetpack_md17_ethanol_2000.xyz"
 
@@ -60,10 +59,8 @@ def train_model(out: Path, frames: int, epochs: int):
 
 
 def run_nve(checkpoint: Path, dtype: str, steps: int, timestep_fs: float, seed: int):
-    from ase import units
     from ase.io import read
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
-    from ase.md.verlet import VelocityVerlet
 
     from geognn import GeoGNNCalculator
 
@@ -71,27 +68,7 @@ def run_nve(checkpoint: Path, dtype: str, steps: int, timestep_fs: float, seed: 
     atoms.calc = GeoGNNCalculator(str(checkpoint), dtype=dtype)
     MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(seed))
     Stationary(atoms)
-    etot, epot = [atoms.get_total_energy()], [atoms.get_potential_energy()]
-    dyn = VelocityVerlet(atoms, timestep=timestep_fs * units.fs)
-
-    def record():
-        etot.append(atoms.get_total_energy())
-        epot.append(atoms.get_potential_energy())
-
-    dyn.attach(record, interval=1)
-    start = time.perf_counter()
-    dyn.run(steps)
-    seconds = time.perf_counter() - start
-    de = 1e3 * (np.array(etot[1:]) - etot[0]) / len(atoms)  # meV/atom (record also runs at step 0)
-    t_ps = np.arange(len(de)) * timestep_fs / 1e3
-    row = {
-        "final_drift_meV_per_atom": float(de[-1]),
-        "max_abs_deviation_meV_per_atom": float(np.abs(de).max()),
-        "slope_meV_per_atom_per_ps": float(np.polyfit(t_ps, de, 1)[0]),
-        "potential_energy_std_meV_per_atom": float(1e3 * np.std(epot) / len(atoms)),
-        "final_temperature_K": float(atoms.get_temperature()),
-        "seconds": seconds,
-    }
+    row = nve_energy_drift(atoms, steps, timestep_fs)
     return row, atoms.get_positions()
 
 
