@@ -268,6 +268,27 @@ def _plain_ops() -> bool:
     return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
 
 
+def sum_messages(h, num_ori, edge_blocks, paired, antipode, kernels) -> torch.Tensor:
+    """``out_i(o) = sum_{e: i_e = i} k_e(o) * h_{j_e}(o)`` block by block -> [N, O, C] (no graph).
+
+    ``h`` [N, O or 1, C]; ``edge_blocks`` [2, E_b] each (row 0 j, row 1 i); ``paired`` one bool per
+    block; ``antipode`` [O] or None; ``kernels`` an iterable of [E_b, O, C], one per block (a
+    generator forms each block's kernel just before its use). A paired block also sums each edge's
+    reverse, ``out_j(o) += k(-o) * h_i(o)``, in the flipped frame (``EdgeMessages``).
+    """
+    out = h.new_zeros(h.shape[0], num_ori, h.shape[2])
+    flip = antipode is not None and any(paired)
+    flipped = torch.zeros_like(out) if flip else None  # reverse edges, flipped frame
+    h_flip = h.index_select(1, antipode) if flip and h.shape[1] > 1 else h
+    for (j, i), k, both in zip(edge_blocks, kernels, paired):  # messages flow from j to centre i
+        out.index_add_(0, i, h.index_select(0, j) * k)
+        if flip and both:  # and from i to j, with k(-o)
+            flipped.index_add_(0, j, h_flip.index_select(0, i) * k)
+    if flip:
+        out += flipped.index_select(1, antipode)
+    return out
+
+
 class EdgeMessages(torch.autograd.Function):
     """``out_i(o) = sum_{e: i_e = i} k_e(o) * h_{j_e}(o)`` over blocks of edges -> [N, O, C].
 
@@ -292,16 +313,7 @@ class EdgeMessages(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, h, num_ori, edge_blocks, paired, antipode, *kernels):
-        out = h.new_zeros(h.shape[0], num_ori, h.shape[2])
-        flip = antipode is not None and any(paired)
-        flipped = torch.zeros_like(out) if flip else None
-        h_flip = h.index_select(1, antipode) if flip and h.shape[1] > 1 else h
-        for (j, i), k, both in zip(edge_blocks, kernels, paired):
-            out.index_add_(0, i, h.index_select(0, j) * k)
-            if flip and both:
-                flipped.index_add_(0, j, h_flip.index_select(0, i) * k)
-        if flip:
-            out += flipped.index_select(1, antipode)
+        out = sum_messages(h, num_ori, edge_blocks, paired, antipode, kernels)
         ctx.edge_blocks, ctx.paired, ctx.antipode = edge_blocks, paired, antipode
         ctx.save_for_backward(h, *kernels)
         return out
@@ -419,17 +431,9 @@ class SeparableConv(nn.Module):
             (j, i), basis = torch.cat(edge_index, dim=1), torch.cat(spatial_basis)
             k_spatial = nn.functional.linear(basis, weight)  # [E, O, C]
             out = scatter_sum(h.index_select(0, j) * k_spatial, i, dim_size=h.shape[0])  # [N, O, C]
-        elif not torch.is_grad_enabled():  # inference: each block's kernel is used while in cache
-            out = h.new_zeros(h.shape[0], num_ori, h.shape[2])  # [N, O, C]
-            flipped = torch.zeros_like(out) if any(paired) else None  # reverse edges, flipped frame
-            h_flip = h.index_select(1, antipode) if any(paired) and h.shape[1] > 1 else h
-            for (j, i), basis, both in zip(edge_index, spatial_basis, paired):  # messages flow j -> i
-                k = nn.functional.linear(basis, weight)  # [E_b, O, C]
-                out.index_add_(0, i, h.index_select(0, j) * k)
-                if both:  # and i -> j, with k(-o) (EdgeMessages)
-                    flipped.index_add_(0, j, h_flip.index_select(0, i) * k)
-            if flipped is not None:
-                out += flipped.index_select(1, antipode)
+        elif not torch.is_grad_enabled():  # inference: each block's kernel is formed and used while in cache
+            kernels = (nn.functional.linear(basis, weight) for basis in spatial_basis)  # lazily, [E_b, O, C]
+            out = sum_messages(h, num_ori, edge_index, paired, antipode, kernels)  # [N, O, C]
         else:  # messages flow from neighbour j to centre i, one block of edges at a time
             kernels = [nn.functional.linear(basis, weight) for basis in spatial_basis]  # [E_b, O, C] each
             out = EdgeMessages.apply(h, num_ori, tuple(edge_index), paired, antipode, *kernels)  # [N, O, C]
