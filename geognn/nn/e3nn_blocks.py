@@ -377,34 +377,36 @@ class ElementSelfConnection(nn.Module):
 
     @torch.compiler.disable
     def forward(self, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        if torch.jit.is_tracing():  # geognn export: no loop over the elements present (see below)
-            return self._gathered(h, z)
-        return self._grouped(h, z)
-
-    def _grouped(self, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """One matmul per element present (the class docstring)."""
         n = h.shape[0]
         in_slices = self.irreps_in.slices()
         blocks = [h[:, sl].reshape(n, mul, ir.dim) for (mul, ir), sl in zip(self.irreps_in, in_slices)]
-        out = [h.new_zeros((n, mul, ir.dim)) for mul, ir in self.irreps_out]  # [N, C_o, 2l+1]
+        # geognn export traces the gathered form: no loop over the elements present (see below)
+        apply = self._gathered if torch.jit.is_tracing() else self._grouped
+        out = apply(blocks, z)  # [N, C_o, 2l+1] per output irrep
+        return torch.cat([b.reshape(n, -1) for b in out], dim=-1)  # [N, irreps_out]
+
+    def _grouped(self, blocks: list[torch.Tensor], z: torch.Tensor) -> list[torch.Tensor]:
+        """One matmul per element present (the class docstring): input blocks [N, C_k, 2l+1] ->
+        output blocks [N, C_o, 2l+1]."""
+        n = z.shape[0]
+        out = [blocks[0].new_zeros((n, mul, ir.dim)) for mul, ir in self.irreps_out]
         for element in torch.unique(z).tolist():
             atoms = (z == element).nonzero().squeeze(1)  # [n_e]
             for (k, o), w, norm in zip(self.paths, self.weights, self.path_norm):
                 x = blocks[k].index_select(0, atoms)  # [n_e, C_k, 2l+1]
                 y = torch.einsum("nci,cd->ndi", x, w[element]) * norm  # [n_e, C_o, 2l+1]
                 out[o] = out[o].index_add(0, atoms, y)
-        return torch.cat([b.reshape(n, -1) for b in out], dim=-1)  # [N, irreps_out]
+        return out
 
-    def _gathered(self, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    def _gathered(self, blocks: list[torch.Tensor], z: torch.Tensor) -> list[torch.Tensor]:
         """The same map with each atom's matrix gathered (``w[z]`` [N, C_k, C_o]): no Python loop
         over the elements present, so a trace holds for any elements (``geognn export``); slower
-        than the grouped forward, so only used while tracing."""
-        n = h.shape[0]
-        blocks = [h[:, sl].reshape(n, mul, ir.dim) for (mul, ir), sl in zip(self.irreps_in, self.irreps_in.slices())]
-        out = [h.new_zeros((n, mul, ir.dim)) for mul, ir in self.irreps_out]  # [N, C_o, 2l+1]
+        than ``_grouped``, so only used while tracing."""
+        n = z.shape[0]
+        out = [blocks[0].new_zeros((n, mul, ir.dim)) for mul, ir in self.irreps_out]
         for (k, o), w, norm in zip(self.paths, self.weights, self.path_norm):
             out[o] = out[o] + torch.einsum("nci,ncd->ndi", blocks[k], w.index_select(0, z)) * norm
-        return torch.cat([b.reshape(n, -1) for b in out], dim=-1)  # [N, irreps_out]
+        return out
 
     def extra_repr(self) -> str:
         return f"{self.irreps_in} x {self.num_elements} elements -> {self.irreps_out}"
