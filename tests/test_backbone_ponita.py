@@ -144,7 +144,9 @@ def test_random_rotation_is_proper_and_uniform():
 def test_grid_arguments_are_checked():
     with pytest.raises(ValueError, match="num_points >= 1"):
         fibonacci_grid(0)
-    with pytest.raises(ValueError, match="unknown grid method 'cube'; choose one of: fibonacci, antipodal, repulsion"):
+    with pytest.raises(
+        ValueError, match="unknown grid method 'cube'; choose one of: auto, fibonacci, antipodal, repulsion"
+    ):
         orientation_grid(8, "cube")
     with pytest.raises(ValueError, match="num_points must be even, got 7"):
         orientation_grid(7, "antipodal")
@@ -172,13 +174,27 @@ def test_antipodal_grid_needs_even_counts_and_finds_its_pairs():
     np.testing.assert_allclose(model.grid, antipodal_grid(8, dtype=model.grid.dtype))
     assert torch.equal(model.grid_antipode, (torch.arange(8) + 4) % 8)
     assert torch.equal(model.eval_antipode, (torch.arange(12) + 6) % 12)
-    assert PONITA(num_ori=8, hidden_channels=4, num_layers=1, basis_dim=4).grid_antipode is None  # Fibonacci
+    assert PONITA(num_ori=8, grid="fibonacci", hidden_channels=4, num_layers=1, basis_dim=4).grid_antipode is None
     with pytest.raises(
         ValueError, match="grid='antipodal' pairs every orientation with its opposite, so num_ori must be even"
     ):
         PONITA(num_ori=7, grid="antipodal")
     with pytest.raises(ValueError, match="so eval_num_ori must be even, got 9"):
         PONITA(num_ori=8, eval_num_ori=9, grid="antipodal")
+
+
+def test_the_default_grid_is_antipodal_for_even_counts_and_fibonacci_for_odd_ones():
+    small = dict(hidden_channels=4, num_layers=1, basis_dim=4)
+    even = PONITA(num_ori=8, eval_num_ori=13, **small)  # grid="auto"
+    assert even.hparams["grid"] == "auto"
+    assert torch.equal(even.grid, antipodal_grid(8, dtype=even.grid.dtype))
+    assert torch.equal(even.grid_antipode, (torch.arange(8) + 4) % 8)
+    assert torch.equal(even.eval_grid, fibonacci_grid(13, dtype=even.grid.dtype)) and even.eval_antipode is None
+    odd = PONITA(num_ori=7, eval_num_ori=12, **small)  # odd: no error, the Fibonacci lattice
+    assert torch.equal(odd.grid, fibonacci_grid(7, dtype=odd.grid.dtype)) and odd.grid_antipode is None
+    assert torch.equal(odd.eval_antipode, (torch.arange(12) + 6) % 12)
+    assert torch.equal(orientation_grid(10, "auto"), antipodal_grid(10))
+    assert torch.equal(orientation_grid(11, "auto"), fibonacci_grid(11))
 
 
 # --------------------------------------------------------------------------- attributes and convolution
@@ -386,7 +402,7 @@ def test_random_grid_rotation_only_in_training(molecules):
     "kwargs, message",
     [
         (dict(num_ori=0), "num_ori must be a positive integer, got 0"),
-        (dict(grid="cube"), "unknown grid 'cube'; choose one of: fibonacci, antipodal, repulsion"),
+        (dict(grid="cube"), "unknown grid 'cube'; choose one of: auto, fibonacci, antipodal, repulsion"),
         (dict(layer_scale=0.0), "layer_scale must be > 0, got 0.0"),
         (dict(hidden_channels=0), "hidden_channels must be a positive integer, got 0"),
         (dict(degree=1.5), "degree must be a positive integer, got 1.5"),

@@ -157,7 +157,7 @@ from ..graph.build import edge_vectors, reverse_edges
 from ..graph.features import polynomial_envelope
 from ..nn.scatter import scatter_sum
 from ..nn.species import normalise_species
-from ..symmetry.sphere import GRID_METHODS, antipodes, orientation_grid, random_rotation
+from ..symmetry.sphere import GRID_METHODS, antipodes, concrete_method, orientation_grid, random_rotation
 from .base import Backbone, require_positive, require_positive_integers
 
 #: Å^2 added under the square root of the perpendicular norm (see module docstring).
@@ -485,14 +485,15 @@ class ConvNeXtBlock(nn.Module):
 
 
 def grid_method(grid: str, count: int, name: str) -> str:
-    """``grid`` checked for ``count`` orientations: an antipodal grid needs an even count (``name``,
-    the argument's name, makes the error say what to change)."""
+    """The construction ``grid`` stands for at ``count`` orientations ("auto": antipodal if even,
+    else Fibonacci), checked: an antipodal grid needs an even count (``name``, the argument's
+    name, makes the error say what to change)."""
     if grid == "antipodal" and count % 2:
         raise ValueError(
             f"grid='antipodal' pairs every orientation with its opposite, so {name} must be even, got "
-            f"{count}; use an even {name} or grid='fibonacci'"
+            f"{count}; use an even {name}, grid='auto' or grid='fibonacci'"
         )
-    return grid
+    return concrete_method(grid, count)
 
 
 def invariant_attributes(edge_vec: torch.Tensor, grid: torch.Tensor | None) -> torch.Tensor:
@@ -724,10 +725,13 @@ class PONITA(_PositionOrientationNetwork):
         widening_factor: w of the ConvNeXt MLP (default: 4, the paper's).
         layer_scale: initial per-channel scale of each block's update, or None for no layer scale
             (default: None).
-        grid: "fibonacci" (default), "antipodal" (even ``num_ori`` and ``eval_num_ori``) or
-            "repulsion" (``geognn.symmetry.sphere``). On the antipodal grid an edge and its
-            reverse share one kernel computation: about 1.2-1.4x faster at the same ``num_ori``, with a
-            larger rotation error (see the module docstring).
+        grid: "auto" (default: "antipodal" for an even count, "fibonacci" for an odd one, decided
+            separately for ``num_ori`` and ``eval_num_ori``), "fibonacci", "antipodal" (even
+            counts only) or "repulsion" (``geognn.symmetry.sphere``). On the antipodal grid an
+            edge and its reverse share one kernel computation: about 1.2-1.4x faster at the same
+            ``num_ori``, with about the Fibonacci lattice's rotation error (see the module
+            docstring). Checkpoints record the grid, so models saved while "fibonacci" was the
+            default rebuild on it.
         random_grid_rotation: rotate the grid randomly in every training forward pass (default: False).
         eval_num_ori: orientations of the grid used in eval mode (prediction, validation), or None
             for ``num_ori`` (default: None). No weight depends on the grid, so a model trained on a
@@ -755,7 +759,7 @@ class PONITA(_PositionOrientationNetwork):
         degree: int = 3,
         widening_factor: int = 4,
         layer_scale: float | None = None,
-        grid: str = "fibonacci",
+        grid: str = "auto",
         random_grid_rotation: bool = False,
         eval_num_ori: int | None = None,
         max_z: int = 100,

@@ -63,7 +63,9 @@ Backbones on an orientation grid (``rotation_symmetry`` "approximate" and a ``nu
 PΘNITA), invariant readout: the question is what the *continuous* model (integrals over the
 sphere, exactly equivariant) separates, since the grid only approximates it. Their weights do not
 depend on the grid, so one set of weights is evaluated on the grids of ``GRID_LADDER``, coarse to
-fine, with the same copies. A gap that is a discretisation artefact falls with the copy noise as
+fine, with the same copies. The ladder's grids are Fibonacci lattices (``LADDER_GRID``) whatever
+grid the model itself uses: every grid approaches the same continuous model, and the lattice is
+built instantly at thousands of points. A gap that is a discretisation artefact falls with the copy noise as
 the grid is refined; a real one converges. Separated when, on some grid after the first, the gap
 exceeds both ``CONTINUUM_NOISE_FACTOR`` times that grid's copy noise and 1/``CONVERGENCE`` times
 its change from the previous grid (so it is converged to within 50 %). The refinement stops early
@@ -121,6 +123,8 @@ NUM_COPIES = 2
 #: docstring), coarse to fine. Their weights do not depend on the grid, so one set of weights is
 #: evaluated on each; the cost grows as num_ori^2.
 GRID_LADDER = (384, 1536, 3072)
+#: Grid construction of the ladder's rungs (``geognn.symmetry.sphere.GRID_METHODS``).
+LADDER_GRID = "fibonacci"
 #: A continuum gap must exceed this many times the finest grid's copy noise ...
 CONTINUUM_NOISE_FACTOR = 3.0
 #: ... and change by less than this fraction of itself between the last two grids (converged).
@@ -501,7 +505,9 @@ def _continuum_gap(backbone, num_layers, cutoff, seed, backbone_kwargs, model, g
     weights = model.state_dict()
     previous = None
     for num_ori in GRID_LADDER:
-        fine = build_backbone(backbone, num_layers, cutoff, seed, {**backbone_kwargs, "num_ori": num_ori})
+        fine = build_backbone(
+            backbone, num_layers, cutoff, seed, {**backbone_kwargs, "num_ori": num_ori, "grid": LADDER_GRID}
+        )
         fine.load_state_dict(weights)
         gap, noise, scale = _raw_gap(fine, g1, g2, copies1, copies2, "invariant")
         threshold = CONTINUUM_NOISE_FACTOR * noise + RELATIVE_FLOOR * scale

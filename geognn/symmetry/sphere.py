@@ -17,7 +17,8 @@ sqrt(1 - z_k^2) sin phi_k, z_k)`` for k = 0 .. n-1: equal-area bands in z, so th
 upper hemisphere, ``z_k > 0``) followed by their opposites ``-o_k``, then relaxed like
 ``repulsion_grid`` with every pair kept opposite: every orientation's opposite is on the grid
 (``antipodes``). PΘNITA uses this to compute
-the kernels of an edge and its reverse once (``geognn.backbones.ponita``).
+the kernels of an edge and its reverse once (``geognn.backbones.ponita``); its default grid,
+"auto", is this one for an even count and the Fibonacci lattice for an odd one.
 
 ``repulsion_grid(n)``: starts from the Fibonacci lattice and lowers the Thomson (Coulomb)
 energy ``E = sum_{a<b} 1 / |o_a - o_b|`` by projected gradient descent (a fixed number of
@@ -32,8 +33,9 @@ import math
 
 import torch
 
-#: Grid construction methods accepted by ``orientation_grid``.
-GRID_METHODS = ("fibonacci", "antipodal", "repulsion")
+#: Grid construction methods accepted by ``orientation_grid``; "auto" is "antipodal" for an even
+#: number of points and "fibonacci" for an odd one (``concrete_method``).
+GRID_METHODS = ("auto", "fibonacci", "antipodal", "repulsion")
 #: Largest antipodal grid relaxed by default (``antipodal_grid``).
 MAX_RELAXED = 128
 
@@ -147,13 +149,23 @@ def orientation_grid(num_points: int, method: str = "fibonacci", dtype: torch.dt
     """A deterministic near-uniform grid of ``num_points`` orientations [num_points, 3].
 
     ``method``: "fibonacci" (default; instant), "antipodal" (half a Fibonacci lattice and its
-    opposites, relaxed; ``num_points`` even) or "repulsion" (Thomson-relaxed, more uniform).
+    opposites, relaxed; ``num_points`` even), "repulsion" (Thomson-relaxed, more uniform) or
+    "auto" (antipodal for an even ``num_points``, Fibonacci for an odd one).
     The relaxed grids are computed once per (count, method) in a process and copied after.
     """
+    method = concrete_method(method, num_points)
+    return _cached_grid(int(num_points), method).to(dtype, copy=True)
+
+
+def concrete_method(method: str, num_points: int) -> str:
+    """The construction ``method`` stands for at ``num_points``: "auto" is "antipodal" for an even
+    count and "fibonacci" for an odd one; the others stand for themselves."""
     if method not in GRID_METHODS:
         raise ValueError(f"unknown grid method '{method}'; choose one of: {', '.join(GRID_METHODS)}")
     _require_count(num_points)
-    return _cached_grid(int(num_points), method).to(dtype, copy=True)
+    if method == "auto":
+        return "antipodal" if int(num_points) % 2 == 0 else "fibonacci"
+    return method
 
 
 @functools.lru_cache(maxsize=64)
@@ -190,6 +202,7 @@ __all__ = [
     "GRID_METHODS",
     "antipodal_grid",
     "antipodes",
+    "concrete_method",
     "covering_radius",
     "fibonacci_grid",
     "orientation_grid",
