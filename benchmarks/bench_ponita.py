@@ -3,7 +3,8 @@
 What it measures
     1. Rotation error (the price of the sphere grid). One PΘNITA model (float64, eval, random
        weights, seed 0, per-atom scale 0.5 eV and reference energies as in tests/test_model.py) is
-       evaluated with num_ori in --num-ori (default 4, 8, 16, 20, 32, 64) using the SAME weights:
+       evaluated with num_ori in --num-ori (default 4, 8, 16, 20, 32, 64) on the Fibonacci lattice
+       (``grid="fibonacci"``; benchmarks/grid_rotation_error.py compares grids) using the SAME weights:
        no weight depends on the grid, so the state_dict of one loads into the others, and the
        continuous model (num_ori -> infinity) is exactly rotation invariant. For each structure
        and each of --rotations random rotations R (numpy, seed 0), on the learned energy (the
@@ -17,9 +18,9 @@ What it measures
     2. Throughput and peak memory, as benchmarks/bench_backbones.py measures them (helpers in
        _common.py): one step = energies + forces by autograd of one batch (32 QM9 molecules,
        cutoff 5 Å; the 8 OC20 IS2RE systems, periodic, cutoff 6 Å), float32, eval mode, models
-       interleaved in the same timing rounds. Models: ponita with num_ori in --num-ori (other
-       hyperparameters the defaults; with --antipodal also on grid="antipodal" for even num_ori,
-       same weights), pnita, and geognn's painn and mace with their defaults
+       interleaved in the same timing rounds. Models: ponita with num_ori in --num-ori on the
+       Fibonacci lattice (other hyperparameters the defaults; with --antipodal also on
+       grid="antipodal" for even num_ori, same weights: the default grid "auto" at even num_ori), pnita, and geognn's painn and mace with their defaults
        (parameter counts printed: ponita ~0.9 M, painn 0.59 M, mace 0.69 M). The ratio column
        is structures/s of the model divided by structures/s of painn (and of mace) in the same run.
 
@@ -128,7 +129,7 @@ def error_table(num_oris, n_rotations: int) -> dict:
     rng = np.random.default_rng(0)
     rotations = [T.random_rotation(rng) for _ in range(n_rotations)]
     data = structures()
-    base = error_model("ponita", num_ori=num_oris[0])
+    base = error_model("ponita", num_ori=num_oris[0], grid="fibonacci")
     rows = {}
     for n in num_oris:
         model = with_num_ori(base, n)
@@ -155,7 +156,7 @@ def speed_table(num_oris, device, warmup: int, repeats: int, n_oc20: int, antipo
         models = {}
         for n in num_oris:
             torch.manual_seed(0)
-            models[f"ponita@{n}"] = geognn.build_model("ponita", cutoff=cutoff, num_ori=n)
+            models[f"ponita@{n}"] = geognn.build_model("ponita", cutoff=cutoff, num_ori=n, grid="fibonacci")
             if antipodal and n % 2 == 0:  # the same weights on the antipodal grid (paired edges)
                 models[f"ponita@{n} antipodal"] = geognn.build_model(
                     "ponita", cutoff=cutoff, num_ori=n, grid="antipodal"
