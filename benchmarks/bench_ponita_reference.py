@@ -276,8 +276,9 @@ def geognn_model(setting: dict, **extra):
     return model.float().eval()
 
 
-#: geognn's grids timed beside the reference (``--geognn-grids``): the default first.
-GRIDS = ("fibonacci", "antipodal")
+#: geognn's grids timed beside the reference (``--geognn-grids``): first the antipodal grid, what
+#: the default ``grid="auto"`` builds at both settings' (even) num_ori, then the Fibonacci lattice.
+GRIDS = ("antipodal", "fibonacci")
 
 
 def geognn_label(grid: str) -> str:
