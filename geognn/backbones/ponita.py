@@ -103,23 +103,24 @@ Choices of this implementation (not in the paper):
   flops and parameters in the basis MLPs' second layer.
 - Speed only (same function up to float rounding), measured against the authors' code in
   ``benchmarks/bench_ponita_reference.py`` (energies + forces, QM9 batch of 32, 1 thread, one
-  interleaved run on the 2-core VM; the README names the commit and machine): reference time /
-  geognn time 1.43 at the paper's QM9 size and 1.45 at the defaults with glibc's default
-  allocator, 1.95 and 1.77 with ``grid="antipodal"``; with ``geognn.runtime.tune_allocator()``
-  applied to both, 1.03 and 1.03 (antipodal: 1.43 and 1.34). So on the Fibonacci lattice geognn
-  does the reference's arithmetic without its page faults; the antipodal grid does less of it:
+  interleaved run on the 2-core VM; the README names the commit, machine and load): reference
+  time / geognn time 2.29 at the paper's QM9 size and 2.00 at the defaults on the default grid
+  (antipodal at these even counts), 1.67 and 1.61 on the Fibonacci lattice, with glibc's default
+  allocator; with ``geognn.runtime.tune_allocator()`` applied to both, 1.64 and 1.36 (Fibonacci:
+  1.16 and 1.09). So on the Fibonacci lattice geognn does about the reference's arithmetic
+  without its page faults; the antipodal grid does less of it:
   - On a grid that holds every orientation's opposite (``grid="antipodal"``,
-    ``geognn.symmetry.sphere.antipodal_grid``) the reverse of an edge, vector ``-x_ij``, has
-    at o the attributes the edge has at -o, so its basis and kernels are the edge's read at the
-    opposite orientations. Of each pair only one edge is kept (``reverse_edges``), and
-    ``EdgeMessages`` sums both directions from one kernel block: the basis MLP and the
-    [E, O, B] x [B, C] kernel products, most of the cost, are halved. Same function as computing
-    every edge (tests/test_ponita_speed.py: energies, forces, stress and training gradients to
-    1e-11); edges without a reverse (a user's own graph) are computed alone. The price is
-    the grid: an even function on the sphere is sampled at only O / 2 distinct points. Measured
-    rotation errors of random 3-layer models (4 seeds x 9 molecules and rattled cells, medians,
-    meV/atom and meV/Å): 16 orientations 8.0 / 168 (Fibonacci 4.5 / 139, repulsion 5.9 / 159),
-    20: 4.9 / 124 (5.4 / 129), 32: 2.0 / 87 (2.0 / 89). So it is not the default.
+    ``geognn.symmetry.sphere.antipodal_grid``; the default ``grid="auto"`` at an even count) the
+    reverse of an edge, vector ``-x_ij``, has at o the attributes the edge has at -o, so its basis
+    and kernels are the edge's read at the opposite orientations. Of each pair only one edge is
+    kept (``reverse_edges``), and ``EdgeMessages`` sums both directions from one kernel block: the
+    basis MLP and the [E, O, B] x [B, C] kernel products, most of the cost, are halved. Same
+    function as computing every edge (tests/test_ponita_speed.py: energies, forces, stress and
+    training gradients to 1e-11); edges without a reverse (a user's own graph) are computed alone.
+    The grid samples an even function on the sphere at only O / 2 distinct points, yet its
+    rotation error is about the Fibonacci lattice's (``benchmarks/grid_rotation_error.py``, the
+    README has the numbers), and the same training reaches the same error on it
+    (``benchmarks/grid_training.py``). So it is the default wherever the count allows.
   - The per-edge work runs in blocks of edges (``edge_block_size``: ``EDGE_BLOCK_FLOATS`` = 1 MiB
     of float32 per [E_b, O, B] tensor). Formed for all edges at once, each [E, O, C] or
     [E, O, B] tensor was tens to hundreds of MB, which glibc maps and unmaps on every call:
