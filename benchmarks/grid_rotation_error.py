@@ -17,7 +17,7 @@ What it measures
     costs in rotation error against the Fibonacci lattice and the Thomson-relaxed grid.
 
 Run
-    .venv/bin/python benchmarks/grid_rotation_error.py              # ~5 min on one core
+    .venv/bin/python benchmarks/grid_rotation_error.py              # ~8 min on one core
     .venv/bin/python benchmarks/grid_rotation_error.py --quick      # smoke test
     Results: benchmarks/results/grid_rotation_error.json and a markdown table on stdout.
 """
@@ -103,7 +103,7 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--grids", default="fibonacci,antipodal,repulsion", help="(default: %(default)s)")
     parser.add_argument("--num-ori", default="16,20,32", help="even counts (default: %(default)s)")
-    parser.add_argument("--seeds", type=int, default=4, help="random models per cell (default: 4)")
+    parser.add_argument("--seeds", type=int, default=16, help="random models per cell (default: 16)")
     parser.add_argument("--quick", action="store_true", help="smoke test: 16 orientations, 1 seed")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
