@@ -118,9 +118,10 @@ Choices of this implementation (not in the paper):
     function as computing every edge (tests/test_ponita_speed.py: energies, forces, stress and
     training gradients to 1e-11); edges without a reverse (a user's own graph) are computed alone.
     The grid samples an even function on the sphere at only O / 2 distinct points, yet its
-    rotation error is about the Fibonacci lattice's (``benchmarks/grid_rotation_error.py``, the
-    README has the numbers), and the same training reaches the same error on it
-    (``benchmarks/grid_training.py``). So it is the default wherever the count allows.
+    rotation error is within about 20 % of the Fibonacci lattice's at the same O and smaller at
+    the same cost (``benchmarks/grid_rotation_error.py``; the README has the numbers), and the
+    same training reaches the same error on it (``benchmarks/grid_training.py``). So it is the
+    default wherever the count allows.
   - The per-edge work runs in blocks of edges (``edge_block_size``: ``EDGE_BLOCK_FLOATS`` = 1 MiB
     of float32 per [E_b, O, B] tensor). Formed for all edges at once, each [E, O, C] or
     [E, O, B] tensor was tens to hundreds of MB, which glibc maps and unmaps on every call:
@@ -730,8 +731,8 @@ class PONITA(_PositionOrientationNetwork):
             separately for ``num_ori`` and ``eval_num_ori``), "fibonacci", "antipodal" (even
             counts only) or "repulsion" (``geognn.symmetry.sphere``). On the antipodal grid an
             edge and its reverse share one kernel computation: about 1.2-1.4x faster at the same
-            ``num_ori``, with about the Fibonacci lattice's rotation error (see the module
-            docstring). Checkpoints record the grid, so models saved while "fibonacci" was the
+            ``num_ori``, with a rotation error within about 20 % of the Fibonacci lattice's
+            (see the module docstring). Checkpoints record the grid, so models saved while "fibonacci" was the
             default rebuild on it.
         random_grid_rotation: rotate the grid randomly in every training forward pass (default: False).
         eval_num_ori: orientations of the grid used in eval mode (prediction, validation), or None
