@@ -732,8 +732,8 @@ class PONITA(_PositionOrientationNetwork):
             counts only) or "repulsion" (``geognn.symmetry.sphere``). On the antipodal grid an
             edge and its reverse share one kernel computation: about 1.2-1.4x faster at the same
             ``num_ori``, with a rotation error within about 20 % of the Fibonacci lattice's
-            (see the module docstring). Checkpoints record the grid, so models saved while "fibonacci" was the
-            default rebuild on it.
+            (see the module docstring). Checkpoints record the grid, so models saved while
+            "fibonacci" was the default rebuild on it.
         random_grid_rotation: rotate the grid randomly in every training forward pass (default: False).
         eval_num_ori: orientations of the grid used in eval mode (prediction, validation), or None
             for ``num_ori`` (default: None). No weight depends on the grid, so a model trained on a
