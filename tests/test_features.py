@@ -1,12 +1,13 @@
-"""Radial envelopes: the factored polynomial envelope equals the published expanded form and
-stays accurate in float32 next to the cutoff (where the expanded form cancelled terms of ~p^2)."""
+"""Radial features: the factored polynomial envelope equals the published expanded form and
+stays accurate in float32 next to the cutoff (where the expanded form cancelled terms of ~p^2);
+the Gaussian basis has no subnormal floats (which slow CPU matrix products many times)."""
 
 import math
 
 import pytest
 import torch
 
-from geognn.graph.features import polynomial_envelope
+from geognn.graph.features import GaussianRBF, polynomial_envelope
 
 
 def expanded_envelope(x: torch.Tensor, p: int) -> torch.Tensor:
@@ -45,3 +46,20 @@ def test_envelope_is_accurate_in_float32_next_to_the_cutoff():
     u64 = polynomial_envelope(x.double(), 1.0, 6)
     assert (u32 >= 0).all()
     assert (u32.double() - u64).abs().max() < 1e-9
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gaussian_basis_flushes_subnormals_and_keeps_every_normal_value(dtype):
+    rbf = GaussianRBF(0.0, 5.0, 50).to(dtype)
+    d = torch.linspace(0.0, 6.0, 20001, dtype=dtype)
+    got = rbf(d)
+    plain = torch.exp(-rbf.gamma * (d.unsqueeze(-1) - rbf.centres) ** 2)  # the formula, unflushed
+    tiny = torch.finfo(dtype).tiny
+    assert not ((got > 0) & (got < tiny)).any()  # no subnormals
+    if dtype == torch.float32:  # the window exists: ~1.35-1.47 Å from a centre, exp(-gamma x^2) < 1.2e-38
+        assert ((plain > 0) & (plain < tiny)).any()
+    normal = plain >= tiny
+    assert torch.equal(got[normal], plain[normal]) and (got[~normal] == 0).all()  # only subnormals change
+    d.requires_grad_(True)
+    (grad,) = torch.autograd.grad(rbf(d).sum(), d)
+    assert torch.isfinite(grad).all()

@@ -27,6 +27,12 @@ class GaussianRBF(nn.Module):
 
     ``gamma = 0.5 / delta^2`` with ``delta`` the spacing of the centres (SchNet's choice).
     Input [E] Å -> output [E, num_basis].
+
+    Values below the dtype's smallest normal number (float32: 1.2e-38, reached about 1.4 Å from a
+    centre at the default spacing) are returned as exact zeros. Left as subnormal floats (~4 % of
+    the entries in float32), they change nothing a model resolves but make CPU matrix products
+    with the basis 5x (forward) to 45x (weight gradient) slower: a SchNet training step ran 4x
+    slower.
     """
 
     def __init__(self, start: float = 0.0, stop: float = 5.0, num_basis: int = 50):
@@ -38,7 +44,8 @@ class GaussianRBF(nn.Module):
         self.gamma = 0.5 / float(centres[1] - centres[0]) ** 2
 
     def forward(self, distance: torch.Tensor) -> torch.Tensor:
-        return torch.exp(-self.gamma * (distance.unsqueeze(-1) - self.centres) ** 2)
+        rbf = torch.exp(-self.gamma * (distance.unsqueeze(-1) - self.centres) ** 2)
+        return rbf.masked_fill(rbf < torch.finfo(rbf.dtype).tiny, 0.0)  # no subnormals (docstring)
 
     def extra_repr(self) -> str:
         return f"start={float(self.centres[0])}, stop={float(self.centres[-1])}, num_basis={self.centres.numel()}"
