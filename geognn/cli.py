@@ -65,19 +65,15 @@ def predict_columns(model) -> list[tuple[str, str]]:
     return cols
 
 
-def predict_structures(model, paths, batch_size: int = 16, device: str = "cpu", allow_partial_occupancy: bool = False):
-    """Predict every structure in ``paths``; returns (rows, failures, notes).
+def read_inputs(paths, allow_partial_occupancy: bool = False):
+    """Every structure in ``paths`` (files or folders), each file read once: (structures, failures).
 
-    ``rows``: dicts keyed by ``predict_columns(model)`` (stress as 6 Voigt components in GPa, or
-    None for non-periodic structures); ``failures``: one-line messages; ``notes``: warnings for
-    the user.
+    ``structures``: ``ase.Atoms`` in the order of ``paths`` and of each folder's files;
+    ``failures``: one line per path or file that could not be read (naming it and the problem).
     """
-    import torch
+    from .io import StructureError, expand_paths, read_file
 
-    from .graph.build import build_graph, collate
-    from .io import StructureError, expand_paths, read_file, source_of
-
-    failures, notes, items = [], [], []  # items: (atoms, graph)
+    structures, failures = [], []
     for path in paths:
         try:
             files = expand_paths(path)
@@ -86,24 +82,40 @@ def predict_structures(model, paths, batch_size: int = 16, device: str = "cpu", 
             continue
         for f in files:
             try:
-                structures = read_file(f, allow_partial_occupancy=allow_partial_occupancy)
+                structures.extend(read_file(f, allow_partial_occupancy=allow_partial_occupancy))
+            except StructureError as exc:
+                failures.append(str(exc))
+    return structures, failures
+
+
+def predict_structures(model, structures, batch_size: int = 16, device: str = "cpu"):
+    """Predict every structure of ``structures`` (``ase.Atoms``, from ``read_inputs``); returns
+    (rows, failures, notes).
+
+    ``rows``: dicts keyed by ``predict_columns(model)`` (stress as 6 Voigt components in GPa, or
+    None for non-periodic structures); ``failures``: one-line messages (elements the model does
+    not know, graphs that cannot be built); ``notes``: warnings for the user.
+    """
+    import torch
+
+    from .graph.build import build_graph, collate
+    from .io import StructureError, source_of
+
+    failures, notes, items = [], [], []  # items: (atoms, graph)
+    for atoms in structures:
+        unknown = model.unknown_elements(atoms.numbers)  # not among its species, or beyond max_z
+        if unknown:
+            failures.append(f"{source_of(atoms)}: {model.unknown_elements_message(unknown)}")
+            continue
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                graph = build_graph(atoms, model.cutoff, model.max_neighbors)
             except StructureError as exc:
                 failures.append(str(exc))
                 continue
-            for atoms in structures:
-                unknown = model.unknown_elements(atoms.numbers)  # not among its species, or beyond max_z
-                if unknown:
-                    failures.append(f"{source_of(atoms)}: {model.unknown_elements_message(unknown)}")
-                    continue
-                with warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always")
-                    try:
-                        graph = build_graph(atoms, model.cutoff, model.max_neighbors)
-                    except StructureError as exc:
-                        failures.append(str(exc))
-                        continue
-                notes.extend(str(w.message) for w in caught)
-                items.append((atoms, graph))
+        notes.extend(str(w.message) for w in caught)
+        items.append((atoms, graph))
 
     meta = model.metadata
     trained_periodic, elements = meta.get("periodic"), set(meta.get("elements", []))
@@ -192,25 +204,10 @@ def format_rows(rows, fmt: str, columns: list[tuple[str, str]], about: dict | No
     return "\n".join(lines) + "\n"
 
 
-def default_checkpoint(paths, allow_partial_occupancy: bool = False) -> Path:
-    """The shipped checkpoint for ``paths``: CRYSTAL_CHECKPOINT when every readable structure is
-    periodic, DEFAULT_CHECKPOINT (QM9) when none is; ValueError when they mix. Unreadable inputs
-    are skipped here (``predict_structures`` reports them)."""
-    from .io import StructureError, expand_paths, read_file
-
-    periodic = set()
-    for path in paths:
-        try:
-            files = expand_paths(path)
-        except StructureError:
-            continue
-        for f in files:
-            try:
-                periodic.update(
-                    bool(a.pbc.any()) for a in read_file(f, allow_partial_occupancy=allow_partial_occupancy)
-                )
-            except StructureError:
-                continue
+def default_checkpoint(structures) -> Path:
+    """The shipped checkpoint for ``structures`` (``ase.Atoms``): CRYSTAL_CHECKPOINT when every
+    one is periodic, DEFAULT_CHECKPOINT (QM9) when none is; ValueError when they mix."""
+    periodic = {bool(a.pbc.any()) for a in structures}
     if periodic == {True, False}:
         raise ValueError(
             "the inputs mix molecules and periodic structures, which the shipped models answer "
@@ -243,12 +240,12 @@ def cmd_predict(args) -> int:
     except ValueError as exc:
         _error(str(exc))
         return 2
+    with warnings.catch_warnings(record=True) as caught:  # e.g. partial occupancies replaced
+        warnings.simplefilter("always")
+        structures, read_failures = read_inputs(args.paths, args.allow_partial_occupancy)
+    read_notes = [str(w.message) for w in caught]
     try:
-        paths = (
-            [Path(p) for p in args.checkpoint]
-            if args.checkpoint
-            else [default_checkpoint(args.paths, args.allow_partial_occupancy)]
-        )
+        paths = [Path(p) for p in args.checkpoint] if args.checkpoint else [default_checkpoint(structures)]
         model = load_models(paths)
         if args.uncertainty == "frames":
             model = FrameSpread(model)
@@ -271,12 +268,11 @@ def cmd_predict(args) -> int:
             f"({meta.get('trained_on', 'unknown training data')}{mae})",
             file=sys.stderr,
         )
-    with warnings.catch_warnings(record=True) as caught:  # e.g. partial occupancies replaced
+    with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        rows, failures, notes = predict_structures(
-            model, args.paths, args.batch_size, args.device, args.allow_partial_occupancy
-        )
-    notes = [str(w.message) for w in caught] + notes
+        rows, failures, notes = predict_structures(model, structures, args.batch_size, args.device)
+    failures = read_failures + failures
+    notes = read_notes + [str(w.message) for w in caught] + notes
     for note in notes:
         print(f"warning: {note}", file=sys.stderr)
     about = {

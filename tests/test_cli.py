@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -149,6 +150,28 @@ def test_shipped_default_checkpoints_pick_by_input(tmp_path, capsys):
     assert code == 0 and "shipped molecule model" in err and "QM9" in err and "energy (eV)" in out
     code, out, err = run(capsys, cif, tmp_path / "w.xyz")
     assert code == 2 and "mix molecules and periodic structures" in err
+
+
+def test_predict_without_checkpoint_reads_each_file_once(tmp_path, capsys, monkeypatch):
+    """Choosing the shipped model and predicting share one read of the inputs (a folder of many
+    files is parsed once); a file that cannot be read is reported once too."""
+    from geognn import io as geognn_io
+
+    write(tmp_path / "w.xyz", molecule("H2O"))
+    write(tmp_path / "m.xyz", molecule("CH4"))
+    (tmp_path / "bad.xyz").write_text("not an xyz file\n")
+    reads = []
+    real_read_file = geognn_io.read_file
+
+    def counting_read_file(path, *args, **kwargs):
+        reads.append(Path(path).name)
+        return real_read_file(path, *args, **kwargs)
+
+    monkeypatch.setattr(geognn_io, "read_file", counting_read_file)
+    code, out, err = run(capsys, "--format", "csv", tmp_path)
+    assert sorted(reads) == ["bad.xyz", "m.xyz", "w.xyz"]
+    assert code == 1 and "shipped molecule model" in err and "H2O" in out and "CH4" in out
+    assert err.count("bad.xyz") == 1 and "1 input(s) failed, 2 structure(s) predicted" in err
 
 
 def test_element_beyond_the_embedding_is_reported_not_raised(checkpoint, tmp_path, capsys):
