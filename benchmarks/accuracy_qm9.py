@@ -290,7 +290,7 @@ def main(argv=None) -> dict:
     n_mol = None
     if splits:
         split = json.loads(next(iter(splits.values())))
-        n_mol = {k: len(v) for k, v in split.items()}
+        n_mol = {k: len(split[k]) for k in ("train", "val", "test")}  # split.json also holds ids and seed
     print(
         f"\nQM9 U0, {args.time_limit:.0f} s budget each; split train/val/test = "
         f"{'/'.join(str(n_mol[k]) for k in ('train', 'val', 'test')) if n_mol else '?'} molecules"
