@@ -238,9 +238,9 @@ def reverse_edges(edge_index: torch.Tensor, edge_shift: torch.Tensor | None = No
     The reverse of edge e = (j -> i, image shift s) is the edge (i -> j, shift -s): its vector is
     ``-edge_vectors[e]`` exactly (same positions, same cell). ``edge_index`` [2, E] (row 0 j,
     row 1 i), ``edge_shift`` [E, 3] integer-valued (or None / empty: all zero, molecules). Radius
-    graphs contain every reverse (a ``max_neighbors`` cap keeps both directions); a user's graph may not, and a graph
-    with duplicate edges gets -1 everywhere (no pairing is made up). A self-loop (i -> i, s = 0)
-    is its own reverse. Sorting, O(E log E).
+    graphs contain every reverse (a ``max_neighbors`` cap keeps both directions); a user's graph
+    may not, and a graph with duplicate edges gets -1 everywhere (no pairing is made up). A
+    self-loop (i -> i, s = 0) is its own reverse. Sorting, O(E log E).
     """
     num_edges = edge_index.shape[1]
     missing = torch.full((num_edges,), -1, dtype=torch.long, device=edge_index.device)
